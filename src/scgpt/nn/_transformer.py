@@ -1,0 +1,63 @@
+"""The transformer encoder: a stack of self-attention + feed-forward layers. No positional encoding:
+scGPT treats a cell as a set of genes."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ._attention import SelfAttention
+
+
+class TransformerLayer(nn.Module):
+    """One encoder layer (ReLU feed-forward, LayerNorm eps 1e-5).
+
+    Post-norm (the default, as in every released model and :class:`torch.nn.TransformerEncoderLayer`)::
+
+        x = norm1(x + attn(x));  x = norm2(x + ff(x))
+
+    Pre-norm follows the official scGPT flash layer, which normalises the stream itself::
+
+        x = norm1(x);  x = x + attn(x);  x = norm2(x);  x = x + ff(x)
+    """
+
+    def __init__(self, d_model: int, n_heads: int, d_hid: int, dropout: float = 0.1, pre_norm: bool = False) -> None:
+        super().__init__()
+        self.self_attn = SelfAttention(d_model, n_heads, dropout)
+        self.linear1 = nn.Linear(d_model, d_hid)
+        self.dropout = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(d_hid, d_model)
+        self.norm1 = nn.LayerNorm(d_model, eps=1e-5)
+        self.norm2 = nn.LayerNorm(d_model, eps=1e-5)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+        self.pre_norm = pre_norm
+
+    def feed_forward(self, x: Tensor) -> Tensor:
+        return self.linear2(self.dropout(F.relu(self.linear1(x))))
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        if self.pre_norm:
+            x = self.norm1(x)
+            x = x + self.dropout1(self.self_attn(x, attn_mask))
+            x = self.norm2(x)
+            return x + self.dropout2(self.feed_forward(x))
+        x = self.norm1(x + self.dropout1(self.self_attn(x, attn_mask)))
+        return self.norm2(x + self.dropout2(self.feed_forward(x)))
+
+
+class TransformerEncoder(nn.Module):
+    """``n_layers`` :class:`TransformerLayer` in sequence: ``(B, L, d) -> (B, L, d)``."""
+
+    def __init__(
+        self, d_model: int, n_heads: int, d_hid: int, n_layers: int, dropout: float = 0.1, pre_norm: bool = False
+    ) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            TransformerLayer(d_model, n_heads, d_hid, dropout, pre_norm) for _ in range(n_layers)
+        )
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        for layer in self.layers:
+            x = layer(x, attn_mask)
+        return x
