@@ -1,5 +1,6 @@
 """Reading and writing model files: official scGPT folders and this package's own format."""
 
+from ._native import MODEL_FILE, NativeCheckpoint, is_native, load_native, save_native
 from ._keymap import PRETRAINING_ONLY_KEYS, to_official, to_ours
 from ._official import (
     CheckpointError,
@@ -18,6 +19,11 @@ from ._official import (
 )
 
 __all__ = [
+    "MODEL_FILE",
+    "NativeCheckpoint",
+    "is_native",
+    "load_native",
+    "save_native",
     "PRETRAINING_ONLY_KEYS",
     "CheckpointError",
     "CheckpointWarning",

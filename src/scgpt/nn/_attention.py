@@ -48,7 +48,7 @@ class SelfAttention(nn.Module):
         qkv = qkv.view(B, L, 3, self.n_heads, self.d_model // self.n_heads).permute(2, 0, 3, 1, 4)
         return qkv[0], qkv[1], qkv[2]
 
-    def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None, n_queries: int | None = None) -> Tensor:
         """Attend.
 
         Parameters
@@ -58,12 +58,24 @@ class SelfAttention(nn.Module):
         attn_mask
             Boolean, ``True`` where a query may attend to a key; broadcastable to ``(B, h, L, L)``
             (``(B, 1, 1, L)`` for a key-padding mask). ``None``: everything attends to everything.
+        n_queries
+            Compute outputs for the first ``n_queries`` positions only (keys and values still come
+            from all positions); the result is ``(B, n_queries, d)``.
         """
         B, L, _ = x.shape
-        q, k, v = self.qkv(x)
+        if n_queries is None:
+            q, k, v = self.qkv(x)
+        else:
+            d, h = self.d_model, self.n_heads
+            q = F.linear(x[:, :n_queries], self.in_proj_weight[:d], self.in_proj_bias[:d])
+            q = q.view(B, n_queries, h, d // h).transpose(1, 2)
+            kv = F.linear(x, self.in_proj_weight[d:], self.in_proj_bias[d:]).view(B, L, 2, h, d // h)
+            k, v = kv.permute(2, 0, 3, 1, 4)
+            if attn_mask is not None and attn_mask.shape[-2] != 1:
+                attn_mask = attn_mask[..., :n_queries, :]
         p = self.dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)  # (B, h, L, d/h)
-        return self.out_proj(out.transpose(1, 2).reshape(B, L, self.d_model))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)  # (B, h, Lq, d/h)
+        return self.out_proj(out.transpose(1, 2).reshape(B, q.shape[2], self.d_model))
 
     def attention_scores(self, x: Tensor, attn_mask: Tensor | None = None, *, softmax: bool = True) -> Tensor:
         """Attention weights ``(B, h, L, L)``, computed explicitly (the readable reference path).

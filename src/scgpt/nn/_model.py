@@ -170,6 +170,32 @@ class ScGPTNet(nn.Module):
         enc.cond_tokens, enc.cond_cell = self._conditions(batch_labels, mod_types, values, padding_mask)
         return enc
 
+    def cell_embedding(
+        self,
+        genes: Tensor,
+        values: Tensor,
+        padding_mask: Tensor | None = None,
+        *,
+        batch_labels: Tensor | None = None,
+        mod_types: Tensor | None = None,
+        pert_flags: Tensor | None = None,
+    ) -> Tensor:
+        """Cell embeddings ``(B, d)`` (not normalised) by the shortest route.
+
+        Same numbers as ``encode(...).cell_emb``; with ``cell_emb_style="cls"`` the last layer is
+        computed for ``<cls>`` only.
+        """
+        if self.config.cell_emb_style != "cls":
+            return self.encode(
+                genes, values, padding_mask, batch_labels=batch_labels, mod_types=mod_types, pert_flags=pert_flags
+            ).cell_emb
+        self._check_conditions(genes, batch_labels, mod_types)
+        if padding_mask is None:
+            padding_mask = genes.eq(self.config.pad_token_id)
+        x, _ = self.embed(genes, values, pert_flags=pert_flags)
+        x = self.normalise(x, batch_labels)
+        return self.transformer_encoder(x, padding_to_attn_mask(padding_mask), last_queries=1)[:, 0]
+
     def pool(self, hidden: Tensor, values: Tensor, padding_mask: Tensor | None) -> Tensor:
         """Cell embedding ``(B, d)`` from token states, by ``config.cell_emb_style``.
 

@@ -36,13 +36,14 @@ class TransformerLayer(nn.Module):
     def feed_forward(self, x: Tensor) -> Tensor:
         return self.linear2(self.dropout(F.relu(self.linear1(x))))
 
-    def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None, n_queries: int | None = None) -> Tensor:
+        """``(B, L, d) -> (B, L, d)``; with ``n_queries`` only the first positions are computed."""
         if self.pre_norm:
             x = self.norm1(x)
-            x = x + self.dropout1(self.self_attn(x, attn_mask))
+            x = x[:, :n_queries] + self.dropout1(self.self_attn(x, attn_mask, n_queries))
             x = self.norm2(x)
             return x + self.dropout2(self.feed_forward(x))
-        x = self.norm1(x + self.dropout1(self.self_attn(x, attn_mask)))
+        x = self.norm1(x[:, :n_queries] + self.dropout1(self.self_attn(x, attn_mask, n_queries)))
         return self.norm2(x + self.dropout2(self.feed_forward(x)))
 
 
@@ -57,7 +58,12 @@ class TransformerEncoder(nn.Module):
             TransformerLayer(d_model, n_heads, d_hid, dropout, pre_norm) for _ in range(n_layers)
         )
 
-    def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
-        for layer in self.layers:
-            x = layer(x, attn_mask)
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None, last_queries: int | None = None) -> Tensor:
+        """``(B, L, d) -> (B, L, d)``.
+
+        ``last_queries``: the last layer computes only the first ``last_queries`` positions
+        (``(B, last_queries, d)`` out), e.g. 1 when only ``<cls>`` is read. Same numbers, less work.
+        """
+        for i, layer in enumerate(self.layers):
+            x = layer(x, attn_mask, last_queries if i == len(self.layers) - 1 else None)
         return x

@@ -1,0 +1,135 @@
+"""Cells -> gene tokens: the official zero-shot tokenisation, vectorised over sparse rows.
+
+For each cell (official ``scgpt.tasks.embed_data`` + ``DataCollator``): keep the genes with a
+nonzero value that are in the vocabulary, bin the values over all of them, keep a random subset
+of ``max_length - 1`` genes when there are more, and put ``<cls>`` first. Randomness comes from
+:mod:`scgpt.data._random`, keyed by each cell's own content, so a cell's tokens never depend on
+the other cells processed with it. Genes of a cell are kept in vocabulary-id order (the model
+has no positional encoding; a fixed order only makes floating-point sums reproducible).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from ._binning import _row_ids, bin_csr
+from ._random import STREAM_SAMPLE_GENES, cell_keys, entry_bits
+
+
+@dataclass
+class TokenizedCells:
+    """Ragged per-cell gene tokens (CSR layout), without ``<cls>``.
+
+    Attributes
+    ----------
+    indptr
+        ``(n_cells + 1,)`` row pointers.
+    genes
+        Token id of each entry (int64).
+    values
+        Bin (or raw value) of each entry (float32).
+    n_input_genes
+        Number of nonzero in-vocabulary genes of each cell before sampling.
+    """
+
+    indptr: np.ndarray
+    genes: np.ndarray
+    values: np.ndarray
+    n_input_genes: np.ndarray
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Tokens per cell (without ``<cls>``)."""
+        return np.diff(self.indptr)
+
+    def __len__(self) -> int:
+        return len(self.indptr) - 1
+
+    def take(self, cells: np.ndarray) -> TokenizedCells:
+        """The tokens of some cells, in the given order."""
+        cells = np.asarray(cells, dtype=np.int64)
+        starts, lengths = self.indptr[cells], np.diff(self.indptr)[cells]
+        idx = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths) + np.arange(lengths.sum())
+        return TokenizedCells(
+            np.concatenate([[0], np.cumsum(lengths)]), self.genes[idx], self.values[idx], self.n_input_genes[cells]
+        )
+
+
+def tokenize(
+    X: sp.csr_matrix,
+    token_ids: np.ndarray,
+    gene_key: np.ndarray,
+    *,
+    max_genes: int | None,
+    n_bins: int | None = 51,
+    seed: int = 0,
+) -> TokenizedCells:
+    """Tokenise the rows of a cells x genes matrix.
+
+    Parameters
+    ----------
+    X
+        CSR matrix of non-negative values (raw counts for the released models); columns are genes.
+    token_ids
+        Vocabulary id of each column; ``-1`` drops the column.
+    gene_key
+        64-bit key of each column's gene (:func:`scgpt.data._random.gene_keys` of the token), the
+        gene's identity in random choices.
+    max_genes
+        Keep at most this many genes per cell (``max_length - 1``), sampled without replacement;
+        ``None`` keeps all.
+    n_bins
+        Bin values into ``n_bins`` per-cell quantile bins (official binning); ``None`` keeps raw values.
+    seed
+        Seed of every random choice.
+    """
+    X = sp.csr_matrix(X) if not sp.isspmatrix_csr(X) else X
+    keep_col = token_ids >= 0
+    data, indices, indptr = X.data, X.indices, X.indptr
+    rows = _row_ids(indptr)
+    entry_ok = keep_col[indices] & (data != 0)
+    if not entry_ok.all():
+        rows, data, indices = rows[entry_ok], data[entry_ok], indices[entry_ok]
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=X.shape[0]))])
+    toks, keys = token_ids[indices], gene_key[indices]
+    n_input = np.diff(indptr)
+    ckey = cell_keys(indptr, keys, data, seed)
+    vals = bin_csr(indptr, data, keys, ckey, n_bins).astype(np.float32) if n_bins else data.astype(np.float32)
+
+    if max_genes is not None and (n_input > max_genes).any():
+        # keep the max_genes entries with the smallest per-(cell, gene) random priority
+        prio = entry_bits(np.repeat(ckey, n_input), keys, STREAM_SAMPLE_GENES)
+        order = np.lexsort((prio, rows))
+        rank = np.empty(len(order), dtype=np.int64)
+        rank[order] = np.arange(len(order)) - np.repeat(indptr[:-1], n_input)
+        keep = rank < max_genes
+        rows, toks, vals = rows[keep], toks[keep], vals[keep]
+        indptr = np.concatenate([[0], np.cumsum(np.minimum(n_input, max_genes))])
+    order = np.lexsort((toks, rows))  # vocabulary order within each cell
+    return TokenizedCells(indptr, toks[order], vals[order], n_input)
+
+
+def pad_batch(
+    cells: TokenizedCells,
+    *,
+    cls_id: int,
+    cls_value: float,
+    pad_id: int,
+    pad_value: float,
+    length: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``<cls>`` + tokens, right-padded to the longest cell (or ``length``): ``(genes, values)``, each ``(B, L)``."""
+    lengths = cells.lengths
+    L = int(lengths.max(initial=0)) + 1 if length is None else length
+    B = len(lengths)
+    genes = np.full((B, L), pad_id, dtype=np.int64)
+    values = np.full((B, L), pad_value, dtype=np.float32)
+    genes[:, 0], values[:, 0] = cls_id, cls_value
+    rows = _row_ids(cells.indptr)
+    cols = np.arange(len(rows)) - np.repeat(cells.indptr[:-1], lengths) + 1
+    genes[rows, cols] = cells.genes
+    values[rows, cols] = cells.values
+    return genes, values

@@ -1,0 +1,307 @@
+"""``scgpt.model.ScGPT``: an scGPT network with its vocabulary, in the style of scvi-tools models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..data import GeneVocab
+from ..io import (
+    NativeCheckpoint,
+    is_native,
+    load_native,
+    load_state_dict_reported,
+    read_official,
+    save_native,
+    save_official,
+)
+from ..nn import ScGPTConfig, ScGPTNet
+from ._device import resolve_device
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+DEMO = "demo"
+
+
+def _demo_path() -> Path:
+    from importlib import resources
+
+    return Path(str(resources.files("scgpt.model").joinpath("_demo")))
+
+
+class ScGPT:
+    """An scGPT model: network, gene vocabulary and what was learnt about the data it was set up with.
+
+    Create one from published weights with :meth:`from_pretrained` (an official folder such as
+    ``scGPT_human``, a folder written by :meth:`save`, or ``"demo"``), or a fresh one for
+    pretraining with ``ScGPT(vocab=..., **architecture)``.
+
+    Parameters
+    ----------
+    adata
+        AnnData set up with :meth:`setup_anndata` (optional; bind data later with the methods that take it).
+    vocab
+        Gene vocabulary (default: the bundled whole-human vocabulary).
+    **config
+        Architecture, see :class:`scgpt.nn.ScGPTConfig` (``d_model``, ``n_layers``, ...).
+
+    Examples
+    --------
+    >>> model = scgpt.model.ScGPT.from_pretrained("path/to/scGPT_human")  # doctest: +SKIP
+    >>> adata.obsm["X_scGPT"] = model.get_latent_representation(adata)  # doctest: +SKIP
+    """
+
+    def __init__(self, adata: AnnData | None = None, *, vocab: GeneVocab | None = None, **config: Any) -> None:
+        if vocab is None:
+            from ..pp._genes import default_vocab
+
+            vocab = GeneVocab(default_vocab().itos)
+        config.setdefault("n_tokens", len(vocab))
+        config.setdefault("pad_token_id", vocab.pad_id)
+        self._init(ScGPTNet(ScGPTConfig(**config)), vocab)
+        if adata is not None:
+            self.adata = adata
+
+    def _init(
+        self,
+        net: ScGPTNet,
+        vocab: GeneVocab,
+        *,
+        args: dict | None = None,
+        mod_vocab: GeneVocab | None = None,
+        source: str | None = None,
+        attrs: dict | None = None,
+    ) -> None:
+        if len(vocab) != net.config.n_tokens:
+            raise ValueError(f"The vocabulary has {len(vocab)} tokens but the network embeds {net.config.n_tokens}.")
+        self.net = net
+        self.vocab = vocab
+        self.args_ = dict(args or {})
+        self.mod_vocab = mod_vocab
+        self.source_ = source
+        attrs = attrs or {}
+        self.history_: dict[str, list[float]] = attrs.get("history", {})
+        self.registry_: dict[str, Any] = attrs.get("registry", {})
+        self.is_trained_: bool = attrs.get("is_trained", source is not None)
+        self.adata: AnnData | None = None
+
+    @classmethod
+    def _from_parts(cls, net: ScGPTNet, vocab: GeneVocab, **kwargs: Any) -> ScGPT:
+        self = cls.__new__(cls)
+        self._init(net, vocab, **kwargs)
+        return self
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def config(self) -> ScGPTConfig:
+        """The network architecture."""
+        return self.net.config
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the weights."""
+        return next(self.net.parameters()).device
+
+    def to_device(self, device: str | torch.device | None = None) -> ScGPT:
+        """Move the weights (``None``: best available device). Returns ``self``."""
+        self.net.to(resolve_device(device))
+        return self
+
+    def __repr__(self) -> str:
+        c = self.config
+        n = self.net.num_parameters()
+        src = f", from {self.source_!r}" if self.source_ else ""
+        return (
+            f"ScGPT({c.n_layers} layers x {c.d_model} wide, {c.n_heads} heads, {len(self.vocab):,} tokens, "
+            f"{n / 1e6:.1f}M parameters{src})"
+        )
+
+    # ------------------------------------------------------------------ loading and saving
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        *,
+        adata: AnnData | None = None,
+        strict: bool = False,
+        device: str | torch.device | None = "cpu",
+    ) -> ScGPT:
+        """Load published weights.
+
+        Parameters
+        ----------
+        path
+            An official scGPT folder (``args.json``, ``vocab.json``, ``best_model.pt``; flash-attn or
+            PyTorch attention names), a folder written by :meth:`save`, or ``"demo"`` for the small
+            demo model bundled with the package.
+        adata
+            AnnData to bind (set up with :meth:`setup_anndata`).
+        strict
+            Raise instead of warn when keys are missing, unexpected or of the wrong shape.
+        device
+            Where to put the weights (``None``: best available).
+
+        Returns
+        -------
+        The model, in eval mode. Keys that did not load are reported in one warning.
+        """
+        src = _demo_path() if str(path) == DEMO else Path(path).expanduser()
+        name = DEMO if str(path) == DEMO else str(src)
+        if is_native(src):
+            return cls.load(src, adata=adata, device=device)
+        ckpt = read_official(src)
+        net = ScGPTNet(ckpt.config)
+        load_state_dict_reported(net, ckpt.state_dict, strict=strict, source=str(src / "best_model.pt"))
+        self = cls._from_parts(net.eval(), ckpt.vocab, args=ckpt.args, mod_vocab=ckpt.mod_vocab, source=name)
+        self.to_device(device)
+        if adata is not None:
+            self.adata = adata
+        return self
+
+    def save_pretrained(
+        self, path: str | os.PathLike, *, attention_layout: str = "torch", overwrite: bool = False
+    ) -> Path:
+        """Write an official scGPT folder (``args.json``, ``vocab.json``, ``best_model.pt``).
+
+        The official ``scgpt`` package and :meth:`from_pretrained` load it; weights round-trip bit
+        for bit. ``attention_layout="flash"`` writes the flash-attn ``Wqkv`` names of the released
+        weights instead of PyTorch's ``in_proj_*``.
+        """
+        return save_official(
+            self.net, self.vocab, path, args=self.args_, mod_vocab=self.mod_vocab,
+            attention_layout=attention_layout, overwrite=overwrite,
+        )  # fmt: skip
+
+    def _attrs(self) -> dict[str, Any]:
+        return {"history": self.history_, "registry": self.registry_, "is_trained": self.is_trained_, "source": self.source_}
+
+    def save(self, dir_path: str | os.PathLike, *, overwrite: bool = False, save_anndata: bool = False) -> Path:
+        """Save in this package's format (``dir_path/model.pt``), with training history and data setup.
+
+        Parameters
+        ----------
+        dir_path
+            Folder to write.
+        overwrite
+            Replace an existing ``model.pt``.
+        save_anndata
+            Also write the bound AnnData as ``dir_path/adata.h5ad``.
+        """
+        ckpt = NativeCheckpoint(self.config, self.vocab, self.net.state_dict(), self.args_, self.mod_vocab, self._attrs())
+        target = save_native(dir_path, ckpt, overwrite=overwrite)
+        if save_anndata:
+            if self.adata is None:
+                raise ValueError("save_anndata=True but no AnnData is bound to the model.")
+            self.adata.write_h5ad(Path(dir_path) / "adata.h5ad")
+        return target.parent
+
+    @classmethod
+    def load(
+        cls, dir_path: str | os.PathLike, *, adata: AnnData | None = None, device: str | torch.device | None = "cpu"
+    ) -> ScGPT:
+        """Load a model written by :meth:`save` (``adata``: AnnData to bind; with ``adata.h5ad`` in the folder it is read)."""
+        ckpt = load_native(dir_path)
+        net = ScGPTNet(ckpt.config)
+        net.load_state_dict(ckpt.state_dict)
+        attrs = ckpt.attrs
+        self = cls._from_parts(
+            net.eval(), ckpt.vocab, args=ckpt.args, mod_vocab=ckpt.mod_vocab, source=attrs.get("source"), attrs=attrs
+        )
+        self.to_device(device)
+        if adata is None and (Path(dir_path) / "adata.h5ad").is_file():
+            import anndata as ad
+
+            adata = ad.read_h5ad(Path(dir_path) / "adata.h5ad")
+        if adata is not None:
+            self.adata = adata
+        return self
+
+    # ------------------------------------------------------------------ outputs
+    def get_gene_embeddings(self, genes: list[str] | pd.Index | None = None) -> pd.DataFrame:
+        """Gene-token embeddings (embedding + LayerNorm, as the official GRN tutorial uses).
+
+        Parameters
+        ----------
+        genes
+            Tokens to return (unknown ones raise); ``None`` returns every gene token (no specials).
+
+        Returns
+        -------
+        DataFrame, genes x ``d_model``.
+        """
+        if genes is None:
+            tokens = [t for t in self.vocab if not (t.startswith("<") and t.endswith(">"))]
+        else:
+            tokens = [str(g) for g in genes]
+            missing = [t for t in tokens if t not in self.vocab]
+            if missing:
+                raise KeyError(f"{len(missing)} genes are not in the vocabulary, e.g. {missing[:5]}.")
+        ids = torch.as_tensor(self.vocab.lookup(tokens), device=self.device)
+        with torch.inference_mode():
+            emb = torch.cat([self.net.encoder(ids[i : i + 8192]) for i in range(0, len(ids), 8192)]) if len(ids) else None
+        values = np.zeros((0, self.config.d_model), np.float32) if emb is None else emb.float().cpu().numpy()
+        return pd.DataFrame(values, index=pd.Index(tokens, name="gene"))
+
+    def get_latent_representation(
+        self,
+        adata: AnnData | None = None,
+        *,
+        layer: str | None = None,
+        gene_key: str | None = None,
+        use_aliases: bool = True,
+        batch_key: str | None = None,
+        max_length: int = 1200,
+        batch_size: int = 64,
+        seed: int = 0,
+        device: str | torch.device | None = None,
+        dtype: str | None = None,
+        progress: bool | None = None,
+    ) -> np.ndarray:
+        """Zero-shot cell embeddings, ``(n_obs, d_model)`` float32, L2-normalised (see :func:`scgpt.tl.embed`).
+
+        Parameters
+        ----------
+        adata
+            Cells to embed (raw counts); default: the bound AnnData.
+        layer
+            Layer with raw counts; ``None`` uses ``adata.X``.
+        gene_key
+            ``var`` column with gene names; ``None`` uses ``var_names``.
+        use_aliases
+            Also match genes by Ensembl id, previous symbol or alias (``False``: exact names, as the official code).
+        batch_key
+            ``obs`` column with batches (only for models conditioned on batches).
+        max_length
+            Tokens per cell including ``<cls>`` (official default 1200).
+        batch_size
+            Cells per forward pass (results do not depend on it).
+        seed
+            Seed of the binning tie-break and of gene sampling above ``max_length``.
+        device
+            ``"cuda"``, ``"mps"``, ``"cpu"``; ``None`` picks the best available.
+        dtype
+            ``None``/``"float32"`` (matches the official numbers), ``"bfloat16"`` (faster, cosine ≥ 0.999),
+            ``"float16"`` (GPU).
+        progress
+            Show a progress bar (default: ``scgpt.settings.progress``).
+        """
+        from ..tl._embed import compute_embeddings
+
+        adata = self._resolve_adata(adata)
+        return compute_embeddings(
+            self, adata, layer=layer, gene_key=gene_key, batch_key=batch_key, max_length=max_length,
+            batch_size=batch_size, seed=seed, device=device, dtype=dtype, progress=progress, use_aliases=use_aliases,
+        ).embeddings  # fmt: skip
+
+    def _resolve_adata(self, adata: AnnData | None) -> AnnData:
+        if adata is None:
+            adata = self.adata
+        if adata is None:
+            raise ValueError("Pass `adata` (no AnnData is bound to this model).")
+        return adata
