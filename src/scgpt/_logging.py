@@ -18,4 +18,4 @@ def log_added(start: float, what: str, fields: list[str]) -> None:
     """Log ``finished`` with the elapsed time and the AnnData fields written (as scanpy does)."""
     logger.info(f"    finished ({time.perf_counter() - start:.1f}s)")
     if fields:
-        logger.info(f"added {what}\n" + "\n".join(f"    {f}" for f in fields))
+        logger.info(f"added {what}".rstrip() + "\n" + "\n".join(f"    {f}" for f in fields))

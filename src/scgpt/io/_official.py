@@ -114,6 +114,13 @@ def read_args(path: str | os.PathLike) -> dict[str, Any]:
 def read_state_dict(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> dict[str, Tensor]:
     """Load a ``best_model.pt`` safely (``weights_only=True``) and check it holds tensors."""
     path = Path(path)
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if not (magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"):  # zip (torch >= 1.6) or legacy pickle
+        raise CheckpointError(
+            f"{path} ({path.stat().st_size:,} bytes) could not be read as a PyTorch checkpoint: it starts with "
+            f"{magic!r}, not a zip archive or a pickle (an HTML page or an incomplete download?)."
+        )
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:

@@ -16,7 +16,6 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
-from .._anndata import check_values
 from ..data._tokenize import TokenizedCells, pad_batch, tokenize
 from ..nn import ScGPTNet
 
@@ -65,7 +64,6 @@ def embed_chunks(
     batch_labels: np.ndarray | None = None,
     max_tokens: int | None = None,
     progress: bool = True,
-    what: str = "the expression matrix",
 ) -> tuple[np.ndarray, np.ndarray]:
     """L2-normalised ``<cls>`` embeddings ``(n_obs, d)`` float32, and the tokens per cell.
 
@@ -99,8 +97,8 @@ def embed_chunks(
         Padded tokens per forward pass; default: 2-4k on CPU, unlimited on GPU.
     progress
         Show a progress bar.
-    what
-        Name of the input in error messages.
+
+    Values must be non-negative and finite (callers check, see :func:`scgpt._anndata.check_values`).
     """
     pad_value = float(net.config.pad_value)
     if max_tokens is None and device.type == "cpu":
@@ -110,7 +108,6 @@ def embed_chunks(
     bar = tqdm(total=n_obs, unit="cell", desc="embedding cells", disable=not progress, leave=False)
     with torch.inference_mode():
         for start, X in chunks:
-            check_values(X, what=what, start=start)
             cells: TokenizedCells = tokenize(
                 X, token_ids, gene_key, max_genes=max_length - 1, n_bins=n_bins, seed=seed
             )

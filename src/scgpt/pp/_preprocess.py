@@ -30,8 +30,8 @@ def highly_variable_genes(
     """Highly variable genes with the scGPT tutorials' defaults: ``seurat_v3`` on raw counts.
 
     A thin wrapper of :func:`scanpy.pp.highly_variable_genes` (the zero-shot tutorials use 3,000
-    genes, the fine-tuning tutorials 1,200). ``seurat_v3`` expects counts: the function warns when
-    the matrix does not look like counts (the tutorials switch to ``cell_ranger`` then).
+    genes, the fine-tuning tutorials 1,200). ``seurat_v3`` expects counts (scanpy warns otherwise;
+    the tutorials switch to ``cell_ranger`` for normalised data).
 
     Parameters
     ----------
@@ -58,17 +58,7 @@ def highly_variable_genes(
     import scanpy as sc
 
     check_adata(adata, fn="highly_variable_genes")
-    X = get_matrix(adata, layer)
-    if flavor.startswith("seurat_v3"):
-        sample = X[: min(adata.n_obs, 1000)]
-        data = sample.data if sp.issparse(sample) else np.asarray(sample).ravel()
-        if len(data) and not np.allclose(data, np.round(data)):
-            warnings.warn(
-                "flavor='seurat_v3' expects raw counts but the matrix holds non-integer values; pass `layer=` with "
-                "counts, or flavor='cell_ranger' for normalised data (as the scGPT tutorials do).",
-                UserWarning,
-                stacklevel=2,
-            )
+    get_matrix(adata, layer)  # clear error for a missing layer
     n_top_genes = min(n_top_genes, adata.n_vars)
     sc.pp.highly_variable_genes(
         adata, n_top_genes=n_top_genes, flavor=flavor, layer=layer, batch_key=batch_key, subset=subset, **kwargs

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._anndata import actual_if_view, check_adata, get_matrix, iter_row_chunks, looks_like_counts
+from .._anndata import actual_if_view, check_adata, check_values, get_matrix, iter_row_chunks, looks_like_counts
 from .._logging import log_added, logger
 from .._settings import settings
 from ..data._random import gene_keys
@@ -99,10 +99,12 @@ def compute_embeddings(
 
     net = inference_net(model.net, dev, dt)
     chunks = iter_row_chunks(adata, layer, _chunk_size(batch_size))
+    what = f"layer {layer!r}" if layer else "adata.X"
 
     def checked(chunks):
         first = True
         for start, X in chunks:
+            check_values(X, what=what, start=start)
             if first and not looks_like_counts(X):
                 warnings.warn(
                     "The expression values do not look like raw counts; scGPT's zero-shot embedding expects raw "
@@ -121,7 +123,6 @@ def compute_embeddings(
             max_length=max_length, batch_size=batch_size, n_bins=int(model.args_.get("n_bins", 51)), seed=seed,
             device=dev, dtype=dt, batch_labels=labels,
             progress=settings.progress if progress is None else progress,
-            what=f"layer {layer!r}" if layer else "adata.X",
         )  # fmt: skip
     finally:
         model.net.train(was_training)
@@ -230,7 +231,7 @@ def embed(
 
     start = time.perf_counter()
     mdata = None
-    if type(adata).__name__ == "MuData":
+    if type(adata).__name__ == "MuData":  # avoid importing mudata for AnnData input
         mdata = adata.copy() if copy else adata
         if mod not in mdata.mod:
             raise KeyError(f"mod={mod!r} is not a modality of the MuData (modalities: {list(mdata.mod)}).")

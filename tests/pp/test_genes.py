@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+import scgpt
+from scgpt.data import GeneVocab
+
+
+def _adata(names):
+    return ad.AnnData(np.ones((3, len(names)), dtype=np.float32), var=pd.DataFrame(index=names))
+
+
+def test_symbols_previous_symbols_and_aliases(pbmc):
+    scgpt.pp.align_vocab(pbmc)
+    rep = pbmc.uns["id_in_vocab"]
+    assert rep["by_kind"]["symbol"] == 705  # exact census tokens, as the official code finds
+    assert rep["n_matched"] >= 755  # old symbols (IGJ, SEPT7, H2AFY, ...) rescued through HGNC
+    vocab = GeneVocab.default()
+    ids = pbmc.var["id_in_vocab"]
+    assert ids["IGJ"] == vocab["JCHAIN"] and ids["SEPT7"] == vocab["SEPTIN7"] and ids["CD3E"] == vocab["CD3E"]
+    assert rep["params"] == {"vocab": "default", "gene_key": None, "use_aliases": True}
+    exact = scgpt.pp.align_vocab(pbmc, use_aliases=False, copy=True)
+    assert exact.uns["id_in_vocab"]["n_matched"] == 705
+
+
+def test_ensembl_ids(data_dir):
+    onek = ad.read_h5ad(data_dir / "onek1k_pbmc_30donors.h5ad", backed="r")
+    a = _adata(list(onek.var_names))
+    scgpt.pp.align_vocab(a)
+    rep = a.uns["id_in_vocab"]
+    assert rep["by_kind"]["ensembl"] == rep["n_matched"] and rep["coverage"] > 0.9
+    assert a.var.loc["ENSG00000167286", "id_in_vocab"] == GeneVocab.default()["CD3D"]
+    versioned = _adata(["ENSG00000010610.10", "ENSG00000167286.9"])  # version suffixes are ignored
+    scgpt.pp.align_vocab(versioned)
+    assert (versioned.var["id_in_vocab"] >= 0).all()
+
+
+def test_gene_key_column():
+    a = _adata(["a", "b", "c"])
+    a.var["symbol"] = ["CD3E", "MS4A1", "LYZ"]
+    scgpt.pp.align_vocab(a, gene_key="symbol", key_added="ids")
+    assert (a.var["ids"] >= 0).all() and a.uns["ids"]["coverage"] == 1.0
+    with pytest.raises(KeyError, match="gene_key='nope' is not a column"):
+        scgpt.pp.align_vocab(a, gene_key="nope")
+
+
+def test_coverage_warning_and_error():
+    with pytest.warns(UserWarning, match=r"only 1 of 3 genes \(33%\)"):
+        scgpt.pp.align_vocab(_adata(["CD3E", "notagene1", "notagene2"]))
+    with pytest.raises(ValueError, match="none of the 2 genes is in the model's vocabulary"):
+        scgpt.pp.align_vocab(_adata(["x1", "x2"]))
+
+
+def test_duplicated_names_are_an_error():
+    a = ad.AnnData(np.ones((2, 3), dtype=np.float32))
+    a.var_names = ["CD3E", "CD3E", "LYZ"]
+    with pytest.raises(ValueError, match=r"duplicated gene names .*var_names_make_unique"):
+        scgpt.pp.align_vocab(a)
+
+
+def test_two_genes_on_one_token_keep_the_exact_match():
+    a = _adata(["IGJ", "JCHAIN", "CD3E"])  # IGJ is JCHAIN's previous symbol
+    with pytest.warns(UserWarning, match="map to a vocabulary token already taken"):
+        scgpt.pp.align_vocab(a)
+    assert a.var["id_in_vocab"].tolist()[0] == -1 and a.var["id_in_vocab"].tolist()[1] >= 0
