@@ -32,13 +32,20 @@ class TokenizedCells:
     values
         Bin (or raw value) of each entry (float32).
     n_input_genes
-        Number of nonzero in-vocabulary genes of each cell before sampling.
+        Number of in-vocabulary genes of each cell before sampling (nonzero ones, or all with
+        ``include_zero_genes``).
+    cell_key
+        Random-choice key of each cell (:func:`scgpt.data._random.cell_keys`).
+    gene_key
+        Random-choice key of each entry's gene.
     """
 
     indptr: np.ndarray
     genes: np.ndarray
     values: np.ndarray
     n_input_genes: np.ndarray
+    cell_key: np.ndarray
+    gene_key: np.ndarray
 
     @property
     def lengths(self) -> np.ndarray:
@@ -54,7 +61,12 @@ class TokenizedCells:
         starts, lengths = self.indptr[cells], np.diff(self.indptr)[cells]
         idx = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths) + np.arange(lengths.sum())
         return TokenizedCells(
-            np.concatenate([[0], np.cumsum(lengths)]), self.genes[idx], self.values[idx], self.n_input_genes[cells]
+            np.concatenate([[0], np.cumsum(lengths)]),
+            self.genes[idx],
+            self.values[idx],
+            self.n_input_genes[cells],
+            self.cell_key[cells],
+            self.gene_key[idx],
         )
 
 
@@ -66,6 +78,7 @@ def tokenize(
     max_genes: int | None,
     n_bins: int | None = 51,
     seed: int = 0,
+    include_zero_genes: bool = False,
 ) -> TokenizedCells:
     """Tokenise the rows of a cells x genes matrix.
 
@@ -85,19 +98,38 @@ def tokenize(
         Bin values into ``n_bins`` per-cell quantile bins (official binning); ``None`` keeps raw values.
     seed
         Seed of every random choice.
+    include_zero_genes
+        Also keep the in-vocabulary genes a cell does not express (value 0), as the official
+        fine-tuning recipes do on highly variable genes.
     """
     X = sp.csr_matrix(X) if not sp.isspmatrix_csr(X) else X
+    X = X.copy() if not X.has_canonical_format else X
+    X.sum_duplicates()
     keep_col = token_ids >= 0
-    data, indices, indptr = X.data, X.indices, X.indptr
-    rows = _row_ids(indptr)
-    entry_ok = keep_col[indices] & (data != 0)
-    if not entry_ok.all():
-        rows, data, indices = rows[entry_ok], data[entry_ok], indices[entry_ok]
-        indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=X.shape[0]))])
-    toks, keys = token_ids[indices], gene_key[indices]
+    rows = _row_ids(X.indptr)
+    nz = keep_col[X.indices] & (X.data != 0)
+    nz_rows, nz_cols, nz_data = rows[nz], X.indices[nz], X.data[nz]
+    nz_indptr = np.concatenate([[0], np.cumsum(np.bincount(nz_rows, minlength=X.shape[0]))])
+    nz_keys = gene_key[nz_cols]
+    ckey = cell_keys(nz_indptr, nz_keys, nz_data, seed)  # from the expressed genes only
+    if n_bins:
+        nz_vals = bin_csr(nz_indptr, nz_data, nz_keys, ckey, n_bins).astype(np.float32)
+    else:
+        nz_vals = nz_data.astype(np.float32)
+
+    if include_zero_genes:  # every in-vocabulary column of every cell, zeros included
+        cols = np.flatnonzero(keep_col)
+        n = len(cols)
+        rows = np.repeat(np.arange(X.shape[0]), n)
+        col_of_entry = np.tile(cols, X.shape[0])
+        vals = np.zeros(len(rows), dtype=np.float32)
+        pos = np.searchsorted(cols, nz_cols)  # nonzero entries land in their (row, column) slot
+        vals[nz_rows * n + pos] = nz_vals
+        indptr = np.arange(X.shape[0] + 1, dtype=np.int64) * n
+    else:
+        rows, col_of_entry, vals, indptr = nz_rows, nz_cols, nz_vals, nz_indptr
+    toks, keys = token_ids[col_of_entry], gene_key[col_of_entry]
     n_input = np.diff(indptr)
-    ckey = cell_keys(indptr, keys, data, seed)
-    vals = bin_csr(indptr, data, keys, ckey, n_bins).astype(np.float32) if n_bins else data.astype(np.float32)
 
     if max_genes is not None and (n_input > max_genes).any():
         # keep the max_genes entries with the smallest per-(cell, gene) random priority
@@ -106,10 +138,10 @@ def tokenize(
         rank = np.empty(len(order), dtype=np.int64)
         rank[order] = np.arange(len(order)) - np.repeat(indptr[:-1], n_input)
         keep = rank < max_genes
-        rows, toks, vals = rows[keep], toks[keep], vals[keep]
+        rows, toks, vals, keys = rows[keep], toks[keep], vals[keep], keys[keep]
         indptr = np.concatenate([[0], np.cumsum(np.minimum(n_input, max_genes))])
     order = np.lexsort((toks, rows))  # vocabulary order within each cell
-    return TokenizedCells(indptr, toks[order], vals[order], n_input)
+    return TokenizedCells(indptr, toks[order], vals[order], n_input, ckey, keys[order])
 
 
 def pad_batch(

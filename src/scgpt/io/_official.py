@@ -159,8 +159,14 @@ def _linear_count(state: dict[str, Tensor], prefix: str) -> int:
     return sum(1 for k, v in state.items() if k.startswith(prefix) and k.endswith(".weight") and v.ndim == 2)
 
 
-def config_from_official(args: dict[str, Any], state: dict[str, Tensor], vocab: GeneVocab) -> ScGPTConfig:
-    """Architecture of an official checkpoint: sizes from ``args``, optional parts from ``state`` keys."""
+def config_from_official(
+    args: dict[str, Any], state: dict[str, Tensor], vocab: GeneVocab, *, generative: bool = False
+) -> ScGPTConfig:
+    """Architecture of an official checkpoint: sizes from ``args``, optional parts from ``state`` keys.
+
+    ``generative=True`` keeps the generative-pretraining flag embedding (``flag_encoder``), which
+    inference does not use, e.g. to continue pretraining.
+    """
     has = lambda prefix: any(k.startswith(prefix) for k in state)  # noqa: E731
     d = int(args["embsize"])
     pad_token = args.get("pad_token", PAD_TOKEN)
@@ -246,10 +252,13 @@ def config_from_official(args: dict[str, Any], state: dict[str, Tensor], vocab: 
         n_cls=n_cls,
         n_layers_cls=n_layers_cls,
         dab=has("grad_reverse_discriminator."),
+        generative=generative,
     )
 
 
-def read_official(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> OfficialCheckpoint:
+def read_official(
+    path: str | os.PathLike, *, map_location: str | torch.device = "cpu", generative: bool = False
+) -> OfficialCheckpoint:
     """Read an official scGPT model folder.
 
     Parameters
@@ -258,6 +267,9 @@ def read_official(path: str | os.PathLike, *, map_location: str | torch.device =
         Folder with ``args.json``, ``vocab.json`` and ``best_model.pt``.
     map_location
         Where tensors are loaded.
+    generative
+        Keep the generative-pretraining flag embedding (``flag_encoder``; ignored by default since
+        inference never uses it).
 
     Returns
     -------
@@ -282,7 +294,7 @@ def read_official(path: str | os.PathLike, *, map_location: str | torch.device =
                 stacklevel=2,
             )
             args = {**args, "nlayers": n}
-    config = config_from_official(args, state, vocab)
+    config = config_from_official(args, state, vocab, generative=generative)
     mod_vocab = GeneVocab(args["mod_vocab"]) if isinstance(args.get("mod_vocab"), dict) else None
     return OfficialCheckpoint(config, vocab, state, args, path, mod_vocab)
 
@@ -316,10 +328,10 @@ def load_state_dict_reported(
 
 
 def load_official(
-    path: str | os.PathLike, *, strict: bool = False, map_location: str | torch.device = "cpu"
+    path: str | os.PathLike, *, strict: bool = False, map_location: str | torch.device = "cpu", generative: bool = False
 ) -> tuple[ScGPTNet, OfficialCheckpoint, LoadReport]:
     """Build an :class:`~scgpt.nn.ScGPTNet` from an official folder and load its weights (eval mode)."""
-    ckpt = read_official(path, map_location=map_location)
+    ckpt = read_official(path, map_location=map_location, generative=generative)
     net = ScGPTNet(ckpt.config)
     report = load_state_dict_reported(net, ckpt.state_dict, strict=strict, source=str(ckpt.path / WEIGHTS_FILE))
     return net.eval(), ckpt, report

@@ -22,6 +22,7 @@ from ..io import (
 )
 from ..nn import ScGPTConfig, ScGPTNet
 from ._device import resolve_device
+from ._training import TrainingMixin
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -35,7 +36,7 @@ def _demo_path() -> Path:
     return Path(str(resources.files("scgpt.model").joinpath("_demo")))
 
 
-class ScGPT:
+class ScGPT(TrainingMixin):
     """An scGPT model: network, gene vocabulary and what was learnt about the data it was set up with.
 
     Create one from published weights with :meth:`from_pretrained` (an official folder such as
@@ -131,6 +132,7 @@ class ScGPT:
         adata: AnnData | None = None,
         strict: bool = False,
         device: str | torch.device | None = "cpu",
+        generative: bool = False,
     ) -> ScGPT:
         """Load published weights.
 
@@ -146,6 +148,9 @@ class ScGPT:
             Raise instead of warn when keys are missing, unexpected or of the wrong shape.
         device
             Where to put the weights (``None``: best available).
+        generative
+            Keep the generative-pretraining flag embedding of the released weights (``flag_encoder``,
+            unused by inference), to continue generative pretraining.
 
         Returns
         -------
@@ -155,7 +160,7 @@ class ScGPT:
         name = DEMO if str(path) == DEMO else str(src)
         if is_native(src):
             return cls.load(src, adata=adata, device=device)
-        ckpt = read_official(src)
+        ckpt = read_official(src, generative=generative)
         net = ScGPTNet(ckpt.config)
         load_state_dict_reported(net, ckpt.state_dict, strict=strict, source=str(src / "best_model.pt"))
         self = cls._from_parts(net.eval(), ckpt.vocab, args=ckpt.args, mod_vocab=ckpt.mod_vocab, source=name)

@@ -5,7 +5,7 @@ official parameter names, so an official ``best_model.pt`` maps onto it key for 
 (see :mod:`scgpt.io`).
 """
 
-from ._attention import SelfAttention, padding_to_attn_mask
+from ._attention import SelfAttention, generative_attn_mask, padding_to_attn_mask
 from ._config import ScGPTConfig
 from ._decoders import (
     AdversarialDiscriminator,
@@ -44,6 +44,7 @@ __all__ = [
     "SelfAttention",
     "TransformerEncoder",
     "TransformerLayer",
+    "generative_attn_mask",
     "grad_reverse",
     "padding_to_attn_mask",
 ]

@@ -108,3 +108,23 @@ def padding_to_attn_mask(padding_mask: Tensor | None) -> Tensor | None:
     if padding_mask is None or not bool(padding_mask.any()):
         return None
     return ~padding_mask[:, None, None, :]
+
+
+def generative_attn_mask(gen_mask: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+    """The scGPT generative-pretraining attention mask, ``(B, 1, L, L)``, ``True`` = may attend.
+
+    Known genes (``gen_mask`` False) attend to every known gene; a gene to predict (``gen_mask``
+    True) attends to every known gene and to itself only, so no gene to predict sees another
+    one. Padded keys are never attended to.
+
+    Parameters
+    ----------
+    gen_mask
+        ``(B, L)``, ``True`` at genes whose values are to be generated.
+    padding_mask
+        ``(B, L)``, ``True`` at padded positions.
+    """
+    known = ~gen_mask if padding_mask is None else ~gen_mask & ~padding_mask  # (B, L) keys anyone may see
+    L = gen_mask.shape[1]
+    self_only = torch.eye(L, dtype=torch.bool, device=gen_mask.device)[None] & gen_mask[:, :, None]  # (B, L, L)
+    return (known[:, None, :] | self_only)[:, None]  # (B, 1, L, L)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._attention import padding_to_attn_mask
+from ._attention import generative_attn_mask, padding_to_attn_mask
 from ._config import ScGPTConfig
 from ._decoders import AdversarialDiscriminator, AffineExprDecoder, ClsDecoder, ExprDecoder, MVCDecoder
 from ._encoders import BatchLabelEncoder, GeneEncoder, build_value_encoder, combine_gene_and_value
@@ -109,14 +109,34 @@ class ScGPTNet(nn.Module):
         nn.init.uniform_(self.encoder.embedding.weight, -0.1, 0.1)  # as the official init
 
     # ------------------------------------------------------------------ encoder
-    def embed(self, genes: Tensor, values: Tensor, *, pert_flags: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Transformer input ``(B, L, d)`` and the gene embeddings ``(B, L, d)``."""
+    def embed(
+        self,
+        genes: Tensor,
+        values: Tensor,
+        *,
+        pert_flags: Tensor | None = None,
+        gen_mask: Tensor | None = None,
+        cell_prompt: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Transformer input ``(B, L, d)`` and the gene embeddings ``(B, L, d)``.
+
+        ``gen_mask`` (generative models): genes to predict get their gene embedding plus the
+        generative flag instead of a value embedding. ``cell_prompt`` ``(B, d)`` replaces the
+        input at position 0 (the "cell prompt" of generative pretraining).
+        """
         gene_embs = self.encoder(genes)
         x = combine_gene_and_value(gene_embs, self.value_encoder(values), self.config.input_emb_style)
         if self.config.n_pert_flags:
             if pert_flags is None:
                 raise ValueError("This is a perturbation model: pass `pert_flags` (B, L), 1 for perturbed genes.")
             x = x + self.pert_encoder(pert_flags)
+        if gen_mask is not None:
+            if not self.config.generative:
+                raise ValueError("`gen_mask` needs a generative model (config.generative=True).")
+            flag = self.flag_encoder.weight[1]  # (d,)
+            x = torch.where(gen_mask.unsqueeze(-1), gene_embs + flag, x)
+        if cell_prompt is not None:
+            x = torch.cat([cell_prompt.unsqueeze(1).to(x.dtype), x[:, 1:]], dim=1)
         return x, gene_embs
 
     def normalise(self, x: Tensor, batch_labels: Tensor | None) -> Tensor:
@@ -136,6 +156,8 @@ class ScGPTNet(nn.Module):
         batch_labels: Tensor | None = None,
         mod_types: Tensor | None = None,
         pert_flags: Tensor | None = None,
+        gen_mask: Tensor | None = None,
+        cell_prompt: Tensor | None = None,
         attn_mask: Tensor | None = None,
     ) -> Encoded:
         """Run the encoder.
@@ -154,17 +176,25 @@ class ScGPTNet(nn.Module):
             ``(B, L)`` modality ids (multi-omic models).
         pert_flags
             ``(B, L)`` perturbation flags (perturbation models).
+        gen_mask
+            ``(B, L)``, ``True`` at genes whose values are to be generated (generative models): they
+            enter without their value and attend only to known genes and themselves
+            (:func:`~scgpt.nn.generative_attn_mask`).
+        cell_prompt
+            ``(B, d)`` cell embeddings to place at position 0 (generative cell-prompt training).
         attn_mask
             Optional boolean attention mask broadcastable to ``(B, h, L, L)``, ``True`` = may
-            attend; replaces the mask derived from ``padding_mask``.
+            attend; replaces the mask derived from ``padding_mask`` (and ``gen_mask``).
         """
         self._check_conditions(genes, batch_labels, mod_types)
         if padding_mask is None:
             padding_mask = genes.eq(self.config.pad_token_id)
-        x, gene_embs = self.embed(genes, values, pert_flags=pert_flags)
+        x, gene_embs = self.embed(genes, values, pert_flags=pert_flags, gen_mask=gen_mask, cell_prompt=cell_prompt)
         x = self.normalise(x, batch_labels)
         if attn_mask is None:
-            attn_mask = padding_to_attn_mask(padding_mask)
+            attn_mask = (
+                padding_to_attn_mask(padding_mask) if gen_mask is None else generative_attn_mask(gen_mask, padding_mask)
+            )
         hidden = self.transformer_encoder(x, attn_mask)
         enc = Encoded(hidden, gene_embs, self.pool(hidden, values, padding_mask), values, padding_mask)
         enc.cond_tokens, enc.cond_cell = self._conditions(batch_labels, mod_types, values, padding_mask)

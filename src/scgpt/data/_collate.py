@@ -1,0 +1,191 @@
+"""Minibatches for training: tokenise rows, then mask values (masked objective) or choose the genes
+to generate (generative objective). Every choice is keyed by the cell's content, the seed and the
+epoch, so a cell's minibatch entry never depends on the other cells in it, the batch size, the
+number of processes or a restart."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Literal
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import Tensor
+
+from ._binning import _row_ids
+from ._random import STREAM_MASK, STREAM_SPLIT, entry_bits, splitmix64
+from ._tokenize import TokenizedCells, pad_batch, tokenize
+
+Objective = Literal["masked", "generative", "none"]
+
+
+@dataclass
+class CellBatch:
+    """A padded minibatch of tokenised cells.
+
+    Attributes
+    ----------
+    genes
+        ``(B, L)`` token ids, ``<cls>`` first.
+    values
+        ``(B, L)`` model input: values, with ``mask_value`` at masked positions.
+    target
+        ``(B, L)`` true values.
+    padding_mask
+        ``(B, L)``, ``True`` at padding.
+    predict_mask
+        ``(B, L)``, ``True`` at positions whose value is to be predicted (masked or generated).
+    gen_mask
+        ``(B, L)``, ``True`` at generated positions (generative objective), else ``None``.
+    batch_labels, labels
+        ``(B,)`` batch and class codes (``None`` when not used).
+    cells
+        ``(B,)`` indices of the cells in their dataset.
+    epoch, index
+        Epoch and batch number within it (used to resume a run exactly).
+    """
+
+    genes: Tensor
+    values: Tensor
+    target: Tensor
+    padding_mask: Tensor
+    predict_mask: Tensor
+    gen_mask: Tensor | None = None
+    batch_labels: Tensor | None = None
+    labels: Tensor | None = None
+    cells: Tensor | None = None
+    epoch: int = 0
+    index: int = 0
+
+    def to(self, device: torch.device | str) -> CellBatch:
+        """Move every tensor."""
+        kw = {f.name: getattr(self, f.name) for f in fields(self)}
+        return CellBatch(**{k: v.to(device) if isinstance(v, Tensor) else v for k, v in kw.items()})
+
+    def __len__(self) -> int:
+        return self.genes.shape[0]
+
+
+def _mix(*parts: int) -> int:
+    """Mix integers into one 64-bit seed."""
+    h = np.uint64(0)
+    for p in parts:
+        h = splitmix64(h ^ np.uint64(int(p) & 0xFFFFFFFFFFFFFFFF))
+    return int(h)
+
+
+def choose_positions(cells: TokenizedCells, ratio: float, stream: int, salt: int) -> np.ndarray:
+    """Per cell, ``int(n_genes * ratio)`` of its entries, chosen uniformly by a keyed priority (bool per entry)."""
+    lengths = cells.lengths
+    rows = _row_ids(cells.indptr)
+    key = np.repeat(cells.cell_key ^ np.uint64(salt), lengths)
+    prio = entry_bits(key, cells.gene_key, stream)
+    order = np.lexsort((prio, rows))
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order)) - np.repeat(cells.indptr[:-1], lengths)
+    n_pick = (lengths * ratio).astype(np.int64)
+    return rank < np.repeat(n_pick, lengths)
+
+
+@dataclass
+class Collator:
+    """Builds :class:`CellBatch` from count rows.
+
+    Parameters
+    ----------
+    token_ids, gene_key
+        Vocabulary id and random-choice key of each gene column.
+    cls_id, pad_id
+        Ids of ``<cls>`` and ``<pad>``.
+    pad_value
+        Value at padding.
+    cls_value
+        Value at ``<cls>`` (``pad_value`` in pretraining and zero-shot use, 0 in the official
+        fine-tuning tutorials).
+    mask_value
+        Input value at masked positions (official: -1).
+    max_length
+        Tokens per cell including ``<cls>``.
+    n_bins
+        Value bins, ``None`` for raw values.
+    include_zero_genes
+        Keep unexpressed genes as tokens with value 0.
+    objective
+        ``"masked"`` (values of a random subset hidden), ``"generative"`` (a random subset of genes
+        enters without values and is generated), ``"none"`` (nothing hidden).
+    mask_ratio
+        Fraction of genes hidden / generated; a tuple draws one per minibatch (official
+        pretraining: 0.25, 0.5, 0.75).
+    seed
+        Seed.
+    """
+
+    token_ids: np.ndarray
+    gene_key: np.ndarray
+    cls_id: int
+    pad_id: int
+    pad_value: float = -2.0
+    cls_value: float = -2.0
+    mask_value: float = -1.0
+    max_length: int = 1200
+    n_bins: int | None = 51
+    include_zero_genes: bool = False
+    objective: Objective = "masked"
+    mask_ratio: float | tuple[float, ...] = 0.4
+    seed: int = 0
+
+    def ratio_for(self, epoch: int, batch_index: int) -> float:
+        """The mask ratio of a minibatch (fixed, or drawn from the tuple by a keyed choice)."""
+        if isinstance(self.mask_ratio, int | float):
+            return float(self.mask_ratio)
+        ratios = tuple(self.mask_ratio)
+        return float(ratios[_mix(self.seed, epoch, batch_index, 17) % len(ratios)])
+
+    def __call__(
+        self,
+        X: sp.csr_matrix,
+        *,
+        epoch: int = 0,
+        batch_index: int = 0,
+        batch_labels: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
+        cells: np.ndarray | None = None,
+    ) -> CellBatch:
+        """Minibatch of the rows of ``X`` (cells x genes); ``epoch`` varies sampling and masks between epochs."""
+        epoch_seed = _mix(self.seed, epoch)
+        tok = tokenize(
+            X, self.token_ids, self.gene_key, max_genes=self.max_length - 1, n_bins=self.n_bins, seed=epoch_seed,
+            include_zero_genes=self.include_zero_genes,
+        )  # fmt: skip
+        genes, target = pad_batch(tok, cls_id=self.cls_id, cls_value=self.cls_value, pad_id=self.pad_id, pad_value=self.pad_value)
+        B, L = genes.shape
+        predict = np.zeros((B, L), dtype=bool)
+        gen = None
+        values = target.copy()
+        if self.objective != "none":
+            ratio = self.ratio_for(epoch, batch_index)
+            stream = STREAM_MASK if self.objective == "masked" else STREAM_SPLIT
+            chosen = choose_positions(tok, ratio, stream, _mix(epoch_seed, stream))
+            rows = _row_ids(tok.indptr)
+            cols = np.arange(len(rows)) - np.repeat(tok.indptr[:-1], tok.lengths) + 1  # +1: <cls> first
+            predict[rows[chosen], cols[chosen]] = True
+            if self.objective == "masked":
+                values[predict] = self.mask_value
+            else:
+                gen = torch.from_numpy(predict.copy())
+        as_long = lambda a: None if a is None else torch.from_numpy(np.asarray(a, dtype=np.int64))  # noqa: E731
+        g = torch.from_numpy(genes)
+        return CellBatch(
+            genes=g,
+            values=torch.from_numpy(values),
+            target=torch.from_numpy(target),
+            padding_mask=g.eq(self.pad_id),
+            predict_mask=torch.from_numpy(predict),
+            gen_mask=gen,
+            batch_labels=as_long(batch_labels),
+            labels=as_long(labels),
+            cells=as_long(cells),
+            epoch=epoch,
+            index=batch_index,
+        )

@@ -1,0 +1,151 @@
+"""A deterministic, resumable minibatch loader with chunked shuffling and per-process shards."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from ._collate import CellBatch, Collator, _mix
+from ._sources import CellSource
+
+
+def epoch_order(indices: np.ndarray, *, seed: int, epoch: int, shuffle: bool, chunk_size: int = 1) -> np.ndarray:
+    """Order of ``indices`` in an epoch.
+
+    With ``chunk_size > 1`` (data read from disk), contiguous chunks of that many cells are
+    shuffled as units and then cells are shuffled inside windows of 16 chunks, so minibatches read
+    a few contiguous stretches instead of scattered rows.
+    """
+    if not shuffle:
+        return indices
+    rng = np.random.default_rng(_mix(seed, epoch, 101))
+    if chunk_size <= 1:
+        return indices[rng.permutation(len(indices))]
+    chunks = [indices[i : i + chunk_size] for i in range(0, len(indices), chunk_size)]
+    order = np.concatenate([chunks[i] for i in rng.permutation(len(chunks))])
+    window = 16 * chunk_size
+    for s in range(0, len(order), window):
+        order[s : s + window] = order[s : s + window][rng.permutation(len(order[s : s + window]))]
+    return order
+
+
+class CellLoader:
+    """Minibatches of :class:`~scgpt.data.CellBatch` for one process.
+
+    Each epoch's order is a function of ``(seed, epoch)``. It is cut into *global* batches of
+    ``batch_size * world_size`` cells and process ``rank`` takes its slice of each, so the cells of a
+    global step are the same whatever the number of processes. The loader remembers how many
+    batches of the current epoch it has yielded (``state_dict``), which lets training resume
+    mid-epoch exactly (Lightning saves and restores the state of loaders that have one).
+
+    Parameters
+    ----------
+    source
+        Where rows come from.
+    indices
+        Cells of ``source`` to use (e.g. the training split).
+    collator
+        Turns rows into a :class:`CellBatch`.
+    batch_size
+        Cells per batch per process.
+    shuffle
+        Shuffle each epoch.
+    seed
+        Seed of the order.
+    rank, world_size
+        This process and the number of processes.
+    drop_last
+        Drop the last incomplete global batch (default: when ``world_size > 1``, so every process
+        gets batches of equal size).
+    chunk_size
+        Chunked shuffling for on-disk sources (1: full shuffle).
+    obs
+        Per-cell arrays ``batch_labels`` / ``labels`` (indexed like ``source``).
+    fixed_epoch
+        Always build batches as in epoch 0 (same masks every pass; for validation).
+    """
+
+    def __init__(
+        self,
+        source: CellSource,
+        indices: np.ndarray,
+        collator: Collator,
+        *,
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool | None = None,
+        chunk_size: int = 1,
+        obs: dict[str, np.ndarray] | None = None,
+        fixed_epoch: bool = False,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}.")
+        self.source, self.collator = source, collator
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.rank, self.world_size = rank, world_size
+        self.drop_last = world_size > 1 if drop_last is None else drop_last
+        self.chunk_size = chunk_size
+        self.obs = obs or {}
+        self.fixed_epoch = fixed_epoch
+        self.epoch = 0
+        self._marked = False
+        self._done = 0  # batches of the current epoch already consumed (see mark_consumed)
+
+    def _global_batches(self) -> int:
+        g = self.batch_size * self.world_size
+        n = len(self.indices)
+        return n // g if self.drop_last else -(-n // g)
+
+    def __len__(self) -> int:
+        return self._global_batches()
+
+    def __iter__(self) -> Iterator[CellBatch]:
+        if self._done >= self._global_batches():
+            self.epoch, self._done = self.epoch + 1, 0
+        epoch = 0 if self.fixed_epoch else self.epoch
+        self._marked = False
+        order = epoch_order(self.indices, seed=self.seed, epoch=epoch, shuffle=self.shuffle, chunk_size=self.chunk_size)
+        g = self.batch_size * self.world_size
+        for b in range(self._done, self._global_batches()):
+            glob = order[b * g : (b + 1) * g]
+            per = -(-len(glob) // self.world_size)
+            mine = glob[self.rank * per : (self.rank + 1) * per]
+            if len(mine) == 0:
+                continue
+            yield self.collator(
+                self.source.rows(mine),
+                epoch=epoch,
+                batch_index=b,
+                batch_labels=self.obs["batch_labels"][mine] if "batch_labels" in self.obs else None,
+                labels=self.obs["labels"][mine] if "labels" in self.obs else None,
+                cells=mine,
+            )
+        if self.fixed_epoch:
+            self._done = 0
+        elif not self._marked and self.epoch == epoch:  # iterated outside a training plan: a full pass ends the epoch
+            self.epoch, self._done = self.epoch + 1, 0
+
+    def mark_consumed(self, batch: CellBatch) -> None:
+        """Record that training used ``batch`` (the position saved by :meth:`state_dict`).
+
+        Lightning fetches a batch ahead, so the loader cannot tell from its own iteration which
+        batches the model has seen; the training plan reports them.
+        """
+        self._marked = True
+        self.epoch, self._done = batch.epoch, batch.index + 1
+        if self._done >= self._global_batches():
+            self.epoch, self._done = self.epoch + 1, 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Position in the data: epoch and batches of it consumed."""
+        return {"epoch": self.epoch, "batches_done": self._done}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume at a position saved by :meth:`state_dict`."""
+        self.epoch, self._done = int(state["epoch"]), int(state["batches_done"])
