@@ -7,7 +7,8 @@ Submodules are imported on first use, so ``import scgpt`` stays fast (no torch, 
 - :mod:`scgpt.pl` plots,
 - :mod:`scgpt.model` user-facing model classes,
 - :mod:`scgpt.nn` the pure-PyTorch network, :mod:`scgpt.io` model files,
-- :mod:`scgpt.data` vocabulary, tokenisation and loaders, :mod:`scgpt.train` training plans.
+- :mod:`scgpt.data` vocabulary, tokenisation and loaders, :mod:`scgpt.train` training plans,
+- :mod:`scgpt.datasets` real cells that ship with installed packages.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from ._settings import settings
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("data", "io", "model", "nn", "pl", "pp", "tl", "train")
+_SUBMODULES = ("data", "datasets", "io", "model", "nn", "pl", "pp", "tl", "train")
 
 if TYPE_CHECKING:  # pragma: no cover
-    from . import data, io, model, nn, pl, pp, tl, train
+    from . import data, datasets, io, model, nn, pl, pp, tl, train
 
 
 def __getattr__(name: str):
@@ -35,4 +36,4 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_SUBMODULES])
 
 
-__all__ = ["data", "io", "model", "nn", "pl", "pp", "settings", "tl", "train"]
+__all__ = ["data", "datasets", "io", "model", "nn", "pl", "pp", "settings", "tl", "train"]
