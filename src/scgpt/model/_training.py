@@ -219,7 +219,8 @@ class TrainingMixin:
         accumulate_grad_batches, gradient_clip_val
             Gradient accumulation and clipping.
         checkpoint_dir
-            Where Lightning checkpoints (``last.ckpt``) and per-step loss logs (``metrics.csv``) go.
+            Where Lightning checkpoints (``last.ckpt``) and per-step loss logs
+            (``logs/version_<n>/metrics.csv``, a new version per run or resume) go.
         checkpoint_every_n_steps
             Save ``last.ckpt`` every this many steps (default: at each epoch end).
         resume
@@ -244,12 +245,13 @@ class TrainingMixin:
         from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
         from lightning.pytorch.loggers import CSVLogger
 
-        from ..train import ScGPTTrainingPlan, get_recipe
+        from ..train import ScGPTTrainingPlan, check_recipe, get_recipe
 
         rec = get_recipe(recipe)
         changes = {k: v for k, v in (("max_length", max_length), ("mask_ratio", mask_ratio)) if v is not None}
         if changes:
             rec = rec.replace(**changes)
+        check_recipe(self.net, rec)
         if max_epochs is None and max_steps == -1:
             max_epochs = 10
         if datamodule is None:
@@ -261,7 +263,7 @@ class TrainingMixin:
             step_gamma=step_gamma, seed=seed,
         )  # fmt: skip
         ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else Path(tempfile.mkdtemp(prefix="scgpt_train_"))
-        callbacks: list = [_HistoryCallback()]
+        callbacks: list = [_HistoryCallback(), *trainer_kwargs.pop("callbacks", [])]
         ckpt_kwargs = {"every_n_train_steps": checkpoint_every_n_steps} if checkpoint_every_n_steps else {}
         callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, **ckpt_kwargs))
         has_val = datamodule.val_indices is not None
@@ -270,10 +272,12 @@ class TrainingMixin:
                 raise ValueError("early_stopping needs validation cells (train_size < 1).")
             callbacks.append(EarlyStopping(monitor="val_loss", patience=early_stopping_patience, mode="min"))
         show = settings.progress if progress is None else progress
+        quiet = _quiet_lightning()
+        quiet.__enter__()
         trainer = pl.Trainer(
             max_epochs=max_epochs, max_steps=max_steps, accelerator=accelerator, devices=devices, strategy=strategy,
             num_nodes=num_nodes, precision=precision, accumulate_grad_batches=accumulate_grad_batches,
-            gradient_clip_val=gradient_clip_val, callbacks=callbacks, logger=CSVLogger(ckpt_dir, name="", version=""),
+            gradient_clip_val=gradient_clip_val, callbacks=callbacks, logger=CSVLogger(ckpt_dir, name="logs"),
             log_every_n_steps=log_every_n_steps, enable_progress_bar=show, enable_model_summary=False,
             num_sanity_val_steps=0, limit_val_batches=1.0 if has_val else 0, default_root_dir=ckpt_dir,
             **trainer_kwargs,
@@ -286,12 +290,15 @@ class TrainingMixin:
                     raise FileNotFoundError(f"No checkpoint at {ckpt_path}.")
                 ckpt_path = None
         self.net.train()
-        with warnings.catch_warnings(), _quiet_lightning():
-            for message in (".*does not have many workers.*", ".*overridden `transfer_batch_to_device`.*",
-                            ".*LeafSpec.*", ".*limit_val_batches.*"):  # fmt: skip
-                warnings.filterwarnings("ignore", message=message)
-            trainer.fit(plan, datamodule=datamodule, ckpt_path=ckpt_path)
-        self.net.eval()
+        try:
+            with warnings.catch_warnings():
+                for message in (".*does not have many workers.*", ".*overridden `transfer_batch_to_device`.*",
+                                ".*LeafSpec.*", ".*limit_val_batches.*"):  # fmt: skip
+                    warnings.filterwarnings("ignore", message=message)
+                trainer.fit(plan, datamodule=datamodule, ckpt_path=ckpt_path)
+        finally:
+            quiet.__exit__(None, None, None)
+            self.net.eval()
         self.history_ = callbacks[0].history
         self.is_trained_ = True
         self.registry_["last_recipe"] = rec.to_dict()

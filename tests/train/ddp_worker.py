@@ -1,0 +1,35 @@
+"""Run by test_ddp.py as a script: Lightning's DDP launcher re-executes this file for each extra process."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+
+def main(devices: int, out: Path, golden: Path) -> None:
+    import anndata as ad
+
+    import scgpt
+    from scgpt.data import GeneVocab
+    from scgpt.model import ScGPT
+
+    scgpt.settings.progress = False
+    adata = ad.read_h5ad(golden / "pbmc68k_counts.h5ad")[:96].copy()
+    ScGPT.setup_anndata(adata)
+    torch.manual_seed(0)
+    vocab = GeneVocab([*adata.var_names, "<pad>", "<cls>", "<eoc>"])
+    model = ScGPT(adata, vocab=vocab, d_model=32, n_heads=4, d_hid=64, n_layers=2, dropout=0.0, n_cls=None)
+    init = {k: v.clone() for k, v in model.net.state_dict().items()}
+    model.train(
+        recipe="pretrain-masked", max_steps=6, batch_size=16 // devices, lr=1e-3, max_length=64, train_size=1.0,
+        accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", checkpoint_dir=out / "ckpt",
+    )  # fmt: skip
+    if model.trainer_.global_rank == 0:
+        torch.save({k: v.cpu() for k, v in model.net.state_dict().items()}, out / "weights.pt")
+        torch.save(init, out / "init.pt")
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))
