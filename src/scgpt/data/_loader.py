@@ -11,6 +11,27 @@ from ._collate import CellBatch, Collator, _mix
 from ._sources import CellSource
 
 
+def bucket_by_length(order: np.ndarray, lengths: np.ndarray, global_batch: int, window: int, seed: int) -> np.ndarray:
+    """Reorder so that each global batch holds cells of similar length (little padding).
+
+    Within consecutive windows of ``window`` global batches, cells are sorted by length and cut
+    into global batches, whose order inside the window is then shuffled. Which cells meet in a
+    batch stays random (set by the shuffled ``order``) but each batch is nearly padding-free.
+    """
+    out = order.copy()
+    rng = np.random.default_rng(seed)
+    span = global_batch * window
+    for s in range(0, len(order), span):
+        block = order[s : s + span]
+        block = block[np.argsort(lengths[block], kind="stable")]
+        n_full = len(block) // global_batch
+        batches = [block[i * global_batch : (i + 1) * global_batch] for i in range(n_full)]
+        rest = block[n_full * global_batch :]
+        perm = rng.permutation(n_full)
+        out[s : s + span] = np.concatenate([*(batches[i] for i in perm), rest]) if n_full else block
+    return out
+
+
 def epoch_order(indices: np.ndarray, *, seed: int, epoch: int, shuffle: bool, chunk_size: int = 1) -> np.ndarray:
     """Order of ``indices`` in an epoch.
 
@@ -65,6 +86,9 @@ class CellLoader:
         Per-cell arrays ``batch_labels`` / ``labels`` (indexed like ``source``).
     fixed_epoch
         Always build batches as in epoch 0 (same masks every pass; for validation).
+    bucket_window
+        Length bucketing: sort cells by length inside windows of this many global batches, so
+        batches need little padding (0 disables; needs ``source.lengths()``).
     """
 
     def __init__(
@@ -82,6 +106,7 @@ class CellLoader:
         chunk_size: int = 1,
         obs: dict[str, np.ndarray] | None = None,
         fixed_epoch: bool = False,
+        bucket_window: int = 50,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}.")
@@ -93,6 +118,9 @@ class CellLoader:
         self.chunk_size = chunk_size
         self.obs = obs or {}
         self.fixed_epoch = fixed_epoch
+        lengths = source.lengths() if bucket_window else None
+        self._lengths = None if lengths is None else np.asarray(lengths)
+        self.bucket_window = bucket_window
         self.epoch = 0
         self._marked = False
         self._done = 0  # batches of the current epoch already consumed (see mark_consumed)
@@ -112,6 +140,8 @@ class CellLoader:
         self._marked = False
         order = epoch_order(self.indices, seed=self.seed, epoch=epoch, shuffle=self.shuffle, chunk_size=self.chunk_size)
         g = self.batch_size * self.world_size
+        if self._lengths is not None and self.bucket_window > 1:
+            order = bucket_by_length(order, self._lengths, g, self.bucket_window, seed=_mix(self.seed, epoch, 202))
         for b in range(self._done, self._global_batches()):
             glob = order[b * g : (b + 1) * g]
             per = -(-len(glob) // self.world_size)

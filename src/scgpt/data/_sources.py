@@ -34,6 +34,10 @@ class CellSource(Protocol):
         """Token ids of the genes this source measures."""
         ...
 
+    def lengths(self) -> np.ndarray | None:
+        """Expressed genes per cell (or an estimate), for length-bucketed batching; ``None`` if unknown."""
+        ...
+
 
 def _to_token_space(X: sp.csr_matrix, col_tokens: np.ndarray, n_tokens: int) -> sp.csr_matrix:
     """Relabel columns to token ids, dropping unmatched columns (token -1)."""
@@ -77,6 +81,9 @@ class AnnDataSource:
 
     def present_tokens(self) -> np.ndarray:  # noqa: D102
         return self._present
+
+    def lengths(self) -> np.ndarray:  # noqa: D102
+        return np.diff(self._X.indptr)
 
 
 class H5adCollection:
@@ -127,6 +134,7 @@ class H5adCollection:
             self._tokens.append(m.ids)
             sizes.append(a.n_obs)
         self.offsets = np.concatenate([[0], np.cumsum(sizes)])
+        self._lengths = np.concatenate([_stored_per_row(a, layer) for a in self._files])
         self.n_obs = int(self.offsets[-1])
         self._present = np.unique(np.concatenate([t[t >= 0] for t in self._tokens]))
 
@@ -154,3 +162,17 @@ class H5adCollection:
 
     def present_tokens(self) -> np.ndarray:  # noqa: D102
         return self._present
+
+    def lengths(self) -> np.ndarray:  # noqa: D102
+        return self._lengths
+
+
+def _stored_per_row(adata, layer: str | None) -> np.ndarray:
+    """Stored entries per row of a backed sparse matrix, read from its ``indptr`` alone (dense: all genes)."""
+    from .._anndata import get_matrix
+
+    X = get_matrix(adata, layer)
+    group = getattr(X, "group", None)
+    if group is not None and "indptr" in group:
+        return np.diff(group["indptr"][:])
+    return np.full(adata.n_obs, adata.n_vars)
