@@ -72,6 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--backed", action="store_true", help="open the .h5ad backed (read-only) instead of in memory")
     ap.add_argument("--model", required=True, help="official model folder")
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--max-length", type=int, default=1200)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", message="The expression values do not look like raw counts")
     kw = {
         "gene_key": "gene_name", "use_aliases": False, "max_length": args.max_length, "batch_size": args.batch_size,
-        "device": "cpu", "dtype": args.dtype, "progress": False,
+        "device": args.device, "dtype": args.dtype, "progress": False,
     }  # fmt: skip
     info: dict = {"threads": torch.get_num_threads(), "args": vars(args), "rss_start_MiB": rss_bytes() / 2**20}
 

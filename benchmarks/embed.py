@@ -82,6 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--backed-max-length", type=int, default=256)
     ap.add_argument("--backed-dtype", default="bfloat16")
+    ap.add_argument("--backed-device", default="cpu", help="device of the backed run (cpu, cuda)")
     ap.add_argument(
         "--backed-genes",
         type=int,
@@ -234,7 +235,8 @@ def ensure_model(args: argparse.Namespace, mode: str, model_dir: Path, work: Pat
 
 
 def run_ours(args: argparse.Namespace, h5ad: Path, model: Path, dtype: str, tag: str, work: Path, *,
-             backed: bool = False, max_length: int = MAX_LENGTH, save_emb: bool = True) -> dict | None:  # fmt: skip
+             backed: bool = False, max_length: int = MAX_LENGTH, save_emb: bool = True,
+             device: str = "cpu") -> dict | None:  # fmt: skip
     """Time ``scgpt.tl.embed`` in a fresh subprocess (``_worker.py``); its JSON, with the embeddings' path."""
     out_json = work / f"ours_{tag}.json"
     emb = work / f"ours_{tag}.npy"
@@ -243,7 +245,7 @@ def run_ours(args: argparse.Namespace, h5ad: Path, model: Path, dtype: str, tag:
     cmd = [
         sys.executable, str(HERE / "_worker.py"), "--h5ad", str(h5ad), "--model", str(model), "--dtype", dtype,
         "--max-length", str(max_length), "--batch-size", str(BATCH_SIZE), "--threads", str(args.threads),
-        "--warmup-cells", str(args.warmup_cells), "--json-out", str(out_json),
+        "--warmup-cells", str(args.warmup_cells), "--json-out", str(out_json), "--device", device,
     ]  # fmt: skip
     if backed:
         cmd.append("--backed")
@@ -312,6 +314,13 @@ def bench_mode(args: argparse.Namespace, mode: str, matmul: dict, work: Path) ->
     print(f"[cells] {out['cells']}", flush=True)
 
     if official:
+        # a cheap check that both sides embed the same cells (the cosine check below is the thorough one)
+        same = official["data"]["shape"] == out["cells"]["shape"] and np.isclose(
+            official["data"]["mean_tokens_per_cell_after_cap"], tokens.mean()
+        )
+        out["cells"]["same_shape_and_tokens_as_official"] = bool(same)
+        if not same:
+            print("WARNING: the official run's cells differ from ours (shape or tokens per cell)", flush=True)
         e = official["embed"]
         run = {
             "seconds": e["seconds"], "cells_per_s": e["cells_per_s"], "ru_maxrss_MiB": e["ru_maxrss_self_MiB"],
@@ -394,9 +403,10 @@ def bench_backed(args: argparse.Namespace, matmul: dict, work: Path) -> dict:
         print(f"[backed] reusing {h5ad}", flush=True)
     print(f"[backed] {meta}", flush=True)
     out: dict = {"model_dir": str(model_dir), "model_source": source, "file": meta,
-                 "max_length": args.backed_max_length, "dtype": args.backed_dtype}  # fmt: skip
+                 "max_length": args.backed_max_length, "dtype": args.backed_dtype,
+                 "device": args.backed_device}  # fmt: skip
     res = run_ours(args, h5ad, model_dir, args.backed_dtype, "backed", work, backed=True,
-                   max_length=args.backed_max_length, save_emb=False)  # fmt: skip
+                   max_length=args.backed_max_length, save_emb=False, device=args.backed_device)  # fmt: skip
     if res is not None:
         e = res["embed"]
         model_args = json.loads((model_dir / "args.json").read_text())
@@ -442,11 +452,14 @@ def summary_markdown(results: dict) -> str:
         + ": "
         + ", ".join(f"{d} {v['gflops']:.0f} GFLOP/s" for d, v in mm.items())
         + " (median).",
-        "",
-        "| data | cells | tokens/cell | implementation | dtype | time (s) | cells/s | tokens/s | GFLOP/s "
-        "| % of matmul | peak RSS (MiB) | cells/s vs official | RSS vs official |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    if results["modes"]:
+        lines += [
+            "",
+            "| data | cells | tokens/cell | implementation | dtype | time (s) | cells/s | tokens/s | GFLOP/s "
+            "| % of matmul | peak RSS (MiB) | cells/s vs official | RSS vs official |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
     for mode, r in results["modes"].items():
         c = r["cells"]
         head = f"| {mode} | {r['n_cells']} | {c['tokens_per_cell_mean']:.0f} "
@@ -467,12 +480,14 @@ def summary_markdown(results: dict) -> str:
                 f"| {o['ru_maxrss_MiB']:.0f} | {_x(ratio.get('cells_per_s_vs_official'))} "
                 f"| {_x(ratio.get('peak_rss_vs_official'))} |"
             )
-    lines += [
-        "",
-        "GFLOP/s: the transformer's matrix-product FLOPs for these cells over the timed wall time; % of matmul: of the "
-        "rate above in the same dtype. Peak RSS: ru_maxrss of the process (official: also with its DataLoader "
-        "workers; its process also built the cells and the model). Both timed calls include reading the model folder.",
-    ]
+    if results["modes"]:
+        lines += [
+            "",
+            "GFLOP/s: the transformer's matrix-product FLOPs for these cells over the timed wall time; % of matmul: "
+            "of the rate above in the same dtype. Peak RSS: ru_maxrss of the process (official: also with its "
+            "DataLoader workers; its process also built the cells and the model). Both timed calls include reading "
+            "the model folder.",
+        ]
     agree = [(mode, k, v) for mode, r in results["modes"].items() for k, v in r["agreement"].items()]
     if agree:
         lines += ["", "| data | per-cell cosine | mean | min | 1st percentile |", "|---|---|---|---|---|"]

@@ -98,28 +98,16 @@ def train(corpus: Path, out: Path, args: argparse.Namespace) -> None:
     import torch
 
     from scgpt.data import GeneVocab
-    from scgpt.data._collate import Collator
-    from scgpt.data._random import gene_keys
     from scgpt.model import ScGPT
-    from scgpt.model._training import _split
-    from scgpt.train import ScGPTDataModule, get_recipe
+    from scgpt.train import get_recipe
 
     X = sp.load_npz(corpus / "cells.npz").tocsr()
     vocab = GeneVocab.from_file(corpus / "vocab.json")
     torch.manual_seed(args.seed)
     model = ScGPT(vocab=vocab, **ARCHITECTURE)
     recipe = get_recipe(TRAINING["recipe"]).replace(max_length=TRAINING["max_length"])
-    source = MatrixSource(X)
-    present = np.full(len(vocab), -1)
-    present[source.present_tokens()] = source.present_tokens()
-    c = model.config
-    collator = Collator(
-        token_ids=present, gene_key=gene_keys(vocab.itos), cls_id=vocab.cls_id, pad_id=vocab.pad_id,
-        pad_value=c.pad_value, cls_value=c.pad_value, max_length=recipe.max_length, objective=recipe.objective,
-        mask_ratio=recipe.mask_ratio, seed=args.seed,
-    )  # fmt: skip
-    train_idx, val_idx = _split(X.shape[0], TRAINING["train_size"], None, args.seed)
-    dm = ScGPTDataModule(source, collator, train_idx, val_idx, batch_size=TRAINING["batch_size"], seed=args.seed)
+    dm = model.make_datamodule(MatrixSource(X), recipe, batch_size=TRAINING["batch_size"],
+                               train_size=TRAINING["train_size"], seed=args.seed)  # fmt: skip
     t0 = time.time()
     model.train(
         datamodule=dm, recipe=recipe, max_epochs=args.max_epochs, lr=TRAINING["lr"], warmup_steps=TRAINING["warmup_steps"],

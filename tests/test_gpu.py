@@ -27,13 +27,13 @@ def test_cuda_embeddings_match_cpu(pbmc, base_model):
 
 
 def test_cuda_training_bf16_mixed(pbmc, tmp_path):
-    from scgpt.data import GeneVocab
+    from scgpt.data import AnnDataSource, GeneVocab
 
-    ScGPT.setup_anndata(pbmc)
     torch.manual_seed(0)
-    model = ScGPT(pbmc, vocab=GeneVocab([*pbmc.var_names, "<pad>", "<cls>", "<eoc>"]), d_model=64, n_heads=4,
-                  d_hid=128, n_layers=2, generative=True, n_cls=None)  # fmt: skip
-    model.train(recipe="pretrain", max_epochs=3, batch_size=32, lr=1e-3, max_length=256, accelerator="gpu",
-                devices=1, precision="bf16-mixed", checkpoint_dir=tmp_path)  # fmt: skip
+    vocab = GeneVocab([*pbmc.var_names, "<pad>", "<cls>", "<eoc>"])
+    model = ScGPT(vocab=vocab, d_model=64, n_heads=4, d_hid=128, n_layers=2, generative=True, n_cls=None)
+    dm = model.make_datamodule(AnnDataSource(pbmc, np.arange(pbmc.n_vars), len(vocab)), "pretrain", batch_size=32)
+    model.train(datamodule=dm, recipe="pretrain", max_epochs=3, lr=1e-3, accelerator="gpu", devices=1,
+                precision="bf16-mixed", checkpoint_dir=tmp_path)  # fmt: skip
     h = model.history_
     assert h["val_mlm"][-1] < h["val_mlm"][0] and np.isfinite(h["val_loss"]).all()

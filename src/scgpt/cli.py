@@ -24,14 +24,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
+from ._logging import logger
 from ._settings import settings
 
 if TYPE_CHECKING:
     from anndata import AnnData
 
     from .model import ScGPT
-
-logger = logging.getLogger("scgpt")
 
 PBMC68K = "pbmc68k"
 """``--input`` value naming the bundled real cells (:func:`scgpt.datasets.pbmc68k_counts`)."""
@@ -137,8 +136,9 @@ output folder DIR:
   args.json, vocab.json, best_model.pt   official scGPT model folder (loads in the official scgpt code)
   model.pt                               this package's format: also label/batch categories and loss history;
                                          ScGPT.from_pretrained(DIR) and --model DIR read this one
-  {CHECKPOINTS}/                           Lightning checkpoint last.ckpt (for --resume), per-step losses
-                                         (metrics.csv; its path is printed at the end), cli_args.json (the options)
+  {CHECKPOINTS}/last.ckpt                  Lightning checkpoint (for --resume)
+  {CHECKPOINTS}/.../metrics.csv            per-step losses (the path is printed at the end)
+  {CHECKPOINTS}/cli_args.json              the options: repeat the run with --config DIR/{CHECKPOINTS}/cli_args.json
 """
 
 
@@ -296,7 +296,7 @@ def _config_value(action: argparse.Action, value: Any, where: str) -> Any:
 
 def _apply_config(argv: Sequence[str], subparsers: dict[str, argparse.ArgumentParser]) -> None:
     """Make the options of ``--config FILE`` the defaults of the chosen subcommand (command line wins)."""
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(prog="scgpt", add_help=False)
     pre.add_argument("--config")
     found, _ = pre.parse_known_args(argv)
     command = next((a for a in argv if not a.startswith("-")), None)
@@ -436,6 +436,7 @@ def _new_model(args: argparse.Namespace, adata: AnnData | None) -> ScGPT:
 
 
 def _prepare_output(args: argparse.Namespace) -> Path:
+    """Check and create the output folder; record the options of the run in it."""
     out = Path(args.output).expanduser()
     if out.exists() and not out.is_dir():
         raise CLIError(f"--output {args.output} is a file; give a folder")
@@ -444,9 +445,18 @@ def _prepare_output(args: argparse.Namespace) -> Path:
         raise CLIError(f"--output {args.output} already holds a model ({', '.join(existing)}); "
                        "pass --overwrite to replace it or --resume to continue its run")  # fmt: skip
     (out / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
-    options = {k: v for k, v in vars(args).items() if k != "func"}
-    (out / CHECKPOINTS / "cli_args.json").write_text(json.dumps(options, indent=2, default=str) + "\n")
+    skip = ("func", "command", "traceback", "config")
+    options = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
+    record = json.dumps({args.command: options}, indent=2) + "\n"  # a --config file that repeats the run
+    (out / CHECKPOINTS / "cli_args.json").write_text(record)
     return out
+
+
+def _seed_init(seed: int) -> None:
+    """Seed torch's global RNG, from which new models and new heads (``adapt``) draw their initial weights."""
+    import torch
+
+    torch.manual_seed(seed)
 
 
 def _recipe(args: argparse.Namespace) -> Any:
@@ -458,33 +468,13 @@ def _recipe(args: argparse.Namespace) -> Any:
 
 
 def _lazy_datamodule(model: ScGPT, args: argparse.Namespace, recipe: Any) -> Any:
-    """Training data read from the input files during training (:class:`~scgpt.data.H5adCollection`).
-
-    Builds the same collator as ``ScGPT._datamodule`` does for an in-memory AnnData.
-    """
-    import numpy as np
-
+    """Training data read from the input files during training (:class:`~scgpt.data.H5adCollection`)."""
     from .data import H5adCollection
-    from .data._collate import Collator
-    from .data._random import gene_keys
-    from .model._training import _split, _vocab_gene_keys
-    from .train import ScGPTDataModule
 
     source = H5adCollection(args.input, model.vocab, gene_key=args.gene_key, layer=args.layer)
     logger.info(f"reading {source.n_obs:,} cells from {len(args.input)} file(s) on disk during training")
-    vocab, c = model.vocab, model.config
-    present = np.full(len(vocab), -1, dtype=np.int64)
-    present[source.present_tokens()] = source.present_tokens()
-    collator = Collator(
-        token_ids=present, gene_key=_vocab_gene_keys(vocab, gene_keys), cls_id=vocab.cls_id, pad_id=vocab.pad_id,
-        pad_value=c.pad_value, cls_value=c.pad_value if recipe.cls_value == "pad" else 0.0,
-        mask_value=recipe.mask_value, max_length=recipe.max_length, n_bins=int(model.args_.get("n_bins", 51)),
-        include_zero_genes=recipe.include_zero_genes, objective=recipe.objective, mask_ratio=recipe.mask_ratio,
-        seed=args.seed,
-    )  # fmt: skip
-    train_idx, val_idx = _split(source.n_obs, args.train_size, None, args.seed)
-    return ScGPTDataModule(source, collator, train_idx, val_idx, batch_size=args.batch_size, seed=args.seed,
-                           chunk_size=LAZY_CHUNK_SIZE)  # fmt: skip
+    return model.make_datamodule(source, recipe, batch_size=args.batch_size, train_size=args.train_size,
+                                 seed=args.seed, chunk_size=LAZY_CHUNK_SIZE)  # fmt: skip
 
 
 def _train_and_save(
@@ -594,6 +584,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
             raise CLIError(f"--input {PBMC68K} is held in memory; drop --lazy")
     out = _prepare_output(args)
     adata = None if args.lazy else _read_training_data(args.input, args.layer, args.gene_key)
+    _seed_init(args.seed)
     if args.model is None:
         model = _new_model(args, adata)
     else:
@@ -636,6 +627,7 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
         if model.config.mvc_style is None:
             changes["mvc_style"] = "inner product"
         logger.info(f"batch conditioning over {n_batches} batches of obs[{args.batch_key!r}]")
+    _seed_init(args.seed)
     model = model.adapt(**changes)
     model.setup_anndata(adata, labels_key=args.labels_key, batch_key=args.batch_key)
     _train_and_save(model, args, out, adata=adata)

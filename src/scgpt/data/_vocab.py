@@ -43,6 +43,7 @@ class GeneVocab(Mapping[str, int]):
             dup = sorted({t for t in itos if itos.count(t) > 1})[:5] if len(itos) < 10_000 else "(several)"
             raise ValueError(f"Vocabulary tokens must be unique; duplicated: {dup}")
         self.default_index = default_index
+        self._keys: np.ndarray | None = None
 
     # ----------------------------------------------------------- construction / IO
     @classmethod
@@ -85,6 +86,7 @@ class GeneVocab(Mapping[str, int]):
         if token not in self._stoi:
             self._stoi[token] = len(self._itos)
             self._itos.append(token)
+            self._keys = None
         return self._stoi[token]
 
     # ----------------------------------------------------------- mapping protocol
@@ -129,6 +131,14 @@ class GeneVocab(Mapping[str, int]):
     def lookup_tokens(self, ids: Iterable[int]) -> list[str]:
         """Tokens of many ids."""
         return [self._itos[int(i)] for i in ids]
+
+    def gene_keys(self) -> np.ndarray:
+        """64-bit key of every token (:func:`scgpt.data._random.gene_keys`), the gene's identity in random choices."""
+        if self._keys is None or len(self._keys) != len(self):
+            from ._random import gene_keys
+
+            self._keys = gene_keys(self._itos)
+        return self._keys
 
     def special_id(self, token: str) -> int:
         """Id of a special token, with a clear error when the vocabulary lacks it."""

@@ -20,7 +20,8 @@ from .._settings import settings
 if TYPE_CHECKING:
     from anndata import AnnData
 
-    from ..train import Recipe
+    from ..data import CellSource
+    from ..train import Recipe, ScGPTDataModule
 
 SETUP_KEY = "_scgpt_setup"
 
@@ -305,12 +306,61 @@ class TrainingMixin:
         self.trainer_ = trainer
         return self
 
+    def make_datamodule(
+        self,
+        source: CellSource,
+        recipe: str | Recipe = "pretrain",
+        *,
+        batch_size: int = 32,
+        train_size: float = 0.9,
+        validation_size: float | None = None,
+        seed: int = 0,
+        obs: dict[str, np.ndarray] | None = None,
+        chunk_size: int = 1,
+    ) -> ScGPTDataModule:
+        """A data module over any cell source, tokenised as this model and ``recipe`` need.
+
+        Use it for data that do not fit in memory (``source`` an :class:`~scgpt.data.H5adCollection`)
+        and pass the result to :meth:`train` as ``datamodule=``.
+
+        Parameters
+        ----------
+        source
+            Cells in the model's vocabulary space.
+        recipe
+            Training recipe (tokenisation: masking, ``<cls>`` value, zero genes, length).
+        batch_size
+            Cells per minibatch per process.
+        train_size, validation_size
+            Random split of the cells.
+        seed
+            Seed of the split, order and masks.
+        obs
+            Per-cell ``batch_labels`` / ``labels`` integer codes.
+        chunk_size
+            Chunked shuffling for on-disk sources.
+        """
+        from ..data._collate import Collator
+        from ..train import ScGPTDataModule, get_recipe
+
+        rec = get_recipe(recipe)
+        c = self.config
+        present = np.full(len(self.vocab), -1, dtype=np.int64)
+        present[source.present_tokens()] = source.present_tokens()
+        collator = Collator(
+            token_ids=present, gene_key=self.vocab.gene_keys(), cls_id=self.vocab.cls_id, pad_id=self.vocab.pad_id,
+            pad_value=c.pad_value, cls_value=c.pad_value if rec.cls_value == "pad" else 0.0, mask_value=rec.mask_value,
+            max_length=rec.max_length, n_bins=int(self.args_.get("n_bins", 51)), include_zero_genes=rec.include_zero_genes,
+            objective=rec.objective, mask_ratio=rec.mask_ratio, seed=seed,
+        )  # fmt: skip
+        train_idx, val_idx = _split(source.n_obs, train_size, validation_size, seed)
+        return ScGPTDataModule(
+            source, collator, train_idx, val_idx, batch_size=batch_size, seed=seed, obs=obs, chunk_size=chunk_size
+        )
+
     def _datamodule(self, adata: AnnData, recipe: Recipe, *, batch_size, train_size, validation_size, seed):
         from ..data import AnnDataSource
-        from ..data._collate import Collator
-        from ..data._random import gene_keys
         from ..pp._genes import check_coverage, gene_names, match_genes
-        from ..train import ScGPTDataModule
 
         manager = self._manager(adata)
         setup = manager.registry["setup_args"]
@@ -333,17 +383,8 @@ class TrainingMixin:
             if recipe.cls and c.n_cls != len(labels):
                 raise ValueError(f"The data have {len(labels)} labels but the classification head has {c.n_cls} "
                                  f"outputs; use model.adapt(n_cls={len(labels)}).")  # fmt: skip
-        present = np.full(len(self.vocab), -1, dtype=np.int64)
-        present[source.present_tokens()] = source.present_tokens()
-        collator = Collator(
-            token_ids=present, gene_key=_vocab_gene_keys(self.vocab, gene_keys), cls_id=self.vocab.cls_id,
-            pad_id=self.vocab.pad_id, pad_value=c.pad_value, cls_value=c.pad_value if recipe.cls_value == "pad" else 0.0,
-            mask_value=recipe.mask_value, max_length=recipe.max_length, n_bins=int(self.args_.get("n_bins", 51)),
-            include_zero_genes=recipe.include_zero_genes, objective=recipe.objective, mask_ratio=recipe.mask_ratio,
-            seed=seed,
-        )  # fmt: skip
-        train_idx, val_idx = _split(adata.n_obs, train_size, validation_size, seed)
-        return ScGPTDataModule(source, collator, train_idx, val_idx, batch_size=batch_size, seed=seed, obs=obs)
+        return self.make_datamodule(source, recipe, batch_size=batch_size, train_size=train_size,
+                                    validation_size=validation_size, seed=seed, obs=obs)  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -358,17 +399,6 @@ def _quiet_lightning():
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
-
-
-_GENE_KEYS: dict[int, np.ndarray] = {}
-
-
-def _vocab_gene_keys(vocab, gene_keys) -> np.ndarray:
-    key = hash(tuple(vocab.itos[:5])) ^ len(vocab)
-    if key not in _GENE_KEYS:
-        _GENE_KEYS.clear()
-        _GENE_KEYS[key] = gene_keys(vocab.itos)
-    return _GENE_KEYS[key]
 
 
 def _history_callback():

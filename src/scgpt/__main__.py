@@ -1,0 +1,5 @@
+"""``python -m scgpt``: the command-line interface (see :mod:`scgpt.cli`)."""
+
+from .cli import main
+
+raise SystemExit(main())
