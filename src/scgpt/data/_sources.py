@@ -87,16 +87,17 @@ class AnnDataSource:
 
 
 class H5adCollection:
-    """Cells of several ``.h5ad`` files, read from disk a few rows at a time (larger than memory).
+    """Cells of several AnnData files, read from disk a few rows at a time (larger than memory).
 
-    Files may hold different genes; each is matched to the vocabulary once. Reads of a minibatch
-    are grouped by file and sorted, so chunked shuffling (see :class:`CellLoader`) keeps them
-    mostly contiguous.
+    Files may be ``.h5ad`` (opened backed) or ``.zarr`` AnnData stores (read lazily through
+    :func:`anndata.io.sparse_dataset`), and may hold different genes; each is matched to the
+    vocabulary once. Reads of a minibatch are grouped by file and sorted, so chunked shuffling (see
+    :class:`CellLoader`) keeps them mostly contiguous.
 
     Parameters
     ----------
     paths
-        ``.h5ad`` files (raw counts in ``X`` or ``layer``).
+        ``.h5ad`` files or ``.zarr`` stores with raw counts in ``X`` or ``layer``.
     vocab
         Model vocabulary.
     gene_key
@@ -116,30 +117,41 @@ class H5adCollection:
         layer: str | None = None,
         use_aliases: bool = True,
     ) -> None:
-        import anndata as ad
-
-        from ..pp._genes import check_coverage, gene_names, match_genes
+        from ..pp._genes import check_coverage, match_genes
 
         if not paths:
             raise ValueError("H5adCollection needs at least one file.")
         self.paths = [Path(p) for p in paths]
         self.layer = layer
         self.n_tokens = len(vocab)
-        self._files, self._tokens, sizes = [], [], []
+        self._X, self._tokens, sizes, lengths = [], [], [], []
         for p in self.paths:
-            a = ad.read_h5ad(p, backed="r")
-            m = match_genes(gene_names(a, gene_key), vocab, use_aliases=use_aliases)
+            X, names = _open_lazy(p, layer, gene_key)
+            m = match_genes(names, vocab, use_aliases=use_aliases)
             check_coverage(m, fn=f"H5adCollection ({p.name})")
-            self._files.append(a)
+            self._X.append(X)
             self._tokens.append(m.ids)
-            sizes.append(a.n_obs)
+            sizes.append(X.shape[0])
+            lengths.append(_stored_per_row(X))
         self.offsets = np.concatenate([[0], np.cumsum(sizes)])
-        self._lengths = np.concatenate([_stored_per_row(a, layer) for a in self._files])
         self.n_obs = int(self.offsets[-1])
+        self._lengths = np.concatenate(lengths)
         self._present = np.unique(np.concatenate([t[t >= 0] for t in self._tokens]))
 
+    @classmethod
+    def from_zarr_collection(cls, path: str | os.PathLike, vocab: GeneVocab, **kwargs) -> H5adCollection:
+        """All AnnData stores inside a zarr group, e.g. a collection written by annbatch's ``DatasetCollection``."""
+        import zarr
+
+        root = Path(path)
+        group = zarr.open(str(root), mode="r")
+        stores = sorted(name for name, sub in group.groups() if "X" in sub and "var" in sub)
+        if not stores:
+            raise ValueError(f"{root} holds no AnnData stores (sub-groups with 'X' and 'var').")
+        return cls([root / name for name in stores], vocab, **kwargs)
+
     def rows(self, idx: np.ndarray) -> sp.csr_matrix:  # noqa: D102
-        from .._anndata import check_values, get_matrix
+        from .._anndata import check_values
 
         idx = np.asarray(idx)
         file_of = np.searchsorted(self.offsets, idx, side="right") - 1
@@ -148,7 +160,7 @@ class H5adCollection:
             sel = np.flatnonzero(file_of == f)
             local = idx[sel] - self.offsets[f]
             order = np.argsort(local, kind="stable")
-            X = get_matrix(self._files[f], self.layer)[np.sort(local)]  # h5py wants increasing indices
+            X = self._X[f][np.sort(local)]  # on-disk readers want increasing indices
             X = sp.csr_matrix(X) if not sp.issparse(X) else X.tocsr()
             check_values(X, what=str(self.paths[f]))
             inv = np.empty_like(order)
@@ -167,12 +179,39 @@ class H5adCollection:
         return self._lengths
 
 
-def _stored_per_row(adata, layer: str | None) -> np.ndarray:
-    """Stored entries per row of a backed sparse matrix, read from its ``indptr`` alone (dense: all genes)."""
+def _open_lazy(path: Path, layer: str | None, gene_key: str | None):
+    """A row-indexable on-disk matrix and the gene names of an ``.h5ad`` file or ``.zarr`` AnnData store."""
+    import anndata as ad
+    import pandas as pd
+
     from .._anndata import get_matrix
 
-    X = get_matrix(adata, layer)
+    if path.suffix == ".zarr" or path.is_dir():
+        import zarr
+
+        group = zarr.open(str(path), mode="r")
+        key = "X" if layer is None else f"layers/{layer}"
+        if key not in group:
+            raise KeyError(f"{path} has no {key!r}.")
+        X = ad.io.sparse_dataset(group[key]) if isinstance(group[key], zarr.Group) else group[key]
+        var = ad.io.read_elem(group["var"])
+    else:
+        adata = ad.read_h5ad(path, backed="r")
+        X, var = get_matrix(adata, layer), adata.var
+    if gene_key is None:
+        names = pd.Index(var.index.astype(str))
+    elif gene_key in var:
+        names = pd.Index(var[gene_key].astype(str))
+    else:
+        raise KeyError(f"gene_key={gene_key!r} is not a var column of {path}.")
+    if names.has_duplicates:
+        raise ValueError(f"{path}: duplicated gene names (e.g. {list(names[names.duplicated()][:3])}).")
+    return X, names
+
+
+def _stored_per_row(X) -> np.ndarray:
+    """Stored entries per row of an on-disk sparse matrix, read from its ``indptr`` alone (dense: all genes)."""
     group = getattr(X, "group", None)
     if group is not None and "indptr" in group:
-        return np.diff(group["indptr"][:])
-    return np.full(adata.n_obs, adata.n_vars)
+        return np.diff(np.asarray(group["indptr"][:]))
+    return np.full(X.shape[0], X.shape[1])

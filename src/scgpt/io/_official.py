@@ -230,6 +230,7 @@ def config_from_official(
         d_hid=int(args["d_hid"]),
         n_layers=int(args["nlayers"]),
         dropout=float(args.get("dropout", 0.2)),
+        attn_dropout=None if args.get("attn_dropout") is None else float(args["attn_dropout"]),
         pad_value=float(args.get("pad_value", -2)),
         pre_norm=bool(args.get("pre_norm", False)),
         input_emb_style=style,
@@ -356,6 +357,8 @@ def official_args(config: ScGPTConfig, base: dict[str, Any] | None = None, mod_v
     args.setdefault("n_bins", 51)
     if config.pre_norm:
         args["pre_norm"] = True
+    if config.attn_dropout is not None:
+        args["attn_dropout"] = config.attn_dropout
     if config.mvc_style:
         args["mvc_decoder_style"] = config.mvc_style
     if config.n_pert_flags:

@@ -9,7 +9,7 @@ per cell (:mod:`scgpt.data._random`) and each cell is encoded independently.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import scipy.sparse as sp
@@ -64,8 +64,12 @@ def embed_chunks(
     batch_labels: np.ndarray | None = None,
     max_tokens: int | None = None,
     progress: bool = True,
+    cls_value: float | None = None,
+    head: Callable | None = None,
+    out_dim: int | None = None,
+    normalize: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """L2-normalised ``<cls>`` embeddings ``(n_obs, d)`` float32, and the tokens per cell.
+    """L2-normalised ``<cls>`` embeddings ``(n_obs, d)`` float32 (or another per-cell output), and the tokens per cell.
 
     Parameters
     ----------
@@ -97,13 +101,24 @@ def embed_chunks(
         Padded tokens per forward pass; default: 2-4k on CPU, unlimited on GPU.
     progress
         Show a progress bar.
+    cls_value
+        Value at ``<cls>`` (default ``pad_value``, as the official zero-shot embedding; the
+        fine-tuning tutorials use 0).
+    head
+        Maps ``(net, cell_emb)`` to the per-cell output (default: the cell embedding itself), e.g.
+        the classifier logits.
+    out_dim
+        Width of the head's output (default ``d_model``).
+    normalize
+        L2-normalise each cell's output.
 
     Values must be non-negative and finite (callers check, see :func:`scgpt._anndata.check_values`).
     """
     pad_value = float(net.config.pad_value)
+    cls_value = pad_value if cls_value is None else float(cls_value)
     if max_tokens is None and device.type == "cpu":
         max_tokens = CPU_TOKENS.get(dtype, 2048)
-    out = np.zeros((n_obs, net.config.d_model), dtype=np.float32)
+    out = np.zeros((n_obs, out_dim or net.config.d_model), dtype=np.float32)
     n_tokens = np.zeros(n_obs, dtype=np.int64)
     bar = tqdm(total=n_obs, unit="cell", desc="embedding cells", disable=not progress, leave=False)
     with torch.inference_mode():
@@ -113,16 +128,19 @@ def embed_chunks(
             )
             n_tokens[start : start + len(cells)] = cells.lengths + 1
             for idx in length_batches(cells.lengths + 1, batch_size, max_tokens):
-                genes, values = pad_batch(cells.take(idx), cls_id=cls_id, cls_value=pad_value, pad_id=pad_id, pad_value=pad_value)
+                genes, values = pad_batch(cells.take(idx), cls_id=cls_id, cls_value=cls_value, pad_id=pad_id, pad_value=pad_value)
                 g = torch.from_numpy(genes).to(device)
                 v = torch.from_numpy(values).to(device=device, dtype=dtype)
                 labels = None
                 if batch_labels is not None:
                     labels = torch.from_numpy(np.asarray(batch_labels[start + idx], dtype=np.int64)).to(device)
                 emb = net.cell_embedding(g, v, g.eq(pad_id), batch_labels=labels)
+                if head is not None:
+                    emb = head(net, emb)
                 out[start + idx] = emb.float().cpu().numpy()
                 bar.update(len(idx))
     bar.close()
-    norms = np.linalg.norm(out, axis=1, keepdims=True)
-    out /= np.where(norms > 0, norms, 1.0)
+    if normalize:
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        out /= np.where(norms > 0, norms, 1.0)
     return out, n_tokens

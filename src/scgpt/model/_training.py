@@ -317,6 +317,7 @@ class TrainingMixin:
         seed: int = 0,
         obs: dict[str, np.ndarray] | None = None,
         chunk_size: int = 1,
+        split: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> ScGPTDataModule:
         """A data module over any cell source, tokenised as this model and ``recipe`` need.
 
@@ -339,6 +340,8 @@ class TrainingMixin:
             Per-cell ``batch_labels`` / ``labels`` integer codes.
         chunk_size
             Chunked shuffling for on-disk sources.
+        split
+            ``(train_indices, validation_indices)`` to use instead of a random split.
         """
         from ..data._collate import Collator
         from ..train import ScGPTDataModule, get_recipe
@@ -353,7 +356,7 @@ class TrainingMixin:
             max_length=rec.max_length, n_bins=int(self.args_.get("n_bins", 51)), include_zero_genes=rec.include_zero_genes,
             objective=rec.objective, mask_ratio=rec.mask_ratio, seed=seed,
         )  # fmt: skip
-        train_idx, val_idx = _split(source.n_obs, train_size, validation_size, seed)
+        train_idx, val_idx = split if split is not None else _split(source.n_obs, train_size, validation_size, seed)
         return ScGPTDataModule(
             source, collator, train_idx, val_idx, batch_size=batch_size, seed=seed, obs=obs, chunk_size=chunk_size
         )

@@ -40,6 +40,10 @@ class ScGPTConfig:
         Transformer layers.
     dropout
         Dropout probability (attention, feed-forward, value encoder).
+    attn_dropout
+        Dropout on attention weights, if different from ``dropout`` (``None``: ``dropout``, as the
+        official model). 0 lets PyTorch use its fused attention kernels in training too, which on CPU
+        saves the memory of the full attention matrices.
     pad_value
         Expression value written at padded positions (and, for zero-shot embedding, at ``<cls>``).
     pre_norm
@@ -103,6 +107,7 @@ class ScGPTConfig:
     d_hid: int = 512
     n_layers: int = 12
     dropout: float = 0.2
+    attn_dropout: float | None = None
     pad_value: float = -2.0
     pre_norm: bool = False
     input_emb_style: InputEmbStyle = "continuous"

@@ -87,7 +87,9 @@ class ScGPTNet(nn.Module):
             self.dsbn = DomainSpecificBatchNorm1d(d, c.n_batch_labels, affine=c.dsbn_affine)
         elif c.batch_norm == "batchnorm":
             self.bn = nn.BatchNorm1d(d, eps=6.1e-5)
-        self.transformer_encoder = TransformerEncoder(d, c.n_heads, c.d_hid, c.n_layers, c.dropout, c.pre_norm)
+        self.transformer_encoder = TransformerEncoder(
+            d, c.n_heads, c.d_hid, c.n_layers, c.dropout, c.pre_norm, c.attn_dropout
+        )
 
         d_dec = 2 * d if c.conditioned else d
         if c.expr_decoder == "affine":

@@ -21,9 +21,17 @@ class TransformerLayer(nn.Module):
         x = norm1(x);  x = x + attn(x);  x = norm2(x);  x = x + ff(x)
     """
 
-    def __init__(self, d_model: int, n_heads: int, d_hid: int, dropout: float = 0.1, pre_norm: bool = False) -> None:
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        d_hid: int,
+        dropout: float = 0.1,
+        pre_norm: bool = False,
+        attn_dropout: float | None = None,
+    ) -> None:
         super().__init__()
-        self.self_attn = SelfAttention(d_model, n_heads, dropout)
+        self.self_attn = SelfAttention(d_model, n_heads, dropout if attn_dropout is None else attn_dropout)
         self.linear1 = nn.Linear(d_model, d_hid)
         self.dropout = nn.Dropout(dropout)
         self.linear2 = nn.Linear(d_hid, d_model)
@@ -51,11 +59,18 @@ class TransformerEncoder(nn.Module):
     """``n_layers`` :class:`TransformerLayer` in sequence: ``(B, L, d) -> (B, L, d)``."""
 
     def __init__(
-        self, d_model: int, n_heads: int, d_hid: int, n_layers: int, dropout: float = 0.1, pre_norm: bool = False
+        self,
+        d_model: int,
+        n_heads: int,
+        d_hid: int,
+        n_layers: int,
+        dropout: float = 0.1,
+        pre_norm: bool = False,
+        attn_dropout: float | None = None,
     ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
-            TransformerLayer(d_model, n_heads, d_hid, dropout, pre_norm) for _ in range(n_layers)
+            TransformerLayer(d_model, n_heads, d_hid, dropout, pre_norm, attn_dropout) for _ in range(n_layers)
         )
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None, last_queries: int | None = None) -> Tensor:

@@ -1,3 +1,5 @@
 """Plots (matplotlib; ``show``/``ax``/``return_fig`` as in scanpy)."""
 
-__all__: list[str] = []
+from ._annotation import confusion
+
+__all__ = ["confusion"]

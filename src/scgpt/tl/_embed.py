@@ -6,7 +6,7 @@ import os
 import time
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -80,8 +80,13 @@ def compute_embeddings(
     progress: bool | None = None,
     use_aliases: bool = True,
     fn: str = "embed",
+    **engine: Any,
 ) -> EmbeddingResult:
-    """Validated zero-shot embedding of an AnnData (in memory or backed) with a loaded model."""
+    """Validated zero-shot embedding of an AnnData (in memory or backed) with a loaded model.
+
+    ``engine`` options go to :func:`scgpt.model._embed.embed_chunks` (``cls_value``, ``head``,
+    ``out_dim``, ``normalize``) to compute other per-cell outputs, e.g. classifier logits.
+    """
     check_adata(adata, fn=fn)
     if max_length < 2:
         raise ValueError(f"max_length must be at least 2 (<cls> and one gene), got {max_length}.")
@@ -122,7 +127,7 @@ def compute_embeddings(
             net, checked(chunks), adata.n_obs, match.ids, keys, cls_id=model.vocab.cls_id, pad_id=model.vocab.pad_id,
             max_length=max_length, batch_size=batch_size, n_bins=int(model.args_.get("n_bins", 51)), seed=seed,
             device=dev, dtype=dt, batch_labels=labels,
-            progress=settings.progress if progress is None else progress,
+            progress=settings.progress if progress is None else progress, **engine,
         )  # fmt: skip
     finally:
         model.net.train(was_training)

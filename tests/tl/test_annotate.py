@@ -1,0 +1,170 @@
+"""scgpt.tl.annotate, evaluate_annotation and pl.confusion."""
+
+from __future__ import annotations
+
+import anndata as ad
+import matplotlib
+import matplotlib.axes
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import scgpt
+from scgpt.data import GeneVocab
+from scgpt.model import ScGPT
+
+matplotlib.use("agg")
+
+
+@pytest.fixture(scope="module")
+def split(pbmc_counts):
+    """A stratified 70/30 split of the 700 labelled PBMCs."""
+    from scgpt.tl._annotate import stratified_split
+
+    codes = pd.Categorical(pbmc_counts.obs["bulk_labels"]).codes
+    train, test = stratified_split(np.asarray(codes), 0.3, seed=0)
+    return pbmc_counts[train].copy(), pbmc_counts[test].copy()
+
+
+@pytest.fixture(scope="module")
+def small_model(pbmc_counts):
+    torch.manual_seed(0)
+    vocab = GeneVocab([*pbmc_counts.var_names, "<pad>", "<cls>", "<eoc>"])
+    return ScGPT(vocab=vocab, d_model=32, n_heads=4, d_hid=64, n_layers=2, dropout=0.1, n_cls=None)
+
+
+def _majority(labels) -> float:
+    return float(pd.Series(labels).value_counts(normalize=True).iloc[0])
+
+
+@pytest.fixture(scope="module")
+def finetuned(split, small_model, tmp_path_factory):
+    ref, query = split
+    query = query.copy()
+    clf = scgpt.tl.annotate(query, small_model, reference=ref, labels_key="bulk_labels", max_epochs=15, lr=2e-3,
+                            batch_size=32, max_length=256, early_stopping=False, return_model=True,
+                            checkpoint_dir=tmp_path_factory.mktemp("ckpt"))  # fmt: skip
+    return query, clf
+
+
+@pytest.mark.slow
+def test_finetune_beats_the_majority_class_by_far(finetuned):
+    query, clf = finetuned
+    m = scgpt.tl.evaluate_annotation(query, "bulk_labels", "scgpt_celltype")
+    majority = _majority(query.obs["bulk_labels"])  # Dendritic cells, 34 %
+    assert m["accuracy"] > majority + 0.25, (m["accuracy"], majority)
+    assert m["macro_f1"] > 0.3
+    assert query.obs["scgpt_celltype"].dtype == "category"
+    conf = query.obs["scgpt_celltype_confidence"].to_numpy()
+    assert conf.dtype == np.float32 and (conf > 0).all() and (conf <= 1).all()
+    assert query.uns["scgpt_celltype"]["params"]["method"] == "finetune"
+    assert query.uns["scgpt_celltype"]["classes"] == clf.registry_["label_categories"]
+    assert clf.config.n_cls == 10 and clf.history_["train_cls"]
+
+
+@pytest.mark.slow
+def test_saved_classifier_annotates_new_data_in_one_call(finetuned, tmp_path):
+    query, clf = finetuned
+    clf.save(tmp_path / "annotator")
+    loaded = ScGPT.load(tmp_path / "annotator")
+    again = query.copy()
+    del again.obs["scgpt_celltype"]
+    scgpt.tl.annotate(again, loaded)  # no reference needed: the model knows its classes
+    assert (again.obs["scgpt_celltype"] == query.obs["scgpt_celltype"]).all()
+    np.testing.assert_allclose(again.obs["scgpt_celltype_confidence"], query.obs["scgpt_celltype_confidence"], rtol=1e-5)
+    official = clf.save_pretrained(tmp_path / "official")  # the classifier also exports to the official layout
+    keys = {k: tuple(v.shape) for k, v in torch.load(official / "best_model.pt", weights_only=True).items()}
+    assert keys["cls_decoder.out_layer.weight"] == (10, 32)
+
+
+def test_knn_on_a_perfect_embedding_is_perfect(split):
+    ref, query = split
+    ref, query = ref.copy(), query.copy()
+    cats = sorted(set(ref.obs["bulk_labels"]))
+    for a in (ref, query):
+        a.obsm["onehot"] = (a.obs["bulk_labels"].astype(str).to_numpy()[:, None] == np.array(cats)[None]).astype(np.float32)
+    scgpt.tl.annotate(query, reference=ref, labels_key="bulk_labels", method="knn", use_rep="onehot")
+    m = scgpt.tl.evaluate_annotation(query, "bulk_labels", "scgpt_celltype")
+    assert m["accuracy"] == 1.0 and m["macro_f1"] == 1.0
+    assert (query.obs["scgpt_celltype_confidence"] == 1.0).all()
+
+
+def test_knn_with_scgpt_embeddings(split, base_model):
+    ref, query = split
+    out = scgpt.tl.annotate(query, base_model, reference=ref, labels_key="bulk_labels", method="knn", copy=True)
+    m = scgpt.tl.evaluate_annotation(out, "bulk_labels", "scgpt_celltype")
+    assert m["accuracy"] > _majority(query.obs["bulk_labels"])  # random weights, yet the input structure shows
+    assert out.uns["scgpt_celltype"]["params"]["n_neighbors"] == 10
+    assert "scgpt_celltype" not in query.obs  # copy=True leaves the input alone
+
+
+def test_min_confidence_marks_unknown_cells(split):
+    ref, query = split
+    ref, query = ref.copy(), query.copy()
+    rng = np.random.default_rng(0)
+    for a in (ref, query):
+        a.obsm["noise"] = rng.normal(size=(a.n_obs, 8)).astype(np.float32)
+    scgpt.tl.annotate(query, reference=ref, labels_key="bulk_labels", method="knn", use_rep="noise", min_confidence=0.6)
+    pred = query.obs["scgpt_celltype"]
+    low = query.obs["scgpt_celltype_confidence"] < 0.6
+    assert low.any() and (pred[low] == "unknown").all() and (pred[~low] != "unknown").all()
+    assert "unknown" in pred.cat.categories
+
+
+def test_label_problems_are_clear(split, small_model):
+    ref, query = split
+    nan_ref = ref.copy()
+    nan_ref.obs["bulk_labels"] = nan_ref.obs["bulk_labels"].astype(object)
+    nan_ref.obs.iloc[:5, nan_ref.obs.columns.get_loc("bulk_labels")] = np.nan
+    nan_ref.obsm["e"] = np.eye(10)[pd.Categorical(ref.obs["bulk_labels"]).codes]
+    q = query.copy()
+    q.obsm["e"] = np.eye(10)[pd.Categorical(query.obs["bulk_labels"]).codes]
+    with pytest.warns(UserWarning, match="5 reference cells have no label"):
+        scgpt.tl.annotate(q, reference=nan_ref, labels_key="bulk_labels", method="knn", use_rep="e")
+    single = ref[ref.obs["bulk_labels"] == "Dendritic"].copy()
+    with pytest.raises(ValueError, match="single cell type"):
+        scgpt.tl.annotate(q, small_model, reference=single, labels_key="bulk_labels")
+    with pytest.raises(KeyError, match="labels_key='nope'"):
+        scgpt.tl.annotate(q, small_model, reference=ref, labels_key="nope")
+    with pytest.raises(ValueError, match="not a fine-tuned cell-type classifier"):
+        scgpt.tl.annotate(q, small_model)
+    with pytest.raises(ValueError, match="method must be"):
+        scgpt.tl.annotate(q, small_model, method="svm")
+    lonely = ref.copy()
+    lonely.obs["bulk_labels"] = lonely.obs["bulk_labels"].astype(str)
+    lonely.obs.iloc[0, lonely.obs.columns.get_loc("bulk_labels")] = "Singleton"
+    lonely.obsm["e"] = np.eye(11)[pd.Categorical(lonely.obs["bulk_labels"]).codes]
+    q.obsm["e"] = np.eye(11)[pd.Categorical(q.obs["bulk_labels"], categories=pd.Categorical(lonely.obs["bulk_labels"]).categories).codes]
+    with pytest.warns(UserWarning, match="single reference cell"):
+        scgpt.tl.annotate(q, reference=lonely, labels_key="bulk_labels", method="knn", use_rep="e")
+
+
+def test_evaluation_with_unseen_and_unknown_labels():
+    a = ad.AnnData(np.zeros((6, 1), dtype=np.float32))
+    a.obs["true"] = ["T", "T", "B", "B", "NK", "NK"]  # NK never predicted (unseen by the reference)
+    a.obs["pred"] = ["T", "B", "B", "B", "unknown", "T"]
+    m = scgpt.tl.evaluate_annotation(a, "true", "pred")
+    assert m["accuracy"] == pytest.approx(3 / 6)
+    pc = m["per_class"]
+    assert pc.loc["B", "precision"] == pytest.approx(2 / 3) and pc.loc["B", "recall"] == 1.0
+    assert pc.loc["NK", "f1"] == 0.0 and pc.loc["T", "recall"] == 0.5
+    assert m["macro_f1"] == pytest.approx(np.mean([0.8, 0.0, 0.5]))
+    assert list(m["confusion"].columns) == ["B", "NK", "T", "unknown"]
+    assert int(m["confusion"].loc["NK", "unknown"]) == 1
+    assert a.uns["pred_evaluation"]["n_cells"] == 6
+
+
+def test_confusion_plot(split):
+    ref, query = split
+    query = query.copy()
+    query.obs["pred"] = query.obs["bulk_labels"]
+    scgpt.tl.evaluate_annotation(query, "bulk_labels", "pred", key_added="ev")
+    fig = scgpt.pl.confusion(query, "ev", return_fig=True)
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "predicted" and "accuracy 1.000" in ax.get_title()
+    assert len(ax.get_xticklabels()) == 10
+    ax2 = scgpt.pl.confusion(query, "ev", normalize=None, show=False)
+    assert isinstance(ax2, matplotlib.axes.Axes) and ax2.texts[0].get_text().isdigit()  # counts, not shares
+    with pytest.raises(KeyError, match="run scgpt.tl.evaluate_annotation first"):
+        scgpt.pl.confusion(query, "missing")
