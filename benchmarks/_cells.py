@@ -154,10 +154,16 @@ def write_whole_human_model(gene_names: list[str], out_dir: str | Path, seed: in
     vocab = GeneVocab(tokens)
     a = WHOLE_HUMAN_ARGS
     config = ScGPTConfig(
-        n_tokens=len(vocab), pad_token_id=vocab[a["pad_token"]], d_model=a["embsize"], n_heads=a["nheads"],
-        d_hid=a["d_hid"], n_layers=a["nlayers"], dropout=a["dropout"], pad_value=float(a["pad_value"]),
+        n_tokens=len(vocab),
+        pad_token_id=vocab[a["pad_token"]],
+        d_model=a["embsize"],
+        n_heads=a["nheads"],
+        d_hid=a["d_hid"],
+        n_layers=a["nlayers"],
+        dropout=a["dropout"],
+        pad_value=float(a["pad_value"]),
         n_layers_cls=a["n_layers_cls"],
-    )  # fmt: skip
+    )
     torch.manual_seed(seed)
     net = ScGPTNet(config)
     return save_official(net, vocab, out_dir, args=dict(WHOLE_HUMAN_ARGS), overwrite=True)
@@ -240,7 +246,13 @@ def write_backed_h5ad(
         g.create_dataset("indptr", data=indptr)
     tmp.replace(path)
     return {
-        "path": str(path), "n_cells": n_cells, "n_genes": n_genes, "nnz": int(nnz),
-        "genes_per_cell": list(genes_per_cell), "seed": seed, "file_bytes": path.stat().st_size,
-        "in_memory_csr_bytes": int(nnz * 8 + (n_cells + 1) * 8), "write_s": time.perf_counter() - t0,
-    }  # fmt: skip
+        "path": str(path),
+        "n_cells": n_cells,
+        "n_genes": n_genes,
+        "nnz": int(nnz),
+        "genes_per_cell": list(genes_per_cell),
+        "seed": seed,
+        "file_bytes": path.stat().st_size,
+        "in_memory_csr_bytes": int(nnz * 8 + (n_cells + 1) * 8),
+        "write_s": time.perf_counter() - t0,
+    }

@@ -95,9 +95,14 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("scgpt").setLevel(logging.WARNING)  # no "computing ... finished" lines
     warnings.filterwarnings("ignore", message="The expression values do not look like raw counts")
     kw = {
-        "gene_key": "gene_name", "use_aliases": False, "max_length": args.max_length, "batch_size": args.batch_size,
-        "device": args.device, "dtype": args.dtype, "progress": False,
-    }  # fmt: skip
+        "gene_key": "gene_name",
+        "use_aliases": False,
+        "max_length": args.max_length,
+        "batch_size": args.batch_size,
+        "device": args.device,
+        "dtype": args.dtype,
+        "progress": False,
+    }
     info: dict = {"threads": torch.get_num_threads(), "args": vars(args), "rss_start_MiB": rss_bytes() / 2**20}
 
     t0 = time.perf_counter()
@@ -124,13 +129,19 @@ def main(argv: list[str] | None = None) -> None:
     if args.save_emb:
         np.save(args.save_emb, emb)
     info["embed"] = {
-        "cells": int(adata.n_obs), "seconds": dt, "cells_per_s": adata.n_obs / dt,
-        "tokens": float(n_tokens), "tokens_per_s": n_tokens / dt,
+        "cells": int(adata.n_obs),
+        "seconds": dt,
+        "cells_per_s": adata.n_obs / dt,
+        "tokens": float(n_tokens),
+        "tokens_per_s": n_tokens / dt,
         "mean_tokens_per_cell": adata.uns["X_scGPT"]["mean_tokens_per_cell"],
-        "n_genes_matched": int(adata.uns["X_scGPT"]["n_genes_matched"]), "n_genes": int(adata.n_vars),
-        "out_shape": list(emb.shape), "finite": bool(np.isfinite(emb).all()),
-        "peak_rss_sampled_MiB": mon.peak / 2**20, "ru_maxrss_MiB": ru_maxrss_mib(),
-    }  # fmt: skip
+        "n_genes_matched": int(adata.uns["X_scGPT"]["n_genes_matched"]),
+        "n_genes": int(adata.n_vars),
+        "out_shape": list(emb.shape),
+        "finite": bool(np.isfinite(emb).all()),
+        "peak_rss_sampled_MiB": mon.peak / 2**20,
+        "ru_maxrss_MiB": ru_maxrss_mib(),
+    }
     Path(args.json_out).write_text(json.dumps(info, indent=2, default=str))
     e = info["embed"]
     print(

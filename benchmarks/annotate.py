@@ -90,21 +90,45 @@ def run(args) -> dict:
         timings = {}
         t = time.perf_counter()
         q = query.copy()
-        scgpt.tl.annotate(q, model, reference=ref, labels_key=key, method="finetune", max_epochs=args.max_epochs,
-                          lr=args.lr, batch_size=32, seed=args.seed, progress=False)  # fmt: skip
-        rows["scgpt finetune"], timings["scgpt finetune"] = score(y_query, q.obs["scgpt_celltype"]), time.perf_counter() - t
+        scgpt.tl.annotate(
+            q,
+            model,
+            reference=ref,
+            labels_key=key,
+            method="finetune",
+            max_epochs=args.max_epochs,
+            lr=args.lr,
+            batch_size=32,
+            seed=args.seed,
+            progress=False,
+        )
+        rows["scgpt finetune"], timings["scgpt finetune"] = (
+            score(y_query, q.obs["scgpt_celltype"]),
+            time.perf_counter() - t,
+        )
         t = time.perf_counter()
         q = query.copy()
         scgpt.tl.annotate(q, model, reference=ref, labels_key=key, method="knn", seed=args.seed, progress=False)
-        rows["scgpt knn (zero-shot)"], timings["scgpt knn (zero-shot)"] = score(y_query, q.obs["scgpt_celltype"]), time.perf_counter() - t
+        rows["scgpt knn (zero-shot)"], timings["scgpt knn (zero-shot)"] = (
+            score(y_query, q.obs["scgpt_celltype"]),
+            time.perf_counter() - t,
+        )
         t = time.perf_counter()
         f_ref, f_query = pca_features(ref, query)
         lr = LogisticRegression(max_iter=5000).fit(f_ref, y_ref)
-        rows["logreg on 50 PCs"], timings["logreg on 50 PCs"] = score(y_query, lr.predict(f_query)), time.perf_counter() - t
+        rows["logreg on 50 PCs"], timings["logreg on 50 PCs"] = (
+            score(y_query, lr.predict(f_query)),
+            time.perf_counter() - t,
+        )
         knn = KNeighborsClassifier(n_neighbors=10).fit(f_ref, y_ref)
         rows["knn on 50 PCs"] = score(y_query, knn.predict(f_query))
-        results["datasets"][name] = {"reference_cells": int(ref.n_obs), "query_cells": int(query.n_obs),
-                                     "cell_types": int(len(set(y_ref))), "scores": rows, "seconds": timings}  # fmt: skip
+        results["datasets"][name] = {
+            "reference_cells": int(ref.n_obs),
+            "query_cells": int(query.n_obs),
+            "cell_types": int(len(set(y_ref))),
+            "scores": rows,
+            "seconds": timings,
+        }
         print(f"\n{name}: {ref.n_obs} reference / {query.n_obs} query cells, {len(set(y_ref))} cell types", flush=True)
         print("| method | accuracy | macro-F1 | time (s) |\n|---|---|---|---|")
         for method, s in rows.items():

@@ -131,12 +131,16 @@ def machine_info(threads: int) -> dict:
 
     return {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
         "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "threads": threads, "torch_threads_default": torch.get_num_threads(),
-        "loadavg_start": list(os.getloadavg()), "platform": platform.platform(), "python": platform.python_version(),
+        "threads": threads,
+        "torch_threads_default": torch.get_num_threads(),
+        "loadavg_start": list(os.getloadavg()),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
         "versions": {d: version(d) for d in ("scgpt-scverse", "torch", "numpy", "scipy", "anndata", "scanpy")},
-    }  # fmt: skip
+    }
 
 
 def matmul_gflops(dtype: str, threads: int, reps: int) -> dict:
@@ -157,8 +161,14 @@ def matmul_gflops(dtype: str, threads: int, reps: int) -> dict:
         times.append(time.perf_counter() - t0)
     flops = 2.0 * m * k * n
     med = statistics.median(times)
-    return {"dtype": dtype, "shape": [m, k, n], "reps": reps, "median_s": med, "gflops": flops / med / 1e9,
-            "best_gflops": flops / min(times) / 1e9}  # fmt: skip
+    return {
+        "dtype": dtype,
+        "shape": [m, k, n],
+        "reps": reps,
+        "median_s": med,
+        "gflops": flops / med / 1e9,
+        "best_gflops": flops / min(times) / 1e9,
+    }
 
 
 def model_flops(tokens: np.ndarray, model_args: dict) -> float:
@@ -199,10 +209,23 @@ def peer_available(args: argparse.Namespace) -> str | None:
 def peer_command(args: argparse.Namespace, mode: str, n_cells: int, model_dir: Path) -> list[str]:
     """The peer kit's command line with the settings shared by both implementations."""
     return [
-        args.peer_python, args.peer_script, "--mode", mode, "--n-cells", str(n_cells), "--model-dir", str(model_dir),
-        "--threads", str(args.threads), "--batch-size", str(BATCH_SIZE), "--max-length", str(MAX_LENGTH),
-        "--seed", str(SEED),
-    ]  # fmt: skip
+        args.peer_python,
+        args.peer_script,
+        "--mode",
+        mode,
+        "--n-cells",
+        str(n_cells),
+        "--model-dir",
+        str(model_dir),
+        "--threads",
+        str(args.threads),
+        "--batch-size",
+        str(BATCH_SIZE),
+        "--max-length",
+        str(MAX_LENGTH),
+        "--seed",
+        str(SEED),
+    ]
 
 
 def run_official(args: argparse.Namespace, mode: str, n_cells: int, model_dir: Path, work: Path) -> dict | None:
@@ -211,8 +234,13 @@ def run_official(args: argparse.Namespace, mode: str, n_cells: int, model_dir: P
     for p in (out_json, emb):
         p.unlink(missing_ok=True)
     cmd = peer_command(args, mode, n_cells, model_dir) + [
-        "--json-out", str(out_json), "--save-emb", str(emb), "--warmup-cells", str(args.warmup_cells),
-    ]  # fmt: skip
+        "--json-out",
+        str(out_json),
+        "--save-emb",
+        str(emb),
+        "--warmup-cells",
+        str(args.warmup_cells),
+    ]
     rc = run_logged(cmd, work / f"official_{mode}.log", f"official {mode}")
     if rc != 0 or not out_json.exists():
         print(f"[official {mode}] failed (exit status {rc}); see {work / f'official_{mode}.log'}", flush=True)
@@ -234,19 +262,46 @@ def ensure_model(args: argparse.Namespace, mode: str, model_dir: Path, work: Pat
     return "scgpt.io.save_official (random init of this package)"
 
 
-def run_ours(args: argparse.Namespace, h5ad: Path, model: Path, dtype: str, tag: str, work: Path, *,
-             backed: bool = False, max_length: int = MAX_LENGTH, save_emb: bool = True,
-             device: str = "cpu") -> dict | None:  # fmt: skip
+def run_ours(
+    args: argparse.Namespace,
+    h5ad: Path,
+    model: Path,
+    dtype: str,
+    tag: str,
+    work: Path,
+    *,
+    backed: bool = False,
+    max_length: int = MAX_LENGTH,
+    save_emb: bool = True,
+    device: str = "cpu",
+) -> dict | None:
     """Time ``scgpt.tl.embed`` in a fresh subprocess (``_worker.py``); its JSON, with the embeddings' path."""
     out_json = work / f"ours_{tag}.json"
     emb = work / f"ours_{tag}.npy"
     for p in (out_json, emb):
         p.unlink(missing_ok=True)
     cmd = [
-        sys.executable, str(HERE / "_worker.py"), "--h5ad", str(h5ad), "--model", str(model), "--dtype", dtype,
-        "--max-length", str(max_length), "--batch-size", str(BATCH_SIZE), "--threads", str(args.threads),
-        "--warmup-cells", str(args.warmup_cells), "--json-out", str(out_json), "--device", device,
-    ]  # fmt: skip
+        sys.executable,
+        str(HERE / "_worker.py"),
+        "--h5ad",
+        str(h5ad),
+        "--model",
+        str(model),
+        "--dtype",
+        dtype,
+        "--max-length",
+        str(max_length),
+        "--batch-size",
+        str(BATCH_SIZE),
+        "--threads",
+        str(args.threads),
+        "--warmup-cells",
+        str(args.warmup_cells),
+        "--json-out",
+        str(out_json),
+        "--device",
+        device,
+    ]
     if backed:
         cmd.append("--backed")
     if save_emb:
@@ -305,11 +360,14 @@ def bench_mode(args: argparse.Namespace, mode: str, matmul: dict, work: Path) ->
     tokens = _cells.tokens_per_cell(adata.X, list(adata.var_names), vocab, MAX_LENGTH)
     flops = model_flops(tokens, model_args)
     out["cells"] = {
-        "h5ad": str(h5ad), "shape": list(adata.shape), "build_s": time.perf_counter() - t0,
-        "tokens_total": int(tokens.sum()), "tokens_per_cell_mean": float(tokens.mean()),
+        "h5ad": str(h5ad),
+        "shape": list(adata.shape),
+        "build_s": time.perf_counter() - t0,
+        "tokens_total": int(tokens.sum()),
+        "tokens_per_cell_mean": float(tokens.mean()),
         "tokens_per_cell_pct_0_25_50_75_100": np.percentile(tokens, [0, 25, 50, 75, 100]).tolist(),
         "model_gflop_per_cell_mean": flops / n_cells / 1e9,
-    }  # fmt: skip
+    }
     del adata
     print(f"[cells] {out['cells']}", flush=True)
 
@@ -323,12 +381,15 @@ def bench_mode(args: argparse.Namespace, mode: str, matmul: dict, work: Path) ->
             print("WARNING: the official run's cells differ from ours (shape or tokens per cell)", flush=True)
         e = official["embed"]
         run = {
-            "seconds": e["seconds"], "cells_per_s": e["cells_per_s"], "ru_maxrss_MiB": e["ru_maxrss_self_MiB"],
+            "seconds": e["seconds"],
+            "cells_per_s": e["cells_per_s"],
+            "ru_maxrss_MiB": e["ru_maxrss_self_MiB"],
             "peak_rss_sampled_MiB": e["peak_rss_self_MiB_sampled"],
             "peak_rss_with_workers_MiB": e["peak_rss_self_plus_workers_MiB_sampled"],
             "versions": {k: official.get(k) for k in ("scgpt", "torch", "numpy", "scanpy", "anndata", "python")},
-            "torch_threads": official.get("torch_threads"), "warmup": official.get("warmup"),
-        }  # fmt: skip
+            "torch_threads": official.get("torch_threads"),
+            "warmup": official.get("warmup"),
+        }
         add_rates(run, e["seconds"], tokens, flops, matmul["float32"]["gflops"])
         out["official"] = run
 
@@ -340,23 +401,30 @@ def bench_mode(args: argparse.Namespace, mode: str, matmul: dict, work: Path) ->
                 continue
             e = res["embed"]
             run = {
-                "seconds": e["seconds"], "cells_per_s": e["cells_per_s"], "ru_maxrss_MiB": e["ru_maxrss_MiB"],
-                "peak_rss_sampled_MiB": e["peak_rss_sampled_MiB"], "warmup": res.get("warmup"),
-                "read_s": res.get("read_s"), "n_genes_matched": e["n_genes_matched"],
-                "tokens_reported": e["tokens"], "emb_path": res["emb_path"],
-            }  # fmt: skip
+                "seconds": e["seconds"],
+                "cells_per_s": e["cells_per_s"],
+                "ru_maxrss_MiB": e["ru_maxrss_MiB"],
+                "peak_rss_sampled_MiB": e["peak_rss_sampled_MiB"],
+                "warmup": res.get("warmup"),
+                "read_s": res.get("read_s"),
+                "n_genes_matched": e["n_genes_matched"],
+                "tokens_reported": e["tokens"],
+                "emb_path": res["emb_path"],
+            }
             add_rates(run, e["seconds"], tokens, flops, matmul.get(dtype, {}).get("gflops"))
             ours[dtype] = run
     out["ours"] = ours
 
     agreement: dict = {}
     if official and "float32" in ours:
-        agreement["ours_float32_vs_official"] = cosine_stats(np.load(ours["float32"]["emb_path"]),
-                                                             np.load(official["emb_path"]))  # fmt: skip
+        agreement["ours_float32_vs_official"] = cosine_stats(
+            np.load(ours["float32"]["emb_path"]), np.load(official["emb_path"])
+        )
     for dtype in ours:
         if dtype != "float32" and "float32" in ours:
-            agreement[f"ours_{dtype}_vs_ours_float32"] = cosine_stats(np.load(ours[dtype]["emb_path"]),
-                                                                      np.load(ours["float32"]["emb_path"]))  # fmt: skip
+            agreement[f"ours_{dtype}_vs_ours_float32"] = cosine_stats(
+                np.load(ours[dtype]["emb_path"]), np.load(ours["float32"]["emb_path"])
+            )
     out["agreement"] = agreement
 
     if official:
@@ -392,8 +460,13 @@ def bench_backed(args: argparse.Namespace, matmul: dict, work: Path) -> dict:
     genes = backed_gene_names(model_dir, args.backed_genes)
     h5ad = work / f"backed_{args.backed_cells}x{len(genes)}.h5ad"
     meta_path = h5ad.with_suffix(".json")
-    wanted = {"n_cells": args.backed_cells, "n_genes": len(genes), "first_gene": genes[0], "last_gene": genes[-1],
-              "seed": SEED}  # fmt: skip
+    wanted = {
+        "n_cells": args.backed_cells,
+        "n_genes": len(genes),
+        "first_gene": genes[0],
+        "last_gene": genes[-1],
+        "seed": SEED,
+    }
     meta = json.loads(meta_path.read_text()) if meta_path.exists() and h5ad.exists() else None
     if meta is None or any(meta.get(k) != v for k, v in wanted.items()):
         print(f"[backed] writing {h5ad} ...", flush=True)
@@ -402,25 +475,47 @@ def bench_backed(args: argparse.Namespace, matmul: dict, work: Path) -> dict:
     else:
         print(f"[backed] reusing {h5ad}", flush=True)
     print(f"[backed] {meta}", flush=True)
-    out: dict = {"model_dir": str(model_dir), "model_source": source, "file": meta,
-                 "max_length": args.backed_max_length, "dtype": args.backed_dtype,
-                 "device": args.backed_device}  # fmt: skip
-    res = run_ours(args, h5ad, model_dir, args.backed_dtype, "backed", work, backed=True,
-                   max_length=args.backed_max_length, save_emb=False, device=args.backed_device)  # fmt: skip
+    out: dict = {
+        "model_dir": str(model_dir),
+        "model_source": source,
+        "file": meta,
+        "max_length": args.backed_max_length,
+        "dtype": args.backed_dtype,
+        "device": args.backed_device,
+    }
+    res = run_ours(
+        args,
+        h5ad,
+        model_dir,
+        args.backed_dtype,
+        "backed",
+        work,
+        backed=True,
+        max_length=args.backed_max_length,
+        save_emb=False,
+        device=args.backed_device,
+    )
     if res is not None:
         e = res["embed"]
         model_args = json.loads((model_dir / "args.json").read_text())
         # every gene of the file is in the model's vocabulary: a cell of k genes has min(k + 1, max_length) tokens
         with h5py.File(h5ad, "r") as f:
             tokens = np.minimum(np.diff(f["X/indptr"][:]) + 1, args.backed_max_length)
-        out.update({
-            "seconds": e["seconds"], "cells_per_s": e["cells_per_s"], "tokens_per_s": e["tokens_per_s"],
-            "mean_tokens_per_cell": e["mean_tokens_per_cell"], "ru_maxrss_MiB": e["ru_maxrss_MiB"],
-            "peak_rss_sampled_MiB": e["peak_rss_sampled_MiB"], "rss_before_timed_MiB": res["rss_before_timed_MiB"],
-            "gflops": model_flops(tokens, model_args) / e["seconds"] / 1e9,
-            "n_genes_matched": e["n_genes_matched"], "finite": e["finite"],
-            "embeddings_bytes": int(np.prod(e["out_shape"])) * 4,  # the float32 result, held in memory
-        })  # fmt: skip
+        out.update(
+            {
+                "seconds": e["seconds"],
+                "cells_per_s": e["cells_per_s"],
+                "tokens_per_s": e["tokens_per_s"],
+                "mean_tokens_per_cell": e["mean_tokens_per_cell"],
+                "ru_maxrss_MiB": e["ru_maxrss_MiB"],
+                "peak_rss_sampled_MiB": e["peak_rss_sampled_MiB"],
+                "rss_before_timed_MiB": res["rss_before_timed_MiB"],
+                "gflops": model_flops(tokens, model_args) / e["seconds"] / 1e9,
+                "n_genes_matched": e["n_genes_matched"],
+                "finite": e["finite"],
+                "embeddings_bytes": int(np.prod(e["out_shape"])) * 4,  # the float32 result, held in memory
+            }
+        )
         peak = matmul.get(args.backed_dtype, {}).get("gflops")
         out["fraction_of_matmul"] = out["gflops"] / peak if peak else None
     return out
@@ -524,8 +619,10 @@ def main(argv: list[str] | None = None) -> None:
 
     results["matmul"] = {d: matmul_gflops(d, args.threads, args.matmul_reps) for d in ("float32", "bfloat16")}
     for v in results["matmul"].values():
-        print(f"[matmul] {v['dtype']}: {v['gflops']:.1f} GFLOP/s (median of {v['reps']}), best {v['best_gflops']:.1f}",
-              flush=True)  # fmt: skip
+        print(
+            f"[matmul] {v['dtype']}: {v['gflops']:.1f} GFLOP/s (median of {v['reps']}), best {v['best_gflops']:.1f}",
+            flush=True,
+        )
 
     why = peer_available(args)
     if why and not args.skip_official:

@@ -81,8 +81,15 @@ def main() -> None:
         run_net = inference_net(net, device, dtype)
         for L in (int(x) for x in args.lengths.split(",")):
             X = cells(n_cells, L, n_genes, seed=L)
-            kw = dict(cls_id=vocab.cls_id, pad_id=vocab.pad_id, max_length=L, batch_size=args.batch_size,
-                      device=device, dtype=dtype, progress=False)  # fmt: skip
+            kw = dict(
+                cls_id=vocab.cls_id,
+                pad_id=vocab.pad_id,
+                max_length=L,
+                batch_size=args.batch_size,
+                device=device,
+                dtype=dtype,
+                progress=False,
+            )
             embed_chunks(run_net, [(0, X[: min(256, n_cells)])], min(256, n_cells), token_ids, keys, **kw)  # warm-up
             if device.type == "cuda":
                 torch.cuda.synchronize()
@@ -93,13 +100,23 @@ def main() -> None:
                 torch.cuda.synchronize()
             dt = time.perf_counter() - t
             achieved = flops_per_cell(L) * n_cells / dt / 1e9
-            row = {"dtype": name, "tokens": L, "cells_per_s": n_cells / dt, "tokens_per_s": n_cells * L / dt,
-                   "gflops": achieved, "matmul_gflops": rate, "fraction_of_matmul": achieved / rate}  # fmt: skip
+            row = {
+                "dtype": name,
+                "tokens": L,
+                "cells_per_s": n_cells / dt,
+                "tokens_per_s": n_cells * L / dt,
+                "gflops": achieved,
+                "matmul_gflops": rate,
+                "fraction_of_matmul": achieved / rate,
+            }
             if device.type == "cuda":
                 row["peak_gpu_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
             info["runs"].append(row)
-            print(f"{name:9s} L={L:5d}: {row['cells_per_s']:9.1f} cells/s {row['tokens_per_s']:12.0f} tokens/s "
-                  f"{achieved:8.0f} GFLOP/s = {row['fraction_of_matmul']:.0%} of matmul ({rate:.0f})", flush=True)  # fmt: skip
+            print(
+                f"{name:9s} L={L:5d}: {row['cells_per_s']:9.1f} cells/s {row['tokens_per_s']:12.0f} tokens/s "
+                f"{achieved:8.0f} GFLOP/s = {row['fraction_of_matmul']:.0%} of matmul ({rate:.0f})",
+                flush=True,
+            )
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump(info, f, indent=2)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -80,16 +79,28 @@ def time_ours(batch: dict[str, np.ndarray], reps: int) -> list[float]:
     from scgpt.nn import ScGPTConfig, ScGPTNet
     from scgpt.train import Recipe, ScGPTTrainingPlan
 
-    cfg = ScGPTConfig(n_tokens=ARCH["ntoken"], pad_token_id=ARCH["ntoken"] - 3, d_model=ARCH["d_model"],
-                      n_heads=ARCH["nhead"], d_hid=ARCH["d_hid"], n_layers=ARCH["nlayers"], dropout=ARCH["dropout"],
-                      n_cls=None)  # fmt: skip
+    cfg = ScGPTConfig(
+        n_tokens=ARCH["ntoken"],
+        pad_token_id=ARCH["ntoken"] - 3,
+        d_model=ARCH["d_model"],
+        n_heads=ARCH["nhead"],
+        d_hid=ARCH["d_hid"],
+        n_layers=ARCH["nlayers"],
+        dropout=ARCH["dropout"],
+        n_cls=None,
+    )
     torch.manual_seed(0)
     net = ScGPTNet(cfg).train()
     plan = ScGPTTrainingPlan(net, Recipe("bench", objective="masked", mlm=1.0, mvc=1.0))
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
     g = torch.from_numpy(batch["genes"])
-    b = CellBatch(genes=g, values=torch.from_numpy(batch["values"]), target=torch.from_numpy(batch["target"]),
-                  padding_mask=g.eq(cfg.pad_token_id), predict_mask=torch.from_numpy(batch["values"] == -1))  # fmt: skip
+    b = CellBatch(
+        genes=g,
+        values=torch.from_numpy(batch["values"]),
+        target=torch.from_numpy(batch["target"]),
+        padding_mask=g.eq(cfg.pad_token_id),
+        predict_mask=torch.from_numpy(batch["values"] == -1),
+    )
 
     def step() -> None:
         loss = plan.compute_losses(b)["loss"]
@@ -136,7 +147,12 @@ def main() -> None:
         else:
             print(f"[official] {args.peer_python} not found: official side skipped", flush=True)
         ours = time_ours(batch, args.reps)
-        row = {"cells": B, "tokens": L, "ours_s": float(np.median(ours)), "ours_tokens_per_s": B * L / float(np.median(ours))}
+        row = {
+            "cells": B,
+            "tokens": L,
+            "ours_s": float(np.median(ours)),
+            "ours_tokens_per_s": B * L / float(np.median(ours)),
+        }
         if official:
             row.update(official_s=float(np.median(official)), official_tokens_per_s=B * L / float(np.median(official)))
             row["speedup"] = row["ours_tokens_per_s"] / row["official_tokens_per_s"]
@@ -145,9 +161,13 @@ def main() -> None:
     print("\n| minibatch | official tokens/s | scgpt tokens/s | ratio |\n|---|---|---|---|")
     for r in rows:
         off = r.get("official_tokens_per_s")
-        print(f"| {r['cells']} x {r['tokens']} | {off and f'{off:.0f}'} | {r['ours_tokens_per_s']:.0f} | "
-              f"{r.get('speedup') and f'{r['speedup']:.2f}x'} |")  # fmt: skip
-    Path(args.json_out).write_text(json.dumps({"threads": args.threads, "torch": torch.__version__, "rows": rows}, indent=2))
+        print(
+            f"| {r['cells']} x {r['tokens']} | {off and f'{off:.0f}'} | {r['ours_tokens_per_s']:.0f} | "
+            + (f"{r['speedup']:.2f}x |" if r.get("speedup") else "- |")
+        )
+    Path(args.json_out).write_text(
+        json.dumps({"threads": args.threads, "torch": torch.__version__, "rows": rows}, indent=2)
+    )
 
 
 if __name__ == "__main__":

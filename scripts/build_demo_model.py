@@ -35,8 +35,9 @@ import scipy.sparse as sp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # attention dropout 0 lets the CPU use PyTorch's fused attention in training (no L x L matrices kept)
-ARCHITECTURE = dict(d_model=128, n_heads=4, d_hid=256, n_layers=4, dropout=0.1, attn_dropout=0.0, n_cls=None,
-                    generative=True)  # fmt: skip
+ARCHITECTURE = dict(
+    d_model=128, n_heads=4, d_hid=256, n_layers=4, dropout=0.1, attn_dropout=0.0, n_cls=None, generative=True
+)
 TRAINING = dict(recipe="pretrain", batch_size=64, lr=1e-3, warmup_steps=300, max_length=256, train_size=0.95)
 
 
@@ -74,7 +75,9 @@ def build_corpus(out: Path, min_cells: int) -> None:
     sp.save_npz(out / "cells.npz", Y)
     vocab.to_json(out / "vocab.json")
     offsets = np.cumsum([0] + [s["cells"] for s in sources.values()]).tolist()
-    (out / "sources.json").write_text(json.dumps({"sources": sources, "offsets": offsets, "min_cells": min_cells}, indent=1))
+    (out / "sources.json").write_text(
+        json.dumps({"sources": sources, "offsets": offsets, "min_cells": min_cells}, indent=1)
+    )
     print(f"corpus: {Y.shape[0]} cells, {len(vocab)} tokens, {Y.nnz} nonzero values -> {out}")
 
 
@@ -108,21 +111,36 @@ def train(corpus: Path, out: Path, args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
     model = ScGPT(vocab=vocab, **ARCHITECTURE)
     recipe = get_recipe(TRAINING["recipe"]).replace(max_length=TRAINING["max_length"])
-    dm = model.make_datamodule(MatrixSource(X), recipe, batch_size=TRAINING["batch_size"],
-                               train_size=TRAINING["train_size"], seed=args.seed)  # fmt: skip
+    dm = model.make_datamodule(
+        MatrixSource(X), recipe, batch_size=TRAINING["batch_size"], train_size=TRAINING["train_size"], seed=args.seed
+    )
     t0 = time.time()
     model.train(
-        datamodule=dm, recipe=recipe, max_epochs=args.max_epochs, lr=TRAINING["lr"], warmup_steps=TRAINING["warmup_steps"],
-        accelerator=args.accelerator, devices=1, precision=args.precision, seed=args.seed,
-        checkpoint_dir=corpus / "checkpoints", progress=True,
-    )  # fmt: skip
+        datamodule=dm,
+        recipe=recipe,
+        max_epochs=args.max_epochs,
+        lr=TRAINING["lr"],
+        warmup_steps=TRAINING["warmup_steps"],
+        accelerator=args.accelerator,
+        devices=1,
+        precision=args.precision,
+        seed=args.seed,
+        checkpoint_dir=corpus / "checkpoints",
+        progress=True,
+    )
     minutes = (time.time() - t0) / 60
     model.net.cpu()
     model.args_.update(
         demo=True,
         demo_note="Demonstration model of scgpt-scverse: pretrained for minutes on ~20k real cells; not for analyses.",
-        demo_training={**TRAINING, "max_epochs": args.max_epochs, "seed": args.seed, "minutes": round(minutes, 1),
-                       "accelerator": args.accelerator, "precision": args.precision},  # fmt: skip
+        demo_training={
+            **TRAINING,
+            "max_epochs": args.max_epochs,
+            "seed": args.seed,
+            "minutes": round(minutes, 1),
+            "accelerator": args.accelerator,
+            "precision": args.precision,
+        },
         demo_corpus=json.loads((corpus / "sources.json").read_text()),
         demo_history={k: [round(v, 4) for v in vals] for k, vals in model.history_.items()},
     )
@@ -131,7 +149,10 @@ def train(corpus: Path, out: Path, args: argparse.Namespace) -> None:
         (out / f).unlink(missing_ok=True)
     model.save_pretrained(out, overwrite=True)
     h = model.history_
-    print(f"trained {minutes:.1f} min; val_mlm {h['val_mlm'][-1]:.2f} vs cell-mean baseline {h['val_mean_baseline'][-1]:.2f}")
+    print(
+        f"trained {minutes:.1f} min; val_mlm {h['val_mlm'][-1]:.2f} "
+        f"vs cell-mean baseline {h['val_mean_baseline'][-1]:.2f}"
+    )
     print(f"saved {out} ({sum(p.stat().st_size for p in out.iterdir()) / 1e6:.1f} MB)")
 
 

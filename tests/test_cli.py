@@ -202,8 +202,19 @@ def test_user_errors_exit_2_without_traceback(argv, message, cells, tiny_model, 
 
 def test_python_dash_m_reports_errors(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "scgpt.cli", "embed", "--input", str(tmp_path / "x.h5ad"), "--output", "o.h5ad",
-         "--model", str(tmp_path / "no_model")],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "scgpt.cli",
+            "embed",
+            "--input",
+            str(tmp_path / "x.h5ad"),
+            "--output",
+            "o.h5ad",
+            "--model",
+            str(tmp_path / "no_model"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and proc.stderr.startswith("scgpt: error:") and "Traceback" not in proc.stderr

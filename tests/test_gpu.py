@@ -33,7 +33,15 @@ def test_cuda_training_bf16_mixed(pbmc, tmp_path):
     vocab = GeneVocab([*pbmc.var_names, "<pad>", "<cls>", "<eoc>"])
     model = ScGPT(vocab=vocab, d_model=64, n_heads=4, d_hid=128, n_layers=2, generative=True, n_cls=None)
     dm = model.make_datamodule(AnnDataSource(pbmc, np.arange(pbmc.n_vars), len(vocab)), "pretrain", batch_size=32)
-    model.train(datamodule=dm, recipe="pretrain", max_epochs=3, lr=1e-3, accelerator="gpu", devices=1,
-                precision="bf16-mixed", checkpoint_dir=tmp_path)  # fmt: skip
+    model.train(
+        datamodule=dm,
+        recipe="pretrain",
+        max_epochs=3,
+        lr=1e-3,
+        accelerator="gpu",
+        devices=1,
+        precision="bf16-mixed",
+        checkpoint_dir=tmp_path,
+    )
     h = model.history_
     assert h["val_mlm"][-1] < h["val_mlm"][0] and np.isfinite(h["val_loss"]).all()

@@ -76,5 +76,5 @@ def check_values(X: sp.csr_matrix, *, what: str = "the expression matrix", start
 
 def looks_like_counts(X: sp.csr_matrix) -> bool:
     """Whether the stored values are (close to) non-negative integers."""
-    data = X.data[: 1_000_000]
+    data = X.data[:1_000_000]
     return bool(np.all(np.abs(data - np.round(data)) < 1e-3)) if len(data) else True

@@ -30,7 +30,7 @@ class ScGPTSettings:
         self.progress: bool = True
 
     @property
-    def default_model(self) -> str | None:  # noqa: D102
+    def default_model(self) -> str | None:
         return self._default_model if self._default_model is not None else os.environ.get(ENV_MODEL) or None
 
     @default_model.setter
@@ -38,7 +38,7 @@ class ScGPTSettings:
         self._default_model = None if value is None else (value if value == "demo" else str(Path(value).expanduser()))
 
     @property
-    def device(self) -> str | None:  # noqa: D102
+    def device(self) -> str | None:
         return self._device if self._device is not None else os.environ.get(ENV_DEVICE) or None
 
     @device.setter

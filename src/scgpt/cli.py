@@ -44,10 +44,25 @@ LAZY_CHUNK_SIZE = 64
 
 # ``ScGPT.train`` arguments that map one to one onto options of the training subcommands.
 TRAIN_KWARGS = (
-    "max_epochs", "batch_size", "lr", "weight_decay", "schedule", "warmup_steps", "max_length", "train_size",
-    "early_stopping", "accelerator", "devices", "strategy", "num_nodes", "precision", "accumulate_grad_batches",
-    "gradient_clip_val", "checkpoint_every_n_steps", "seed",
-)  # fmt: skip
+    "max_epochs",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "schedule",
+    "warmup_steps",
+    "max_length",
+    "train_size",
+    "early_stopping",
+    "accelerator",
+    "devices",
+    "strategy",
+    "num_nodes",
+    "precision",
+    "accumulate_grad_batches",
+    "gradient_clip_val",
+    "checkpoint_every_n_steps",
+    "seed",
+)
 ARCHITECTURE = ("d_model", "n_layers", "n_heads", "d_hid", "dropout")
 
 
@@ -73,11 +88,12 @@ def _devices(value: str) -> int | str:
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--config", metavar="FILE",
+        "--config",
+        metavar="FILE",
         help="JSON or TOML file of options (keys: long option names, with dashes or underscores; a table named "
         "after the subcommand may hold its own options). Command-line options override it; relative paths are "
         "relative to the working directory.",
-    )  # fmt: skip
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors; no progress bars")
 
@@ -86,15 +102,20 @@ def _add_data(p: argparse.ArgumentParser, *, several: bool) -> None:
     g = p.add_argument_group("data")
     if several:
         g.add_argument(
-            "--input", nargs="+", required=True, metavar="FILE",
+            "--input",
+            nargs="+",
+            required=True,
+            metavar="FILE",
             help=f"one or more .h5ad files with raw counts (genes matched by name across files), or '{PBMC68K}' "
             "for 700 bundled real PBMCs",
-        )  # fmt: skip
+        )
     else:
         g.add_argument(
-            "--input", required=True, metavar="FILE",
+            "--input",
+            required=True,
+            metavar="FILE",
             help=f".h5ad file with raw counts, or '{PBMC68K}' for 700 bundled real PBMCs",
-        )  # fmt: skip
+        )
     g.add_argument("--layer", help="layer holding the raw counts (default: X)")
     g.add_argument("--gene-key", metavar="KEY", help="var column with gene symbols or Ensembl ids (default: var_names)")
 
@@ -115,10 +136,14 @@ def _add_training(p: argparse.ArgumentParser) -> None:
     g.add_argument("--early-stopping", action="store_true", help="stop when the validation loss stops improving")
     g.add_argument("--gradient-clip-val", type=float, metavar="X", help="clip gradient norms to X")
     g.add_argument(
-        "--resume", nargs="?", const=True, default=False, metavar="CKPT",
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="CKPT",
         help=f"continue an interrupted run from DIR/{CHECKPOINTS}/last.ckpt (or from CKPT); the weights end as "
         "after an uninterrupted run",
-    )  # fmt: skip
+    )
     g.add_argument(
         "--checkpoint-every-n-steps", type=int, metavar="N", help="save last.ckpt every N steps (default: each epoch)"
     )
@@ -156,17 +181,20 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
     # ---------------------------------------------------------------- embed
     p = sub.add_parser(
-        "embed", formatter_class=_HelpFormatter, help="zero-shot cell embeddings (scgpt.tl.embed) into an .h5ad",
+        "embed",
+        formatter_class=_HelpFormatter,
+        help="zero-shot cell embeddings (scgpt.tl.embed) into an .h5ad",
         description="Compute zero-shot scGPT cell embeddings and write them to obsm[KEY_ADDED] of a new .h5ad.\n\n"
         "The input is read into memory and written back whole with the embeddings added. With --backed it is\n"
         "streamed from disk instead (bounded memory) and OUTPUT holds obs, var, obsm and uns only (no expression\n"
         "matrix); join it to the input by obs_names.",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--model", metavar="PATH",
+        "--model",
+        metavar="PATH",
         help="official scGPT model folder (e.g. scGPT_human), a folder written by 'scgpt pretrain/finetune', or "
         "'demo' (default: $SCGPT_MODEL)",
-    )  # fmt: skip
+    )
     _add_data(p, several=False)
     p.add_argument("--output", required=True, metavar="FILE", help=".h5ad to write")
     p.add_argument("--backed", action="store_true", help="stream the input from disk (see above)")
@@ -179,34 +207,42 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="precision")
     g = p.add_argument_group("figure")
     g.add_argument(
-        "--figure", metavar="PNG",
+        "--figure",
+        metavar="PNG",
         help="also compute neighbors and a UMAP of the embeddings (stored in obsm['X_umap']) and save a plot",
-    )  # fmt: skip
+    )
     g.add_argument(
-        "--color", nargs="+", metavar="COLUMN",
+        "--color",
+        nargs="+",
+        metavar="COLUMN",
         help="obs columns (or genes) coloring the UMAP (default: the first categorical obs column)",
-    )  # fmt: skip
+    )
     _add_common(p)
     p.set_defaults(func=_cmd_embed)
     subparsers["embed"] = p
 
     # ---------------------------------------------------------------- pretrain
     p = sub.add_parser(
-        "pretrain", formatter_class=_HelpFormatter, help="pretrain a model from scratch or continue pretraining",
+        "pretrain",
+        formatter_class=_HelpFormatter,
+        help="pretrain a model from scratch or continue pretraining",
         description="Pretrain scGPT on .h5ad files of raw counts: a new model (architecture options) or continued\n"
         "pretraining of --model.",
         epilog=TRAINING_EPILOG,
-    )  # fmt: skip
+    )
     _add_data(p, several=True)
     p.add_argument(
-        "--lazy", action="store_true",
+        "--lazy",
+        action="store_true",
         help="read the input files from disk during training instead of loading them (larger-than-memory data)",
-    )  # fmt: skip
+    )
     p.add_argument("--model", metavar="PATH", help="model folder or 'demo' to continue from (default: a new model)")
     p.add_argument(
-        "--recipe", choices=("pretrain", "pretrain-masked"), default="pretrain",
+        "--recipe",
+        choices=("pretrain", "pretrain-masked"),
+        default="pretrain",
         help="generative pretraining (official) or masked-value pretraining",
-    )  # fmt: skip
+    )
     g = p.add_argument_group("new model (without --model)")
     g.add_argument("--d-model", type=int, metavar="N", help="embedding width (default: 512)")
     g.add_argument("--n-layers", type=int, metavar="N", help="transformer layers (default: 12)")
@@ -214,10 +250,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     g.add_argument("--d-hid", type=int, metavar="N", help="feed-forward width (default: 512)")
     g.add_argument("--dropout", type=float, metavar="P", help="dropout (default: 0.2)")
     g.add_argument(
-        "--vocab", default="inputs", metavar="inputs|census|FILE",
+        "--vocab",
+        default="inputs",
+        metavar="inputs|census|FILE",
         help="gene vocabulary: the genes of the input files, the bundled CELLxGENE census vocabulary of scGPT_human, "
         "or a vocab.json",
-    )  # fmt: skip
+    )
     _add_training(p)
     _add_common(p)
     p.set_defaults(func=_cmd_pretrain)
@@ -225,12 +263,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
     # ---------------------------------------------------------------- finetune
     p = sub.add_parser(
-        "finetune", formatter_class=_HelpFormatter, help="fine-tune a model for cell-type annotation or integration",
+        "finetune",
+        formatter_class=_HelpFormatter,
+        help="fine-tune a model for cell-type annotation or integration",
         description="Fine-tune a pretrained model as in the official tutorials: 'annotation' adds a classification\n"
         "head over the --labels-key categories; 'integration' adds batch conditioning (DSBN), the adversarial batch\n"
         "discriminator and explicit zero probabilities over the --batch-key batches.",
         epilog=TRAINING_EPILOG,
-    )  # fmt: skip
+    )
     p.add_argument("--model", required=True, metavar="PATH", help="pretrained model folder or 'demo'")
     _add_data(p, several=False)
     p.add_argument("--recipe", choices=("annotation", "integration"), required=True, help="what to fine-tune for")
@@ -442,8 +482,10 @@ def _prepare_output(args: argparse.Namespace) -> Path:
         raise CLIError(f"--output {args.output} is a file; give a folder")
     existing = [f for f in MODEL_FILES if (out / f).exists()]
     if existing and not (args.overwrite or args.resume):
-        raise CLIError(f"--output {args.output} already holds a model ({', '.join(existing)}); "
-                       "pass --overwrite to replace it or --resume to continue its run")  # fmt: skip
+        raise CLIError(
+            f"--output {args.output} already holds a model ({', '.join(existing)}); "
+            "pass --overwrite to replace it or --resume to continue its run"
+        )
     (out / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
     skip = ("func", "command", "traceback", "config")
     options = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
@@ -473,8 +515,14 @@ def _lazy_datamodule(model: ScGPT, args: argparse.Namespace, recipe: Any) -> Any
 
     source = H5adCollection(args.input, model.vocab, gene_key=args.gene_key, layer=args.layer)
     logger.info(f"reading {source.n_obs:,} cells from {len(args.input)} file(s) on disk during training")
-    return model.make_datamodule(source, recipe, batch_size=args.batch_size, train_size=args.train_size,
-                                 seed=args.seed, chunk_size=LAZY_CHUNK_SIZE)  # fmt: skip
+    return model.make_datamodule(
+        source,
+        recipe,
+        batch_size=args.batch_size,
+        train_size=args.train_size,
+        seed=args.seed,
+        chunk_size=LAZY_CHUNK_SIZE,
+    )
 
 
 def _train_and_save(
@@ -501,8 +549,11 @@ def _train_and_save(
     logger.info(f"wrote {out}: official folder (args.json, vocab.json, best_model.pt) and model.pt")
     losses = {k: v[-1] for k, v in model.history_.items() if v and k in ("train_loss", "val_loss")}
     if not losses:  # stopped by --max-steps before an epoch ended
-        losses = {k.removesuffix("_step"): float(v) for k, v in model.trainer_.callback_metrics.items()
-                  if k in ("train_loss", "train_loss_step", "val_loss")}  # fmt: skip
+        losses = {
+            k.removesuffix("_step"): float(v)
+            for k, v in model.trainer_.callback_metrics.items()
+            if k in ("train_loss", "train_loss_step", "val_loss")
+        }
     loss_text = ", ".join(f"{k} {v:.4g}" for k, v in sorted(losses.items())) or "no loss logged"
     print(
         f"scgpt {args.command}: {model.trainer_.global_step} steps in {time.perf_counter() - start:.1f}s, "
@@ -531,10 +582,19 @@ def _cmd_embed(args: argparse.Namespace) -> None:
         raise CLIError(str(e)) from None
     adata = _read_h5ad(args.input, backed=args.backed)
     embed(
-        adata, model, gene_key=args.gene_key, use_aliases=not args.no_aliases, layer=args.layer,
-        batch_key=args.batch_key, max_length=args.max_length, batch_size=args.batch_size, key_added=args.key_added,
-        seed=args.seed, device=device, dtype=args.dtype,
-    )  # fmt: skip
+        adata,
+        model,
+        gene_key=args.gene_key,
+        use_aliases=not args.no_aliases,
+        layer=args.layer,
+        batch_key=args.batch_key,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        key_added=args.key_added,
+        seed=args.seed,
+        device=device,
+        dtype=args.dtype,
+    )
     if adata.isbacked:  # the expression matrix stays in the input file
         result = ad.AnnData(obs=adata.obs.copy(), var=adata.var.copy(), obsm=dict(adata.obsm), uns=dict(adata.uns))
         adata.file.close()
@@ -576,8 +636,10 @@ def _umap_figure(adata: AnnData, key: str, path: Path, colors: list[str] | None,
 def _cmd_pretrain(args: argparse.Namespace) -> None:
     given = [f"--{k.replace('_', '-')}" for k in ARCHITECTURE if getattr(args, k) is not None]
     if args.model is not None and (given or args.vocab != "inputs"):
-        raise CLIError(f"{', '.join(given + ['--vocab'] * (args.vocab != 'inputs'))}: only for a new model "
-                       "(the architecture and vocabulary of --model are kept)")  # fmt: skip
+        raise CLIError(
+            f"{', '.join(given + ['--vocab'] * (args.vocab != 'inputs'))}: only for a new model "
+            "(the architecture and vocabulary of --model are kept)"
+        )
     for p in args.input:
         _check_input(p)
         if args.lazy and p == PBMC68K:
@@ -622,8 +684,13 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
         changes: dict[str, Any] = {"n_cls": n_labels}
         logger.info(f"classification head over {n_labels} cell types of obs[{args.labels_key!r}]")
     else:
-        changes = {"n_batch_labels": n_batches, "use_batch_labels": True, "batch_norm": "dsbn", "dab": True,
-                   "explicit_zero_prob": True}  # fmt: skip
+        changes = {
+            "n_batch_labels": n_batches,
+            "use_batch_labels": True,
+            "batch_norm": "dsbn",
+            "dab": True,
+            "explicit_zero_prob": True,
+        }
         if model.config.mvc_style is None:
             changes["mvc_style"] = "inner product"
         logger.info(f"batch conditioning over {n_batches} batches of obs[{args.batch_key!r}]")

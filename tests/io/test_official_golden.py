@@ -72,12 +72,23 @@ def test_integration_model(golden_dir, mixed):
     minibatch; ours routes every cell through its own batch's BatchNorm, so a mixed minibatch gives the same."""
     net, ckpt, _ = load_official(golden_dir / "official_integration")
     c = ckpt.config
-    assert (c.batch_norm, c.use_batch_labels, c.dab, c.explicit_zero_prob, c.n_batch_labels) == ("dsbn", True, True, True, 2)
+    assert (c.batch_norm, c.use_batch_labels, c.dab, c.explicit_zero_prob, c.n_batch_labels) == (
+        "dsbn",
+        True,
+        True,
+        True,
+        2,
+    )
     z = np.load(golden_dir / "integration_io.npz")
     parts = [slice(0, 48)] if mixed else [slice(0, 24), slice(24, 48)]
     with torch.no_grad():
         outs = [
-            net(_t(z["gene_ids"][s]), _t(z["values"][s]), _t(z["padding_mask"][s]), batch_labels=_t(z["batch_labels"][s]))
+            net(
+                _t(z["gene_ids"][s]),
+                _t(z["values"][s]),
+                _t(z["padding_mask"][s]),
+                batch_labels=_t(z["batch_labels"][s]),
+            )
             for s in parts
         ]
     out = {k: torch.cat([o[k] for o in outs]) for k in outs[0]}

@@ -11,7 +11,13 @@ import torch
 from scgpt.io import load_official, read_official
 from scgpt.model import ScGPT
 
-FOLDERS = ["official_base", "official_annotation", "official_integration", "official_perturbation", "official_multiomic"]
+FOLDERS = [
+    "official_base",
+    "official_annotation",
+    "official_integration",
+    "official_perturbation",
+    "official_multiomic",
+]
 
 
 def _load_raw(path):

@@ -42,9 +42,19 @@ def _majority(labels) -> float:
 def finetuned(split, small_model, tmp_path_factory):
     ref, query = split
     query = query.copy()
-    clf = scgpt.tl.annotate(query, small_model, reference=ref, labels_key="bulk_labels", max_epochs=15, lr=2e-3,
-                            batch_size=32, max_length=256, early_stopping=False, return_model=True,
-                            checkpoint_dir=tmp_path_factory.mktemp("ckpt"))  # fmt: skip
+    clf = scgpt.tl.annotate(
+        query,
+        small_model,
+        reference=ref,
+        labels_key="bulk_labels",
+        max_epochs=15,
+        lr=2e-3,
+        batch_size=32,
+        max_length=256,
+        early_stopping=False,
+        return_model=True,
+        checkpoint_dir=tmp_path_factory.mktemp("ckpt"),
+    )
     return query, clf
 
 
@@ -72,7 +82,9 @@ def test_saved_classifier_annotates_new_data_in_one_call(finetuned, tmp_path):
     del again.obs["scgpt_celltype"]
     scgpt.tl.annotate(again, loaded)  # no reference needed: the model knows its classes
     assert (again.obs["scgpt_celltype"] == query.obs["scgpt_celltype"]).all()
-    np.testing.assert_allclose(again.obs["scgpt_celltype_confidence"], query.obs["scgpt_celltype_confidence"], rtol=1e-5)
+    np.testing.assert_allclose(
+        again.obs["scgpt_celltype_confidence"], query.obs["scgpt_celltype_confidence"], rtol=1e-5
+    )
     official = clf.save_pretrained(tmp_path / "official")  # the classifier also exports to the official layout
     keys = {k: tuple(v.shape) for k, v in torch.load(official / "best_model.pt", weights_only=True).items()}
     assert keys["cls_decoder.out_layer.weight"] == (10, 32)
@@ -83,7 +95,9 @@ def test_knn_on_a_perfect_embedding_is_perfect(split):
     ref, query = ref.copy(), query.copy()
     cats = sorted(set(ref.obs["bulk_labels"]))
     for a in (ref, query):
-        a.obsm["onehot"] = (a.obs["bulk_labels"].astype(str).to_numpy()[:, None] == np.array(cats)[None]).astype(np.float32)
+        a.obsm["onehot"] = (a.obs["bulk_labels"].astype(str).to_numpy()[:, None] == np.array(cats)[None]).astype(
+            np.float32
+        )
     scgpt.tl.annotate(query, reference=ref, labels_key="bulk_labels", method="knn", use_rep="onehot")
     m = scgpt.tl.evaluate_annotation(query, "bulk_labels", "scgpt_celltype")
     assert m["accuracy"] == 1.0 and m["macro_f1"] == 1.0
@@ -135,7 +149,9 @@ def test_label_problems_are_clear(split, small_model):
     lonely.obs["bulk_labels"] = lonely.obs["bulk_labels"].astype(str)
     lonely.obs.iloc[0, lonely.obs.columns.get_loc("bulk_labels")] = "Singleton"
     lonely.obsm["e"] = np.eye(11)[pd.Categorical(lonely.obs["bulk_labels"]).codes]
-    q.obsm["e"] = np.eye(11)[pd.Categorical(q.obs["bulk_labels"], categories=pd.Categorical(lonely.obs["bulk_labels"]).categories).codes]
+    q.obsm["e"] = np.eye(11)[
+        pd.Categorical(q.obs["bulk_labels"], categories=pd.Categorical(lonely.obs["bulk_labels"]).categories).codes
+    ]
     with pytest.warns(UserWarning, match="single reference cell"):
         scgpt.tl.annotate(q, reference=lonely, labels_key="bulk_labels", method="knn", use_rep="e")
 

@@ -23,9 +23,17 @@ def main(devices: int, out: Path, golden: Path) -> None:
     model = ScGPT(adata, vocab=vocab, d_model=32, n_heads=4, d_hid=64, n_layers=2, dropout=0.0, n_cls=None)
     init = {k: v.clone() for k, v in model.net.state_dict().items()}
     model.train(
-        recipe="pretrain-masked", max_steps=6, batch_size=16 // devices, lr=1e-3, max_length=64, train_size=1.0,
-        accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", checkpoint_dir=out / "ckpt",
-    )  # fmt: skip
+        recipe="pretrain-masked",
+        max_steps=6,
+        batch_size=16 // devices,
+        lr=1e-3,
+        max_length=64,
+        train_size=1.0,
+        accelerator="cpu",
+        devices=devices,
+        strategy="ddp" if devices > 1 else "auto",
+        checkpoint_dir=out / "ckpt",
+    )
     if model.trainer_.global_rank == 0:
         torch.save({k: v.cpu() for k, v in model.net.state_dict().items()}, out / "weights.pt")
         torch.save(init, out / "init.pt")

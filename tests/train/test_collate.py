@@ -16,7 +16,9 @@ def setup(pbmc_counts):
     present[:765] = np.arange(765)
 
     def collator(**kw):
-        base = dict(token_ids=present, gene_key=gene_keys(vocab.itos), cls_id=vocab.cls_id, pad_id=vocab.pad_id, max_length=64)
+        base = dict(
+            token_ids=present, gene_key=gene_keys(vocab.itos), cls_id=vocab.cls_id, pad_id=vocab.pad_id, max_length=64
+        )
         return Collator(**{**base, **kw})
 
     return vocab, source, collator
@@ -68,7 +70,10 @@ def test_loader_slices_global_batches_and_resumes(setup):
     c = collator(objective="masked")
     idx = np.arange(100)
     single = [b.cells.tolist() for b in CellLoader(source, idx, c, batch_size=8, seed=1)]
-    ranks = [[b.cells.tolist() for b in CellLoader(source, idx, c, batch_size=4, seed=1, rank=r, world_size=2)] for r in (0, 1)]
+    ranks = [
+        [b.cells.tolist() for b in CellLoader(source, idx, c, batch_size=4, seed=1, rank=r, world_size=2)]
+        for r in (0, 1)
+    ]
     assert len(ranks[0]) == len(ranks[1]) == 12  # 100 // 8 global batches, last incomplete one dropped
     for step in range(12):
         assert sorted(ranks[0][step] + ranks[1][step]) == sorted(single[step])

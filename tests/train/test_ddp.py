@@ -19,8 +19,12 @@ def _run(devices: int, out: Path, golden: Path) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(
         [sys.executable, str(WORKER), str(devices), str(out), str(golden)],
-        capture_output=True, text=True, timeout=600, env=env, cwd=out,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=out,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return torch.load(out / "weights.pt", weights_only=True)
 
@@ -41,5 +45,9 @@ def test_two_process_ddp_equals_single_process(golden_dir, tmp_path):
     errors = {k: float((_without_key_bias(k, single[k]) - _without_key_bias(k, ddp[k])).abs().max()) for k in single}
     assert max(errors.values()) < 1e-6, max(errors.items(), key=lambda kv: kv[1])
     init = torch.load(tmp_path / "single" / "init.pt", weights_only=True)
-    moved = float((single["transformer_encoder.layers.0.linear1.weight"] - init["transformer_encoder.layers.0.linear1.weight"]).abs().max())
+    moved = float(
+        (single["transformer_encoder.layers.0.linear1.weight"] - init["transformer_encoder.layers.0.linear1.weight"])
+        .abs()
+        .max()
+    )
     assert moved > 1e-3  # six Adam steps at lr 1e-3 moved the weights; both runs moved them alike

@@ -41,7 +41,9 @@ def test_mask_matches_brute_force():
 def test_generated_genes_do_not_see_each_other():
     """Changing the gene identity of one gene to predict changes no other position's output."""
     torch.manual_seed(0)
-    cfg = ScGPTConfig(n_tokens=40, pad_token_id=39, d_model=16, n_heads=2, d_hid=32, n_layers=3, dropout=0.0, generative=True)
+    cfg = ScGPTConfig(
+        n_tokens=40, pad_token_id=39, d_model=16, n_heads=2, d_hid=32, n_layers=3, dropout=0.0, generative=True
+    )
     net = ScGPTNet(cfg).eval()
     genes = torch.tensor([[38, 1, 2, 3, 4, 5, 6, 39]])
     values = torch.tensor([[-2.0, 3.0, 7.0, 0.0, 0.0, 0.0, 1.0, -2.0]])

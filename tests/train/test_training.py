@@ -27,8 +27,16 @@ def test_pretraining_beats_the_cell_mean_baseline(pbmc, tmp_path, recipe):
     """A few hundred steps on real PBMC counts: held-out MSE on hidden values well below predicting the cell mean."""
     ScGPT.setup_anndata(pbmc)
     model = tiny(pbmc, generative=recipe == "pretrain")
-    model.train(recipe=recipe, max_epochs=6, batch_size=16, lr=2e-3, warmup_steps=20, max_length=128,
-                train_size=0.8, checkpoint_dir=tmp_path)  # fmt: skip
+    model.train(
+        recipe=recipe,
+        max_epochs=6,
+        batch_size=16,
+        lr=2e-3,
+        warmup_steps=20,
+        max_length=128,
+        train_size=0.8,
+        checkpoint_dir=tmp_path,
+    )
     h = model.history_
     baseline, first, last = h["val_mean_baseline"][-1], h["val_mlm"][0], h["val_mlm"][-1]
     assert len(h["val_mlm"]) == 6 and last < first
@@ -54,8 +62,15 @@ def _crash_at(step: int):
 def test_resume_after_a_crash_gives_the_same_weights(pbmc, tmp_path):
     data = pbmc[:200].copy()
     ScGPT.setup_anndata(data)
-    kw = dict(recipe="pretrain-masked", max_steps=20, batch_size=16, lr=1e-3, max_length=64, train_size=1.0,
-              checkpoint_every_n_steps=7)  # fmt: skip  (13 batches per epoch: checkpoints mid-epoch)
+    kw = dict(
+        recipe="pretrain-masked",
+        max_steps=20,
+        batch_size=16,
+        lr=1e-3,
+        max_length=64,
+        train_size=1.0,
+        checkpoint_every_n_steps=7,
+    )  # fmt: skip  (13 batches per epoch: checkpoints mid-epoch)
     straight = tiny(data).train(checkpoint_dir=tmp_path / "a", **kw)
 
     crashed = tiny(data)
@@ -78,8 +93,15 @@ def _official_keys(path):
 def test_finetune_official_model_and_save_in_official_layout(golden_dir, pbmc, tmp_path):
     model = ScGPT.from_pretrained(golden_dir / "official_base")
     ScGPT.setup_anndata(pbmc)
-    model.train(pbmc, recipe="pretrain-masked", max_steps=2, batch_size=8, max_length=64, train_size=1.0,
-                checkpoint_dir=tmp_path / "ckpt")  # fmt: skip
+    model.train(
+        pbmc,
+        recipe="pretrain-masked",
+        max_steps=2,
+        batch_size=8,
+        max_length=64,
+        train_size=1.0,
+        checkpoint_dir=tmp_path / "ckpt",
+    )
     out = model.save_pretrained(tmp_path / "finetuned")
     assert _official_keys(out) == _official_keys(golden_dir / "official_base")
     again = ScGPT.from_pretrained(out, strict=True)
@@ -102,8 +124,9 @@ def test_task_finetunes_save_like_the_official_task_models(golden_dir, pbmc, tmp
     pbmc.obs["batch"] = np.where(np.arange(pbmc.n_obs) % 2, "b", "a")
     ScGPT.setup_anndata(pbmc, batch_key="batch", labels_key="bulk_labels")
     model = ScGPT.from_pretrained(golden_dir / "official_base").adapt(**changes)
-    model.train(pbmc, recipe=recipe, max_steps=2, batch_size=8, max_length=64, train_size=1.0,
-                checkpoint_dir=tmp_path / "ckpt")  # fmt: skip
+    model.train(
+        pbmc, recipe=recipe, max_steps=2, batch_size=8, max_length=64, train_size=1.0, checkpoint_dir=tmp_path / "ckpt"
+    )
     ours = _official_keys(model.save_pretrained(tmp_path / "out"))
     ref = _official_keys(golden_dir / layout)
     assert set(ours) == set(ref)
@@ -119,7 +142,9 @@ def test_recipe_needs_matching_heads(pbmc):
         model.train(recipe="pretrain", max_steps=1)
     with pytest.raises(ValueError, match=r"cls > 0 needs a classification head"):
         model.train(recipe="annotation", max_steps=1)
-    with pytest.raises(ValueError, match=r"10 labels but the classification head has 3 outputs; use model.adapt\(n_cls=10\)"):
+    with pytest.raises(
+        ValueError, match=r"10 labels but the classification head has 3 outputs; use model.adapt\(n_cls=10\)"
+    ):
         model.adapt(n_cls=3).train(recipe="annotation", max_steps=1)
     with pytest.raises(ValueError, match="not set up: call scgpt.model.ScGPT.setup_anndata"):
         fresh = ad.AnnData(pbmc.X.copy(), obs=pbmc.obs[[]].copy(), var=pbmc.var[[]].copy())

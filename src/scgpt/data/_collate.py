@@ -1,7 +1,10 @@
-"""Minibatches for training: tokenise rows, then mask values (masked objective) or choose the genes
-to generate (generative objective). Every choice is keyed by the cell's content, the seed and the
+"""Minibatches for training.
+
+Rows are tokenised, then values are masked (masked objective) or the genes to generate are chosen
+(generative objective). Every choice is keyed by the cell's content, the seed and the
 epoch, so a cell's minibatch entry never depends on the other cells in it, the batch size, the
-number of processes or a restart."""
+number of processes or a restart.
+"""
 
 from __future__ import annotations
 
@@ -155,10 +158,17 @@ class Collator:
         """Minibatch of the rows of ``X`` (cells x genes); ``epoch`` varies sampling and masks between epochs."""
         epoch_seed = _mix(self.seed, epoch)
         tok = tokenize(
-            X, self.token_ids, self.gene_key, max_genes=self.max_length - 1, n_bins=self.n_bins, seed=epoch_seed,
+            X,
+            self.token_ids,
+            self.gene_key,
+            max_genes=self.max_length - 1,
+            n_bins=self.n_bins,
+            seed=epoch_seed,
             include_zero_genes=self.include_zero_genes,
-        )  # fmt: skip
-        genes, target = pad_batch(tok, cls_id=self.cls_id, cls_value=self.cls_value, pad_id=self.pad_id, pad_value=self.pad_value)
+        )
+        genes, target = pad_batch(
+            tok, cls_id=self.cls_id, cls_value=self.cls_value, pad_id=self.pad_id, pad_value=self.pad_value
+        )
         B, L = genes.shape
         predict = np.zeros((B, L), dtype=bool)
         gen = None

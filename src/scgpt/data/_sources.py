@@ -76,13 +76,13 @@ class AnnDataSource:
         self.n_obs, self.n_tokens = self._X.shape
         self._present = np.unique(col_tokens[col_tokens >= 0])
 
-    def rows(self, idx: np.ndarray) -> sp.csr_matrix:  # noqa: D102
+    def rows(self, idx: np.ndarray) -> sp.csr_matrix:
         return self._X[np.asarray(idx)]
 
-    def present_tokens(self) -> np.ndarray:  # noqa: D102
+    def present_tokens(self) -> np.ndarray:
         return self._present
 
-    def lengths(self) -> np.ndarray:  # noqa: D102
+    def lengths(self) -> np.ndarray:
         return np.diff(self._X.indptr)
 
 
@@ -150,7 +150,7 @@ class H5adCollection:
             raise ValueError(f"{root} holds no AnnData stores (sub-groups with 'X' and 'var').")
         return cls([root / name for name in stores], vocab, **kwargs)
 
-    def rows(self, idx: np.ndarray) -> sp.csr_matrix:  # noqa: D102
+    def rows(self, idx: np.ndarray) -> sp.csr_matrix:
         from .._anndata import check_values
 
         idx = np.asarray(idx)
@@ -172,10 +172,10 @@ class H5adCollection:
         pos[np.concatenate(where)] = np.arange(len(idx))
         return out[pos]
 
-    def present_tokens(self) -> np.ndarray:  # noqa: D102
+    def present_tokens(self) -> np.ndarray:
         return self._present
 
-    def lengths(self) -> np.ndarray:  # noqa: D102
+    def lengths(self) -> np.ndarray:
         return self._lengths
 
 

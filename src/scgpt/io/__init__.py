@@ -1,7 +1,7 @@
 """Reading and writing model files: official scGPT folders and this package's own format."""
 
-from ._native import MODEL_FILE, NativeCheckpoint, is_native, load_native, save_native
 from ._keymap import PRETRAINING_ONLY_KEYS, to_official, to_ours
+from ._native import MODEL_FILE, NativeCheckpoint, is_native, load_native, save_native
 from ._official import (
     CheckpointError,
     CheckpointWarning,

@@ -1,4 +1,4 @@
-"""This package's own model format: one ``model.pt`` (config, vocabulary, weights, attributes).
+"""The package's own model format: one ``model.pt`` (config, vocabulary, weights, attributes).
 
 Everything is plain data (dicts, lists, strings, numbers, tensors), so it loads with
 ``torch.load(weights_only=True)``.
@@ -68,7 +68,7 @@ def load_native(path: str | os.PathLike, *, map_location: str | torch.device = "
         raise FileNotFoundError(f"No {MODEL_FILE} in {str(Path(path))!r}; expected a folder written by ScGPT.save().")
     try:
         payload = torch.load(target, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear message
+    except Exception as e:
         raise CheckpointError(f"{target} could not be read as a saved scgpt model: {e}") from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{target} is not a model saved by scgpt (no '{FORMAT}' format marker).")

@@ -28,7 +28,9 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
         return torch.device("cpu")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device='cuda' was requested but PyTorch sees no CUDA device (torch.cuda.is_available() is False).")
+        raise RuntimeError(
+            "device='cuda' was requested but PyTorch sees no CUDA device (torch.cuda.is_available() is False)."
+        )
     return device
 
 

@@ -35,8 +35,11 @@ def inference_net(net: ScGPTNet, device: torch.device, dtype: torch.dtype) -> Sc
 
 
 def length_batches(lengths: np.ndarray, max_cells: int, max_tokens: int | None) -> Iterator[np.ndarray]:
-    """Indices of cells in minibatches of similar length: longest first, at most ``max_cells`` cells and
-    ``max_tokens`` padded tokens each (a single cell may exceed ``max_tokens``)."""
+    """Indices of cells in minibatches of similar length, longest first.
+
+    Each minibatch has at most ``max_cells`` cells and ``max_tokens`` padded tokens (a single cell may
+    exceed ``max_tokens``).
+    """
     order = np.argsort(-lengths, kind="stable")
     i = 0
     while i < len(order):
@@ -123,12 +126,12 @@ def embed_chunks(
     bar = tqdm(total=n_obs, unit="cell", desc="embedding cells", disable=not progress, leave=False)
     with torch.inference_mode():
         for start, X in chunks:
-            cells: TokenizedCells = tokenize(
-                X, token_ids, gene_key, max_genes=max_length - 1, n_bins=n_bins, seed=seed
-            )
+            cells: TokenizedCells = tokenize(X, token_ids, gene_key, max_genes=max_length - 1, n_bins=n_bins, seed=seed)
             n_tokens[start : start + len(cells)] = cells.lengths + 1
             for idx in length_batches(cells.lengths + 1, batch_size, max_tokens):
-                genes, values = pad_batch(cells.take(idx), cls_id=cls_id, cls_value=cls_value, pad_id=pad_id, pad_value=pad_value)
+                genes, values = pad_batch(
+                    cells.take(idx), cls_id=cls_id, cls_value=cls_value, pad_id=pad_id, pad_value=pad_value
+                )
                 g = torch.from_numpy(genes).to(device)
                 v = torch.from_numpy(values).to(device=device, dtype=dtype)
                 labels = None

@@ -179,12 +179,22 @@ class ScGPT(TrainingMixin):
         weights instead of PyTorch's ``in_proj_*``.
         """
         return save_official(
-            self.net, self.vocab, path, args=self.args_, mod_vocab=self.mod_vocab,
-            attention_layout=attention_layout, overwrite=overwrite,
-        )  # fmt: skip
+            self.net,
+            self.vocab,
+            path,
+            args=self.args_,
+            mod_vocab=self.mod_vocab,
+            attention_layout=attention_layout,
+            overwrite=overwrite,
+        )
 
     def _attrs(self) -> dict[str, Any]:
-        return {"history": self.history_, "registry": self.registry_, "is_trained": self.is_trained_, "source": self.source_}
+        return {
+            "history": self.history_,
+            "registry": self.registry_,
+            "is_trained": self.is_trained_,
+            "source": self.source_,
+        }
 
     def save(self, dir_path: str | os.PathLike, *, overwrite: bool = False, save_anndata: bool = False) -> Path:
         """Save in this package's format (``dir_path/model.pt``), with training history and data setup.
@@ -198,7 +208,9 @@ class ScGPT(TrainingMixin):
         save_anndata
             Also write the bound AnnData as ``dir_path/adata.h5ad``.
         """
-        ckpt = NativeCheckpoint(self.config, self.vocab, self.net.state_dict(), self.args_, self.mod_vocab, self._attrs())
+        ckpt = NativeCheckpoint(
+            self.config, self.vocab, self.net.state_dict(), self.args_, self.mod_vocab, self._attrs()
+        )
         target = save_native(dir_path, ckpt, overwrite=overwrite)
         if save_anndata:
             if self.adata is None:
@@ -210,7 +222,10 @@ class ScGPT(TrainingMixin):
     def load(
         cls, dir_path: str | os.PathLike, *, adata: AnnData | None = None, device: str | torch.device | None = "cpu"
     ) -> ScGPT:
-        """Load a model written by :meth:`save` (``adata``: AnnData to bind; with ``adata.h5ad`` in the folder it is read)."""
+        """Load a model written by :meth:`save`.
+
+        ``adata`` is the AnnData to bind; without it, an ``adata.h5ad`` saved in the folder is read.
+        """
         ckpt = load_native(dir_path)
         net = ScGPTNet(ckpt.config)
         net.load_state_dict(ckpt.state_dict)
@@ -249,7 +264,9 @@ class ScGPT(TrainingMixin):
                 raise KeyError(f"{len(missing)} genes are not in the vocabulary, e.g. {missing[:5]}.")
         ids = torch.as_tensor(self.vocab.lookup(tokens), device=self.device)
         with torch.inference_mode():
-            emb = torch.cat([self.net.encoder(ids[i : i + 8192]) for i in range(0, len(ids), 8192)]) if len(ids) else None
+            emb = (
+                torch.cat([self.net.encoder(ids[i : i + 8192]) for i in range(0, len(ids), 8192)]) if len(ids) else None
+            )
         values = np.zeros((0, self.config.d_model), np.float32) if emb is None else emb.float().cpu().numpy()
         return pd.DataFrame(values, index=pd.Index(tokens, name="gene"))
 
@@ -300,9 +317,19 @@ class ScGPT(TrainingMixin):
 
         adata = self._resolve_adata(adata)
         return compute_embeddings(
-            self, adata, layer=layer, gene_key=gene_key, batch_key=batch_key, max_length=max_length,
-            batch_size=batch_size, seed=seed, device=device, dtype=dtype, progress=progress, use_aliases=use_aliases,
-        ).embeddings  # fmt: skip
+            self,
+            adata,
+            layer=layer,
+            gene_key=gene_key,
+            batch_key=batch_key,
+            max_length=max_length,
+            batch_size=batch_size,
+            seed=seed,
+            device=device,
+            dtype=dtype,
+            progress=progress,
+            use_aliases=use_aliases,
+        ).embeddings
 
     def _resolve_adata(self, adata: AnnData | None) -> AnnData:
         if adata is None:

@@ -146,9 +146,13 @@ class TrainingMixin:
         if fresh:
             logger.info(f"    new or re-initialised parts: {', '.join(fresh)}")
         new = type(self)._from_parts(
-            net.to(self.device), self.vocab, args=copy.deepcopy(self.args_), mod_vocab=self.mod_vocab,
-            source=self.source_, attrs=copy.deepcopy(self._attrs()),
-        )  # fmt: skip
+            net.to(self.device),
+            self.vocab,
+            args=copy.deepcopy(self.args_),
+            mod_vocab=self.mod_vocab,
+            source=self.source_,
+            attrs=copy.deepcopy(self._attrs()),
+        )
         new.adata = self.adata
         return new
 
@@ -201,7 +205,8 @@ class TrainingMixin:
         max_epochs, max_steps
             Length of training (default: 10 epochs when neither is given).
         batch_size
-            Cells per minibatch per device (global batch = ``batch_size x devices x num_nodes x accumulate_grad_batches``).
+            Cells per minibatch per device; the global batch is
+            ``batch_size x devices x num_nodes x accumulate_grad_batches``.
         lr, weight_decay, eps
             Adam(W) settings.
         schedule, warmup_steps, step_gamma
@@ -257,12 +262,20 @@ class TrainingMixin:
             max_epochs = 10
         if datamodule is None:
             adata = self._resolve_adata(adata)
-            datamodule = self._datamodule(adata, rec, batch_size=batch_size, train_size=train_size,
-                                          validation_size=validation_size, seed=seed)  # fmt: skip
+            datamodule = self._datamodule(
+                adata, rec, batch_size=batch_size, train_size=train_size, validation_size=validation_size, seed=seed
+            )
         plan = ScGPTTrainingPlan(
-            self.net, rec, lr=lr, weight_decay=weight_decay, eps=eps, schedule=schedule, warmup_steps=warmup_steps,
-            step_gamma=step_gamma, seed=seed,
-        )  # fmt: skip
+            self.net,
+            rec,
+            lr=lr,
+            weight_decay=weight_decay,
+            eps=eps,
+            schedule=schedule,
+            warmup_steps=warmup_steps,
+            step_gamma=step_gamma,
+            seed=seed,
+        )
         ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else Path(tempfile.mkdtemp(prefix="scgpt_train_"))
         callbacks: list = [_HistoryCallback(), *trainer_kwargs.pop("callbacks", [])]
         ckpt_kwargs = {"every_n_train_steps": checkpoint_every_n_steps} if checkpoint_every_n_steps else {}
@@ -276,13 +289,25 @@ class TrainingMixin:
         quiet = _quiet_lightning()
         quiet.__enter__()
         trainer = pl.Trainer(
-            max_epochs=max_epochs, max_steps=max_steps, accelerator=accelerator, devices=devices, strategy=strategy,
-            num_nodes=num_nodes, precision=precision, accumulate_grad_batches=accumulate_grad_batches,
-            gradient_clip_val=gradient_clip_val, callbacks=callbacks, logger=CSVLogger(ckpt_dir, name="logs"),
-            log_every_n_steps=log_every_n_steps, enable_progress_bar=show, enable_model_summary=False,
-            num_sanity_val_steps=0, limit_val_batches=1.0 if has_val else 0, default_root_dir=ckpt_dir,
+            max_epochs=max_epochs,
+            max_steps=max_steps,
+            accelerator=accelerator,
+            devices=devices,
+            strategy=strategy,
+            num_nodes=num_nodes,
+            precision=precision,
+            accumulate_grad_batches=accumulate_grad_batches,
+            gradient_clip_val=gradient_clip_val,
+            callbacks=callbacks,
+            logger=CSVLogger(ckpt_dir, name="logs"),
+            log_every_n_steps=log_every_n_steps,
+            enable_progress_bar=show,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            limit_val_batches=1.0 if has_val else 0,
+            default_root_dir=ckpt_dir,
             **trainer_kwargs,
-        )  # fmt: skip
+        )
         ckpt_path = None
         if resume:
             ckpt_path = Path(resume) if not isinstance(resume, bool) else ckpt_dir / "last.ckpt"
@@ -293,8 +318,12 @@ class TrainingMixin:
         self.net.train()
         try:
             with warnings.catch_warnings():
-                for message in (".*does not have many workers.*", ".*overridden `transfer_batch_to_device`.*",
-                                ".*LeafSpec.*", ".*limit_val_batches.*"):  # fmt: skip
+                for message in (
+                    ".*does not have many workers.*",
+                    ".*overridden `transfer_batch_to_device`.*",
+                    ".*LeafSpec.*",
+                    ".*limit_val_batches.*",
+                ):
                     warnings.filterwarnings("ignore", message=message)
                 trainer.fit(plan, datamodule=datamodule, ckpt_path=ckpt_path)
         finally:
@@ -351,11 +380,20 @@ class TrainingMixin:
         present = np.full(len(self.vocab), -1, dtype=np.int64)
         present[source.present_tokens()] = source.present_tokens()
         collator = Collator(
-            token_ids=present, gene_key=self.vocab.gene_keys(), cls_id=self.vocab.cls_id, pad_id=self.vocab.pad_id,
-            pad_value=c.pad_value, cls_value=c.pad_value if rec.cls_value == "pad" else 0.0, mask_value=rec.mask_value,
-            max_length=rec.max_length, n_bins=int(self.args_.get("n_bins", 51)), include_zero_genes=rec.include_zero_genes,
-            objective=rec.objective, mask_ratio=rec.mask_ratio, seed=seed,
-        )  # fmt: skip
+            token_ids=present,
+            gene_key=self.vocab.gene_keys(),
+            cls_id=self.vocab.cls_id,
+            pad_id=self.vocab.pad_id,
+            pad_value=c.pad_value,
+            cls_value=c.pad_value if rec.cls_value == "pad" else 0.0,
+            mask_value=rec.mask_value,
+            max_length=rec.max_length,
+            n_bins=int(self.args_.get("n_bins", 51)),
+            include_zero_genes=rec.include_zero_genes,
+            objective=rec.objective,
+            mask_ratio=rec.mask_ratio,
+            seed=seed,
+        )
         train_idx, val_idx = split if split is not None else _split(source.n_obs, train_size, validation_size, seed)
         return ScGPTDataModule(
             source, collator, train_idx, val_idx, batch_size=batch_size, seed=seed, obs=obs, chunk_size=chunk_size
@@ -377,17 +415,28 @@ class TrainingMixin:
             obs["batch_labels"] = np.asarray(manager.get_from_registry("batch")).ravel().astype(np.int64)
             self.registry_["batch_categories"] = batches
             if c.n_batch_labels is not None and len(batches) > c.n_batch_labels:
-                raise ValueError(f"The data have {len(batches)} batches but the model knows {c.n_batch_labels}; "
-                                 f"use model.adapt(n_batch_labels={len(batches)}).")  # fmt: skip
+                raise ValueError(
+                    f"The data have {len(batches)} batches but the model knows {c.n_batch_labels}; "
+                    f"use model.adapt(n_batch_labels={len(batches)})."
+                )
         labels = self._categories(manager, "labels")
         if labels is not None:
             obs["labels"] = np.asarray(manager.get_from_registry("labels")).ravel().astype(np.int64)
             self.registry_["label_categories"] = labels
             if recipe.cls and c.n_cls != len(labels):
-                raise ValueError(f"The data have {len(labels)} labels but the classification head has {c.n_cls} "
-                                 f"outputs; use model.adapt(n_cls={len(labels)}).")  # fmt: skip
-        return self.make_datamodule(source, recipe, batch_size=batch_size, train_size=train_size,
-                                    validation_size=validation_size, seed=seed, obs=obs)  # fmt: skip
+                raise ValueError(
+                    f"The data have {len(labels)} labels but the classification head has {c.n_cls} "
+                    f"outputs; use model.adapt(n_cls={len(labels)})."
+                )
+        return self.make_datamodule(
+            source,
+            recipe,
+            batch_size=batch_size,
+            train_size=train_size,
+            validation_size=validation_size,
+            seed=seed,
+            obs=obs,
+        )
 
 
 @contextlib.contextmanager

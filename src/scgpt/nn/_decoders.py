@@ -86,7 +86,9 @@ class MVCDecoder(nn.Module):
         Also predict the nonzero probability (inner-product styles only).
     """
 
-    def __init__(self, d_query: int, d_cell: int, style: str = "inner product", explicit_zero_prob: bool = False) -> None:
+    def __init__(
+        self, d_query: int, d_cell: int, style: str = "inner product", explicit_zero_prob: bool = False
+    ) -> None:
         super().__init__()
         self.style = style
         self.detach = style.endswith("detach")
@@ -144,12 +146,12 @@ class ClsDecoder(nn.Module):
 
 class _GradReverse(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, lambd: float) -> Tensor:  # noqa: D102
+    def forward(ctx, x: Tensor, lambd: float) -> Tensor:
         ctx.lambd = lambd
         return x.view_as(x)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # noqa: D102
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
         return -ctx.lambd * grad, None
 
 

@@ -1,5 +1,7 @@
-"""The transformer encoder: a stack of self-attention + feed-forward layers. No positional encoding:
-scGPT treats a cell as a set of genes."""
+"""The transformer encoder: a stack of self-attention + feed-forward layers.
+
+There is no positional encoding: scGPT treats a cell as a set of genes.
+"""
 
 from __future__ import annotations
 

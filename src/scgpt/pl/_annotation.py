@@ -77,8 +77,23 @@ def confusion(
         for i in range(n_rows):
             for j in range(n_cols):
                 text = f"{values[i, j]:.2f}" if normalize else f"{int(values[i, j])}"
-                ax.text(j, i, text, ha="center", va="center", fontsize=7,
-                        color="white" if values[i, j] > 0.6 * high else "black")  # fmt: skip
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label={"true": "share of true cells", "pred": "share of predicted cells", None: "cells"}[normalize])  # fmt: skip
-    ax.set_title(title if title is not None else f"accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}")
+                ax.text(
+                    j,
+                    i,
+                    text,
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if values[i, j] > 0.6 * high else "black",
+                )
+    fig.colorbar(
+        im,
+        ax=ax,
+        fraction=0.046,
+        pad=0.04,
+        label={"true": "share of true cells", "pred": "share of predicted cells", None: "cells"}[normalize],
+    )
+    ax.set_title(
+        title if title is not None else f"accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}"
+    )
     return finish(fig, ax, show=show, return_fig=return_fig)

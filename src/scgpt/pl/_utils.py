@@ -20,7 +20,7 @@ def new_axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axe
 
 
 def finish(fig: Figure, ax: Axes, *, show: bool | None, return_fig: bool) -> Figure | Axes | None:
-    """scanpy's convention: the figure with ``return_fig``, nothing once shown, else the axes."""
+    """Scanpy's convention: the figure with ``return_fig``, nothing once shown, else the axes."""
     import matplotlib.pyplot as plt
 
     if return_fig:

@@ -184,7 +184,9 @@ def align_vocab(
     start = time.perf_counter()
     check_adata(adata, fn="align_vocab")
     adata = adata.copy() if copy else adata
-    vocab_obj = default_vocab() if vocab is None else (vocab if isinstance(vocab, GeneVocab) else GeneVocab.from_file(vocab))
+    vocab_obj = (
+        default_vocab() if vocab is None else (vocab if isinstance(vocab, GeneVocab) else GeneVocab.from_file(vocab))
+    )
     logger.info("matching genes to the scGPT vocabulary")
     match = match_genes(gene_names(adata, gene_key), vocab_obj, use_aliases=use_aliases)
     check_coverage(match, fn="align_vocab")

@@ -147,7 +147,11 @@ def preprocess(
     if filter_gene_by_counts:
         sc.pp.filter_genes(adata, min_counts=int(filter_gene_by_counts), inplace=True)  # official: True means 1
         logger.info(f"    kept {adata.n_vars} genes with >= {int(filter_gene_by_counts)} counts")
-    if isinstance(filter_cell_by_counts, int) and not isinstance(filter_cell_by_counts, bool) and filter_cell_by_counts > 0:
+    if (
+        isinstance(filter_cell_by_counts, int)
+        and not isinstance(filter_cell_by_counts, bool)
+        and filter_cell_by_counts > 0
+    ):
         sc.pp.filter_cells(adata, min_counts=filter_cell_by_counts, inplace=True)
         logger.info(f"    kept {adata.n_obs} cells with >= {filter_cell_by_counts} counts")
     last = counts_key

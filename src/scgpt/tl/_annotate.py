@@ -31,7 +31,9 @@ def reference_labels(reference: AnnData, labels_key: str | None) -> tuple[AnnDat
     if labels_key is None:
         raise ValueError("Pass `labels_key=`, the obs column of the reference holding cell-type labels.")
     if labels_key not in reference.obs:
-        raise KeyError(f"labels_key={labels_key!r} is not a column of reference.obs (columns: {list(reference.obs.columns)}).")
+        raise KeyError(
+            f"labels_key={labels_key!r} is not a column of reference.obs (columns: {list(reference.obs.columns)})."
+        )
     labels = reference.obs[labels_key]
     missing = labels.isna().to_numpy()
     if missing.all():
@@ -62,7 +64,10 @@ def reference_labels(reference: AnnData, labels_key: str | None) -> tuple[AnnDat
 
 
 def stratified_split(codes: np.ndarray, validation_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per class, a seeded ``validation_size`` share of the cells to validation (classes of one cell stay in training)."""
+    """Per class, a seeded ``validation_size`` share of the cells goes to validation.
+
+    Classes of a single cell stay in training.
+    """
     rng = np.random.default_rng(seed)
     train, val = [], []
     for c in np.unique(codes):
@@ -158,17 +163,32 @@ def finetune_classifier(
     if max_length is not None:
         recipe = recipe.replace(max_length=max_length)
     train_idx, val_idx = stratified_split(codes, validation_size if early_stopping else 0.0, seed)
-    dm = clf.make_datamodule(source, recipe, batch_size=batch_size, seed=seed, obs={"labels": codes},
-                             split=(train_idx, val_idx))  # fmt: skip
+    dm = clf.make_datamodule(
+        source, recipe, batch_size=batch_size, seed=seed, obs={"labels": codes}, split=(train_idx, val_idx)
+    )
     clf.registry_["label_categories"] = [str(c) for c in cats.categories]
     clf.registry_["labels_key"] = labels_key
-    logger.info(f"fine-tuning the classifier on {len(train_idx)} reference cells ({len(val_idx)} for validation), "
-                f"{len(cats.categories)} cell types")  # fmt: skip
+    logger.info(
+        f"fine-tuning the classifier on {len(train_idx)} reference cells ({len(val_idx)} for validation), "
+        f"{len(cats.categories)} cell types"
+    )
     clf.train(
-        datamodule=dm, recipe=recipe, max_epochs=max_epochs, lr=lr, schedule="step", step_gamma=0.9, seed=seed,
-        early_stopping=early_stopping and len(val_idx) > 0, early_stopping_patience=patience, accelerator=accelerator,
-        devices=devices, precision=precision, checkpoint_dir=checkpoint_dir, progress=progress, **train_kwargs,
-    )  # fmt: skip
+        datamodule=dm,
+        recipe=recipe,
+        max_epochs=max_epochs,
+        lr=lr,
+        schedule="step",
+        step_gamma=0.9,
+        seed=seed,
+        early_stopping=early_stopping and len(val_idx) > 0,
+        early_stopping_patience=patience,
+        accelerator=accelerator,
+        devices=devices,
+        precision=precision,
+        checkpoint_dir=checkpoint_dir,
+        progress=progress,
+        **train_kwargs,
+    )
     for p in clf.net.parameters():
         p.requires_grad_(True)
     return clf
@@ -196,18 +216,32 @@ def classify(
     if max_length is None:
         max_length = int(model.registry_.get("last_recipe", {}).get("max_length", 3001))
     res = compute_embeddings(
-        model, adata, gene_key=gene_key, layer=layer, max_length=max_length, batch_size=batch_size, device=device,
-        progress=progress, fn="annotate", cls_value=0.0, head=lambda net, emb: torch.softmax(net.cls_decoder(emb).float(), -1),
-        out_dim=model.config.n_cls, normalize=False,
-    )  # fmt: skip
+        model,
+        adata,
+        gene_key=gene_key,
+        layer=layer,
+        max_length=max_length,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+        fn="annotate",
+        cls_value=0.0,
+        head=lambda net, emb: torch.softmax(net.cls_decoder(emb).float(), -1),
+        out_dim=model.config.n_cls,
+        normalize=False,
+    )
     return res.embeddings
 
 
 # ---------------------------------------------------------------------------- k-NN reference mapping
 def knn_vote(
-    ref_emb: np.ndarray, ref_labels: pd.Categorical, query_emb: np.ndarray, *, n_neighbors: int = 10,
+    ref_emb: np.ndarray,
+    ref_labels: pd.Categorical,
+    query_emb: np.ndarray,
+    *,
+    n_neighbors: int = 10,
     backend: Literal["auto", "sklearn", "pynndescent", "faiss"] = "auto",
-) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+) -> tuple[np.ndarray, np.ndarray]:
     """Majority label among the ``n_neighbors`` most cosine-similar reference cells, and its vote share.
 
     Ties go to the label with the larger summed similarity. ``backend="auto"`` uses exact search
@@ -309,7 +343,8 @@ def annotate(
     n_neighbors
         Neighbours of the k-NN vote (official: 10).
     use_rep
-        k-NN on an existing ``obsm`` embedding of both ``adata`` and ``reference`` instead of computing scGPT embeddings.
+        k-NN on an existing ``obsm`` embedding of both ``adata`` and ``reference`` instead of computing
+        scGPT embeddings.
     knn_backend
         Nearest-neighbour search, see :func:`knn_vote`.
     batch_size, max_length, seed, device, progress
@@ -351,8 +386,10 @@ def annotate(
             ref_emb, qry_emb, model_name = np.asarray(reference.obsm[use_rep]), np.asarray(adata.obsm[use_rep]), None
         else:
             model_obj, model_name = resolve_model(model)
-            kw = dict(gene_key=gene_key, layer=layer, batch_size=batch_size, seed=seed, device=device, progress=progress)
-            kw["max_length"] = max_length or 1200
+            kw = {
+                "gene_key": gene_key, "layer": layer, "batch_size": batch_size, "seed": seed, "device": device,
+                "progress": progress, "max_length": max_length or 1200,
+            }  # fmt: skip
             logger.info(f"embedding {reference.n_obs} reference and {adata.n_obs} query cells")
             ref_emb = compute_embeddings(model_obj, reference, fn="annotate (reference)", **kw).embeddings
             qry_emb = compute_embeddings(model_obj, adata, fn="annotate", **kw).embeddings
@@ -361,14 +398,31 @@ def annotate(
     else:
         model_obj, model_name = resolve_model(model)
         if reference is not None:
-            clf = finetune_classifier(model_obj, reference, labels_key, gene_key=gene_key, layer=layer, seed=seed,
-                                      max_length=max_length, progress=progress, **finetune_kwargs)  # fmt: skip
+            clf = finetune_classifier(
+                model_obj,
+                reference,
+                labels_key,
+                gene_key=gene_key,
+                layer=layer,
+                seed=seed,
+                max_length=max_length,
+                progress=progress,
+                **finetune_kwargs,
+            )
         else:
             if finetune_kwargs:
                 raise TypeError(f"Training options given but no `reference`: {sorted(finetune_kwargs)}")
             clf = model_obj
-        probs = classify(clf, adata, gene_key=gene_key, layer=layer, max_length=max_length, batch_size=batch_size,
-                         device=device, progress=progress)  # fmt: skip
+        probs = classify(
+            clf,
+            adata,
+            gene_key=gene_key,
+            layer=layer,
+            max_length=max_length,
+            batch_size=batch_size,
+            device=device,
+            progress=progress,
+        )
         classes = list(clf.registry_["label_categories"])
         best, confidence = probs.argmax(1), probs.max(1)
     labels = np.asarray(classes, dtype=object)[best]
@@ -381,14 +435,26 @@ def annotate(
     adata.obs[f"{key_added}_confidence"] = confidence.astype(np.float32)
     adata.uns[key_added] = {
         "params": {
-            "method": method, "model": model_name, "labels_key": labels_key, "min_confidence": min_confidence,
-            "n_neighbors": n_neighbors if method == "knn" else None, "use_rep": use_rep, "seed": seed,
+            "method": method,
+            "model": model_name,
+            "labels_key": labels_key,
+            "min_confidence": min_confidence,
+            "n_neighbors": n_neighbors if method == "knn" else None,
+            "use_rep": use_rep,
+            "seed": seed,
             "reference_cells": None if reference is None else int(reference.n_obs),
         },
         "classes": classes,
-    }  # fmt: skip
-    log_added(start, "", [f"'{key_added}', predicted cell types (adata.obs)",
-                          f"'{key_added}_confidence', confidence (adata.obs)", f"'{key_added}', parameters (adata.uns)"])  # fmt: skip
+    }
+    log_added(
+        start,
+        "",
+        [
+            f"'{key_added}', predicted cell types (adata.obs)",
+            f"'{key_added}_confidence', confidence (adata.obs)",
+            f"'{key_added}', parameters (adata.uns)",
+        ],
+    )
     out = adata if copy else None
     if return_model:
         if clf is None:
@@ -431,8 +497,9 @@ def evaluate_annotation(
     pred = adata.obs[pred_key].astype(str).to_numpy()[keep]
     true_classes = sorted(set(true))
     all_labels = true_classes + sorted(set(pred) - set(true_classes))
-    conf = pd.crosstab(pd.Categorical(true, categories=true_classes), pd.Categorical(pred, categories=all_labels),
-                       dropna=False)  # fmt: skip
+    conf = pd.crosstab(
+        pd.Categorical(true, categories=true_classes), pd.Categorical(pred, categories=all_labels), dropna=False
+    )
     conf.index.name, conf.columns.name = "true", "predicted"
     tp = np.array([conf.loc[c, c] if c in conf.columns else 0 for c in true_classes], dtype=float)
     support = conf.sum(1).to_numpy(dtype=float)
@@ -440,8 +507,10 @@ def evaluate_annotation(
     precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
     recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
     f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(tp), where=precision + recall > 0)
-    per_class = pd.DataFrame({"precision": precision, "recall": recall, "f1": f1, "support": support.astype(int)},
-                             index=pd.Index(true_classes, name="cell type"))  # fmt: skip
+    per_class = pd.DataFrame(
+        {"precision": precision, "recall": recall, "f1": f1, "support": support.astype(int)},
+        index=pd.Index(true_classes, name="cell type"),
+    )
     metrics = {
         "accuracy": float((true == pred).mean()),
         "macro_f1": float(f1.mean()),

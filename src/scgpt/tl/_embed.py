@@ -124,11 +124,23 @@ def compute_embeddings(
     was_training = model.net.training
     try:
         emb, n_tokens = embed_chunks(
-            net, checked(chunks), adata.n_obs, match.ids, keys, cls_id=model.vocab.cls_id, pad_id=model.vocab.pad_id,
-            max_length=max_length, batch_size=batch_size, n_bins=int(model.args_.get("n_bins", 51)), seed=seed,
-            device=dev, dtype=dt, batch_labels=labels,
-            progress=settings.progress if progress is None else progress, **engine,
-        )  # fmt: skip
+            net,
+            checked(chunks),
+            adata.n_obs,
+            match.ids,
+            keys,
+            cls_id=model.vocab.cls_id,
+            pad_id=model.vocab.pad_id,
+            max_length=max_length,
+            batch_size=batch_size,
+            n_bins=int(model.args_.get("n_bins", 51)),
+            seed=seed,
+            device=dev,
+            dtype=dt,
+            batch_labels=labels,
+            progress=settings.progress if progress is None else progress,
+            **engine,
+        )
     finally:
         model.net.train(was_training)
     n_empty = int((n_tokens == 1).sum())
@@ -251,9 +263,19 @@ def embed(
     model_obj, model_name = resolve_model(model)
     logger.info(f"computing scGPT embeddings of {target.n_obs} cells")
     res = compute_embeddings(
-        model_obj, target, layer=layer, gene_key=gene_key, batch_key=batch_key, max_length=max_length,
-        batch_size=batch_size, seed=seed, device=device, dtype=dtype, progress=progress, use_aliases=use_aliases,
-    )  # fmt: skip
+        model_obj,
+        target,
+        layer=layer,
+        gene_key=gene_key,
+        batch_key=batch_key,
+        max_length=max_length,
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        dtype=dtype,
+        progress=progress,
+        use_aliases=use_aliases,
+    )
     target.obsm[key_added] = res.embeddings
     added = [f"'{key_added}', cell embeddings (adata.obsm)"]
     if genes:

@@ -31,7 +31,9 @@ def resolve_model(model: ScGPT | str | os.PathLike | None) -> tuple[ScGPT, str]:
         if model is None:
             raise ValueError(NO_MODEL_MESSAGE)
     if not isinstance(model, str | os.PathLike):
-        raise TypeError(f"model must be an ScGPT, a path to a model folder, 'demo' or None; got {type(model).__name__}.")
+        raise TypeError(
+            f"model must be an ScGPT, a path to a model folder, 'demo' or None; got {type(model).__name__}."
+        )
     name = str(model)
     path = Path(model).expanduser()
     stamp = tuple(f.stat().st_mtime_ns for f in sorted(path.glob("*.pt"))) if path.is_dir() else ()

@@ -49,7 +49,9 @@ class ScGPTDataModule(pl.LightningDataModule):
         super().__init__()
         self.source, self.collator = source, collator
         self.train_indices = np.asarray(train_indices, dtype=np.int64)
-        self.val_indices = None if val_indices is None or len(val_indices) == 0 else np.asarray(val_indices, dtype=np.int64)
+        self.val_indices = (
+            None if val_indices is None or len(val_indices) == 0 else np.asarray(val_indices, dtype=np.int64)
+        )
         self.batch_size, self.seed, self.obs, self.chunk_size = batch_size, seed, obs or {}, chunk_size
         self._train: CellLoader | None = None
 
@@ -57,20 +59,37 @@ class ScGPTDataModule(pl.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
-    def train_dataloader(self) -> CellLoader:  # noqa: D102
+    def train_dataloader(self) -> CellLoader:
         rank, world = self._rank_world()
         if self._train is None or (self._train.rank, self._train.world_size) != (rank, world):
             self._train = CellLoader(
-                self.source, self.train_indices, self.collator, batch_size=self.batch_size, shuffle=True,
-                seed=self.seed, rank=rank, world_size=world, obs=self.obs, chunk_size=self.chunk_size,
-            )  # fmt: skip
+                self.source,
+                self.train_indices,
+                self.collator,
+                batch_size=self.batch_size,
+                shuffle=True,
+                seed=self.seed,
+                rank=rank,
+                world_size=world,
+                obs=self.obs,
+                chunk_size=self.chunk_size,
+            )
         return self._train
 
-    def val_dataloader(self) -> CellLoader | list:  # noqa: D102
+    def val_dataloader(self) -> CellLoader | list:
         if self.val_indices is None:
             return []
         rank, world = self._rank_world()
         return CellLoader(
-            self.source, self.val_indices, self.collator, batch_size=self.batch_size, shuffle=False, seed=self.seed,
-            rank=rank, world_size=world, drop_last=False, obs=self.obs, fixed_epoch=True,
-        )  # fmt: skip
+            self.source,
+            self.val_indices,
+            self.collator,
+            batch_size=self.batch_size,
+            shuffle=False,
+            seed=self.seed,
+            rank=rank,
+            world_size=world,
+            drop_last=False,
+            obs=self.obs,
+            fixed_epoch=True,
+        )

@@ -92,8 +92,16 @@ class ScGPTTrainingPlan(pl.LightningModule):
         self.lr, self.weight_decay, self.eps = lr, weight_decay, eps
         self.schedule, self.warmup_steps, self.step_gamma, self.seed = schedule, warmup_steps, step_gamma, seed
         self.save_hyperparameters(
-            {"recipe": recipe.to_dict(), "lr": lr, "weight_decay": weight_decay, "eps": eps, "schedule": schedule,
-             "warmup_steps": warmup_steps, "step_gamma": step_gamma, "seed": seed}  # fmt: skip
+            {
+                "recipe": recipe.to_dict(),
+                "lr": lr,
+                "weight_decay": weight_decay,
+                "eps": eps,
+                "schedule": schedule,
+                "warmup_steps": warmup_steps,
+                "step_gamma": step_gamma,
+                "seed": seed,
+            }
         )
 
     # ------------------------------------------------------------------ objectives
@@ -159,27 +167,41 @@ class ScGPTTrainingPlan(pl.LightningModule):
         content = int(np.bitwise_xor.reduce(splitmix64(cells.astype(np.uint64)))) if len(cells) else 0
         torch.manual_seed(_mix(self.seed, batch.epoch, batch.index, content) & 0x7FFF_FFFF_FFFF_FFFF)
 
-    def training_step(self, batch: CellBatch, batch_idx: int) -> Tensor:  # noqa: D102
+    def training_step(self, batch: CellBatch, batch_idx: int) -> Tensor:
         loader = getattr(self.trainer, "train_dataloader", None)
         if hasattr(loader, "mark_consumed"):
             loader.mark_consumed(batch)
         self._reseed_dropout(batch)
         losses = self.compute_losses(batch)
         for name, value in losses.items():
-            self.log(f"train_{name}", value.detach(), on_step=True, on_epoch=True, prog_bar=name == "loss",
-                     batch_size=len(batch), sync_dist=False)  # fmt: skip
+            self.log(
+                f"train_{name}",
+                value.detach(),
+                on_step=True,
+                on_epoch=True,
+                prog_bar=name == "loss",
+                batch_size=len(batch),
+                sync_dist=False,
+            )
         return losses["loss"]
 
-    def validation_step(self, batch: CellBatch, batch_idx: int) -> None:  # noqa: D102
+    def validation_step(self, batch: CellBatch, batch_idx: int) -> None:
         losses = self.compute_losses(batch)
         for name, value in losses.items():
-            self.log(f"val_{name}", value, on_step=False, on_epoch=True, prog_bar=name == "loss",
-                     batch_size=len(batch), sync_dist=True)  # fmt: skip
+            self.log(
+                f"val_{name}",
+                value,
+                on_step=False,
+                on_epoch=True,
+                prog_bar=name == "loss",
+                batch_size=len(batch),
+                sync_dist=True,
+            )
 
-    def transfer_batch_to_device(self, batch: CellBatch, device: torch.device, dataloader_idx: int) -> CellBatch:  # noqa: D102
+    def transfer_batch_to_device(self, batch: CellBatch, device: torch.device, dataloader_idx: int) -> CellBatch:
         return batch.to(device)
 
-    def configure_optimizers(self):  # noqa: D102
+    def configure_optimizers(self):
         params = [p for p in self.net.parameters() if p.requires_grad]
         if self.weight_decay:
             opt = torch.optim.AdamW(params, lr=self.lr, eps=self.eps, weight_decay=self.weight_decay)

@@ -89,12 +89,24 @@ RECIPES: dict[str, Recipe] = {
     # masked-value pretraining (GEP + GEPC), the simpler alternative
     "pretrain-masked": Recipe("pretrain-masked", objective="masked", mask_ratio=(0.25, 0.5, 0.75), mlm=1.0, mvc=1.0),
     # Tutorial_Annotation: CLS only, nothing masked, expressed genes, <cls> value 0
-    "annotation": Recipe("annotation", objective="none", mask_ratio=0.0, mlm=0.0, cls=1.0, cls_value="zero", max_length=3001),
+    "annotation": Recipe(
+        "annotation", objective="none", mask_ratio=0.0, mlm=0.0, cls=1.0, cls_value="zero", max_length=3001
+    ),
     # Tutorial_Integration: GEP + GEPC + explicit zero probabilities + ECS(0.8, x10) + DAB(1), mask 0.4, HVG with zeros
     "integration": Recipe(
-        "integration", objective="masked", mask_ratio=0.4, mlm=1.0, mvc=1.0, zero_prob=1.0, ecs=10.0, ecs_threshold=0.8,
-        dab=1.0, cls_value="zero", include_zero_genes=True, max_length=1201,
-    ),  # fmt: skip
+        "integration",
+        objective="masked",
+        mask_ratio=0.4,
+        mlm=1.0,
+        mvc=1.0,
+        zero_prob=1.0,
+        ecs=10.0,
+        ecs_threshold=0.8,
+        dab=1.0,
+        cls_value="zero",
+        include_zero_genes=True,
+        max_length=1201,
+    ),
 }
 
 
