@@ -10,7 +10,7 @@ from typing import Any, Literal
 class Recipe:
     """What a training run optimises and how cells are tokenised for it.
 
-    Attributes
+    Parameters
     ----------
     name
         Recipe name.
