@@ -33,8 +33,9 @@ OFFICIAL = textwrap.dedent(
     from scgpt.loss import masked_mse_loss
     from scgpt.tokenizer import GeneVocab
     a = {arch}
-    vocab = GeneVocab.from_dict({{f"G{{i}}": i for i in range(a["ntoken"] - 3)} | {{"<pad>": a["ntoken"] - 3,
-                                 "<cls>": a["ntoken"] - 2, "<eoc>": a["ntoken"] - 1}})
+    genes = {{f"G{{i}}": i for i in range(a["ntoken"] - 3)}}
+    specials = {{"<pad>": a["ntoken"] - 3, "<cls>": a["ntoken"] - 2, "<eoc>": a["ntoken"] - 1}}
+    vocab = GeneVocab.from_dict(genes | specials)
     torch.manual_seed(0)
     model = TransformerModel(a["ntoken"], a["d_model"], a["nhead"], a["d_hid"], a["nlayers"], vocab=vocab,
                              dropout=a["dropout"], pad_token="<pad>", pad_value=a["pad_value"], do_mvc=True,

@@ -149,6 +149,27 @@ class ScGPTNet(nn.Module):
             return self.bn(x.transpose(1, 2)).transpose(1, 2)
         return x
 
+    def _transformer_input(
+        self,
+        genes: Tensor,
+        values: Tensor,
+        padding_mask: Tensor | None,
+        batch_labels: Tensor | None,
+        mod_types: Tensor | None,
+        pert_flags: Tensor | None,
+        gen_mask: Tensor | None = None,
+        cell_prompt: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """Checked inputs -> (transformer input, gene embeddings, padding mask, attention mask)."""
+        self._check_conditions(genes, batch_labels, mod_types)
+        if padding_mask is None:
+            padding_mask = genes.eq(self.config.pad_token_id)
+        x, gene_embs = self.embed(genes, values, pert_flags=pert_flags, gen_mask=gen_mask, cell_prompt=cell_prompt)
+        x = self.normalise(x, batch_labels)
+        if gen_mask is None:
+            return x, gene_embs, padding_mask, padding_to_attn_mask(padding_mask)
+        return x, gene_embs, padding_mask, generative_attn_mask(gen_mask, padding_mask)
+
     def encode(
         self,
         genes: Tensor,
@@ -188,16 +209,10 @@ class ScGPTNet(nn.Module):
             Optional boolean attention mask broadcastable to ``(B, h, L, L)``, ``True`` = may
             attend; replaces the mask derived from ``padding_mask`` (and ``gen_mask``).
         """
-        self._check_conditions(genes, batch_labels, mod_types)
-        if padding_mask is None:
-            padding_mask = genes.eq(self.config.pad_token_id)
-        x, gene_embs = self.embed(genes, values, pert_flags=pert_flags, gen_mask=gen_mask, cell_prompt=cell_prompt)
-        x = self.normalise(x, batch_labels)
-        if attn_mask is None:
-            attn_mask = (
-                padding_to_attn_mask(padding_mask) if gen_mask is None else generative_attn_mask(gen_mask, padding_mask)
-            )
-        hidden = self.transformer_encoder(x, attn_mask)
+        x, gene_embs, padding_mask, mask = self._transformer_input(
+            genes, values, padding_mask, batch_labels, mod_types, pert_flags, gen_mask, cell_prompt
+        )
+        hidden = self.transformer_encoder(x, mask if attn_mask is None else attn_mask)
         enc = Encoded(hidden, gene_embs, self.pool(hidden, values, padding_mask), values, padding_mask)
         enc.cond_tokens, enc.cond_cell = self._conditions(batch_labels, mod_types, values, padding_mask)
         return enc
@@ -221,12 +236,8 @@ class ScGPTNet(nn.Module):
             return self.encode(
                 genes, values, padding_mask, batch_labels=batch_labels, mod_types=mod_types, pert_flags=pert_flags
             ).cell_emb
-        self._check_conditions(genes, batch_labels, mod_types)
-        if padding_mask is None:
-            padding_mask = genes.eq(self.config.pad_token_id)
-        x, _ = self.embed(genes, values, pert_flags=pert_flags)
-        x = self.normalise(x, batch_labels)
-        return self.transformer_encoder(x, padding_to_attn_mask(padding_mask), last_queries=1)[:, 0]
+        x, _, _, mask = self._transformer_input(genes, values, padding_mask, batch_labels, mod_types, pert_flags)
+        return self.transformer_encoder(x, mask, last_queries=1)[:, 0]
 
     def pool(self, hidden: Tensor, values: Tensor, padding_mask: Tensor | None) -> Tensor:
         """Cell embedding ``(B, d)`` from token states, by ``config.cell_emb_style``.
