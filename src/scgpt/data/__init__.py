@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-from ._sources import AnnDataSource, CellSource, H5adCollection
+from ._sources import AnnDataSource, CellSource, H5adCollection, SomaSource
 from ._tokenize import TokenizedCells, pad_batch, tokenize
 from ._vocab import CLS_TOKEN, EOC_TOKEN, PAD_TOKEN, SPECIAL_TOKENS, GeneVocab
 
@@ -33,6 +33,7 @@ __all__ = [
     "Collator",
     "GeneVocab",
     "H5adCollection",
+    "SomaSource",
     "TokenizedCells",
     "epoch_order",
     "pad_batch",

@@ -215,3 +215,122 @@ def _stored_per_row(X) -> np.ndarray:
     if group is not None and "indptr" in group:
         return np.diff(np.asarray(group["indptr"][:]))
     return np.full(X.shape[0], X.shape[1])
+
+
+class SomaSource:
+    """Cells of a TileDB-SOMA experiment (e.g. the CELLxGENE Census), read a minibatch at a time.
+
+    Only the selected cells' rows are read from the experiment's ``X`` layer, so experiments far
+    larger than memory (and remote ones, when the URI and ``context`` allow) train like an
+    :class:`H5adCollection`. Needs the optional ``tiledbsoma`` package
+    (``pip install 'scgpt-scverse[dataloaders]'``).
+
+    Parameters
+    ----------
+    uri
+        URI of the SOMA experiment.
+    vocab
+        Model vocabulary.
+    measurement
+        Measurement holding the genes (``"RNA"`` in the Census).
+    layer
+        ``X`` layer with raw counts (``"raw"`` in the Census).
+    gene_key
+        ``var`` column with gene names (``"feature_name"`` in the Census; Ensembl ids in
+        ``"feature_id"`` match too).
+    obs_value_filter
+        SOMA value filter selecting cells, e.g. ``"tissue_general == 'blood' and is_primary_data == True"``.
+    use_aliases
+        Match genes by Ensembl id / previous / alias symbols too.
+    context
+        A ``tiledbsoma.SOMATileDBContext`` (credentials, cache sizes), if needed.
+
+    Examples
+    --------
+    >>> src = scgpt.data.SomaSource("path/to/experiment", model.vocab, obs_value_filter="tissue == 'blood'")
+    >>> model.train(datamodule=model.make_datamodule(src, "pretrain", chunk_size=64))
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        vocab: GeneVocab,
+        *,
+        measurement: str = "RNA",
+        layer: str = "raw",
+        gene_key: str = "feature_name",
+        obs_value_filter: str | None = None,
+        use_aliases: bool = True,
+        context=None,
+    ) -> None:
+        import pandas as pd
+
+        from ..pp._genes import check_coverage, match_genes
+
+        self.uri, self.measurement, self.layer, self.context = str(uri), measurement, layer, context
+        self.n_tokens = len(vocab)
+        self._exp, self._pid = None, None
+        exp = self._experiment()
+        if measurement not in exp.ms:
+            raise KeyError(f"{uri} has no measurement {measurement!r} (it has {sorted(exp.ms.keys())}).")
+        ms = exp.ms[measurement]
+        if layer not in ms.X:
+            have = sorted(ms.X.keys())
+            raise KeyError(f"{uri}: measurement {measurement!r} has no X layer {layer!r} (it has {have}).")
+        var = ms.var.read(column_names=["soma_joinid", gene_key]).concat().to_pandas()
+        obs_columns = ["soma_joinid"] + (["nnz"] if "nnz" in exp.obs.schema.names else [])
+        obs = exp.obs.read(value_filter=obs_value_filter, column_names=obs_columns).concat().to_pandas()
+        if obs.empty:
+            raise ValueError(f"No cells of {uri} pass obs_value_filter={obs_value_filter!r}.")
+        names = pd.Index(var[gene_key].astype(str))
+        if names.has_duplicates:
+            dup = list(names[names.duplicated()][:3])
+            raise ValueError(f"{uri}: duplicated gene names in var[{gene_key!r}] (e.g. {dup}).")
+        m = match_genes(names, vocab, use_aliases=use_aliases)
+        check_coverage(m, fn="SomaSource")
+        joinids = var["soma_joinid"].to_numpy()
+        self._token_of_var = np.full(int(joinids.max()) + 1, -1, dtype=np.int64)
+        self._token_of_var[joinids] = m.ids
+        self._present = np.unique(m.ids[m.ids >= 0])
+        self.obs_joinids = obs["soma_joinid"].to_numpy(dtype=np.int64)
+        self._lengths = obs["nnz"].to_numpy(dtype=np.int64) if "nnz" in obs else None
+        self.n_obs = len(self.obs_joinids)
+
+    def _experiment(self):
+        """The open experiment (reopened in each process, so loader workers and DDP ranks do not share handles)."""
+        try:
+            import tiledbsoma
+        except ImportError as err:
+            raise ImportError(
+                "SomaSource needs the optional package tiledbsoma: pip install 'scgpt-scverse[dataloaders]'."
+            ) from err
+        if self._exp is None or self._pid != os.getpid():
+            self._exp = tiledbsoma.Experiment.open(self.uri, context=self.context)
+            self._pid = os.getpid()
+        return self._exp
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_exp": None}
+
+    def rows(self, idx: np.ndarray) -> sp.csr_matrix:
+        from .._anndata import check_values
+
+        idx = np.asarray(idx, dtype=np.int64)
+        wanted = self.obs_joinids[idx]
+        X = self._experiment().ms[self.measurement].X[self.layer]
+        cells = np.unique(wanted)  # SOMA reads want sorted coordinates
+        table = X.read(coords=(cells,)).tables().concat()
+        genes = self._token_of_var[table["soma_dim_1"].to_numpy()]
+        keep = genes >= 0
+        local = np.searchsorted(cells, table["soma_dim_0"].to_numpy()[keep])
+        values = table["soma_data"].to_numpy()[keep].astype(np.float32, copy=False)
+        block = sp.csr_matrix((values, (local, genes[keep])), shape=(len(cells), self.n_tokens))
+        block.sum_duplicates()
+        check_values(block, what=self.uri)
+        return block[np.searchsorted(cells, wanted)]
+
+    def present_tokens(self) -> np.ndarray:
+        return self._present
+
+    def lengths(self) -> np.ndarray | None:
+        return self._lengths
