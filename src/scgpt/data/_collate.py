@@ -16,9 +16,8 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
-from ._binning import _row_ids
 from ._random import STREAM_MASK, STREAM_SPLIT, entry_bits, splitmix64
-from ._tokenize import TokenizedCells, pad_batch, tokenize
+from ._tokenize import TokenizedCells, entry_positions, pad_batch, rank_in_row, tokenize
 
 Objective = Literal["masked", "generative", "none"]
 
@@ -81,14 +80,9 @@ def _mix(*parts: int) -> int:
 def choose_positions(cells: TokenizedCells, ratio: float, stream: int, salt: int) -> np.ndarray:
     """Per cell, ``int(n_genes * ratio)`` of its entries, chosen uniformly by a keyed priority (bool per entry)."""
     lengths = cells.lengths
-    rows = _row_ids(cells.indptr)
-    key = np.repeat(cells.cell_key ^ np.uint64(salt), lengths)
-    prio = entry_bits(key, cells.gene_key, stream)
-    order = np.lexsort((prio, rows))
-    rank = np.empty(len(order), dtype=np.int64)
-    rank[order] = np.arange(len(order)) - np.repeat(cells.indptr[:-1], lengths)
+    prio = entry_bits(np.repeat(cells.cell_key ^ np.uint64(salt), lengths), cells.gene_key, stream)
     n_pick = (lengths * ratio).astype(np.int64)
-    return rank < np.repeat(n_pick, lengths)
+    return rank_in_row(prio, cells.indptr) < np.repeat(n_pick, lengths)
 
 
 @dataclass
@@ -177,8 +171,7 @@ class Collator:
             ratio = self.ratio_for(epoch, batch_index)
             stream = STREAM_MASK if self.objective == "masked" else STREAM_SPLIT
             chosen = choose_positions(tok, ratio, stream, _mix(epoch_seed, stream))
-            rows = _row_ids(tok.indptr)
-            cols = np.arange(len(rows)) - np.repeat(tok.indptr[:-1], tok.lengths) + 1  # +1: <cls> first
+            rows, cols = entry_positions(tok.indptr)
             predict[rows[chosen], cols[chosen]] = True
             if self.objective == "masked":
                 values[predict] = self.mask_value

@@ -134,14 +134,25 @@ def tokenize(
     if max_genes is not None and (n_input > max_genes).any():
         # keep the max_genes entries with the smallest per-(cell, gene) random priority
         prio = entry_bits(np.repeat(ckey, n_input), keys, STREAM_SAMPLE_GENES)
-        order = np.lexsort((prio, rows))
-        rank = np.empty(len(order), dtype=np.int64)
-        rank[order] = np.arange(len(order)) - np.repeat(indptr[:-1], n_input)
-        keep = rank < max_genes
+        keep = rank_in_row(prio, indptr) < max_genes
         rows, toks, vals, keys = rows[keep], toks[keep], vals[keep], keys[keep]
         indptr = np.concatenate([[0], np.cumsum(np.minimum(n_input, max_genes))])
     order = np.lexsort((toks, rows))  # vocabulary order within each cell
     return TokenizedCells(indptr, toks[order], vals[order], n_input, ckey, keys[order])
+
+
+def rank_in_row(priority: np.ndarray, indptr: np.ndarray) -> np.ndarray:
+    """Rank (0 = smallest) of each CSR entry's ``priority`` among the entries of its row."""
+    order = np.lexsort((priority, _row_ids(indptr)))
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order)) - np.repeat(indptr[:-1], np.diff(indptr))
+    return rank
+
+
+def entry_positions(indptr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(row, column)`` of each CSR entry in a padded batch with ``<cls>`` in column 0."""
+    rows = _row_ids(indptr)
+    return rows, np.arange(len(rows)) - np.repeat(indptr[:-1], np.diff(indptr)) + 1
 
 
 def pad_batch(
@@ -160,8 +171,7 @@ def pad_batch(
     genes = np.full((B, L), pad_id, dtype=np.int64)
     values = np.full((B, L), pad_value, dtype=np.float32)
     genes[:, 0], values[:, 0] = cls_id, cls_value
-    rows = _row_ids(cells.indptr)
-    cols = np.arange(len(rows)) - np.repeat(cells.indptr[:-1], lengths) + 1
+    rows, cols = entry_positions(cells.indptr)
     genes[rows, cols] = cells.genes
     values[rows, cols] = cells.values
     return genes, values
