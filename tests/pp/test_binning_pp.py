@@ -84,8 +84,11 @@ def test_preprocess_official_steps(pbmc):
     before = pbmc.copy()
     scgpt.pp.preprocess(pbmc, normalize_total=1e4, log1p=True, subset_hvg=200, binning=51)
     assert pbmc.n_vars == 200 and (pbmc.X != before[:, pbmc.var_names].X).nnz == 0  # X untouched
-    totals = np.asarray(pbmc.layers["X_normed"].sum(1)).ravel()
-    assert totals.max() < 1e4 + 1  # normalised over all 765 genes before the HVG subset
+    raw = before.X.toarray()
+    expected = raw / raw.sum(1, keepdims=True) * 1e4  # normalised over all 765 genes, before the HVG subset
+    np.testing.assert_allclose(
+        pbmc.layers["X_normed"].toarray(), expected[:, before.var_names.get_indexer(pbmc.var_names)], rtol=1e-5
+    )
     np.testing.assert_allclose(pbmc.layers["X_log1p"].data, np.log1p(pbmc.layers["X_normed"].data), rtol=1e-6)
     assert {"X_normed", "X_log1p", "X_binned"} <= set(pbmc.layers)
     assert pbmc.layers["X_binned"].data.max() == 50
@@ -96,3 +99,18 @@ def test_hvg_warns_on_non_counts(pbmc):
     pbmc.layers["lognorm"].data = np.log1p(pbmc.layers["lognorm"].data)
     with pytest.warns(UserWarning, match="expects raw count"):
         scgpt.pp.highly_variable_genes(pbmc, 100, layer="lognorm", flavor="seurat_v3")
+
+
+def test_preprocess_filters_and_selects_on_the_counts_layer(pbmc):
+    """With counts in a layer, filtering and HVG selection read that layer, not X."""
+    counts = pbmc.X.copy()
+    pbmc.layers["counts"] = counts
+    pbmc.X = sp.csr_matrix(pbmc.shape, dtype=np.float32)  # X holds something else (here: nothing)
+    low_gene = int(np.argmin(np.asarray(counts.sum(0)).ravel()))
+    min_gene_counts = int(np.asarray(counts.sum(0)).ravel()[low_gene]) + 1
+    low_name = pbmc.var_names[low_gene]
+    scgpt.pp.preprocess(pbmc, layer="counts", filter_gene_by_counts=min_gene_counts, filter_cell_by_counts=500,
+                        normalize_total=None, subset_hvg=100)  # fmt: skip
+    cell_totals = np.asarray(counts.sum(1)).ravel()
+    assert pbmc.n_obs == int((cell_totals >= 500).sum()) > 0
+    assert pbmc.n_vars == 100 and low_name not in pbmc.var_names

@@ -11,6 +11,7 @@ import torch
 
 from scgpt.data import GeneVocab
 from scgpt.model import ScGPT
+from scgpt.train import get_recipe
 
 pytestmark = pytest.mark.slow
 
@@ -59,6 +60,32 @@ def _crash_at(step: int):
     return CrashCallback()
 
 
+def _step_at_start():
+    import lightning.pytorch as pl
+
+    class StepAtStart(pl.Callback):
+        step = None
+
+        def on_train_start(self, trainer, *args):
+            self.step = trainer.global_step
+
+    return StepAtStart()
+
+
+def test_training_on_a_subset_uses_the_subset_labels(pbmc, tmp_path):
+    """A subset of a set-up AnnData shares its registry; its cells must keep their own batch codes."""
+    data = pbmc[:64].copy()
+    data.obs["batch"] = np.where(np.arange(64) < 32, "x", "y")
+    ScGPT.setup_anndata(data, batch_key="batch")
+    sub = data[40:].copy()  # only "y" cells
+    model = tiny(data, use_batch_labels=True, n_batch_labels=2)
+    dm = model._datamodule(
+        sub, get_recipe("pretrain-masked"), batch_size=8, train_size=1.0, validation_size=0.0, seed=0
+    )
+    assert dm.source.n_obs == 24
+    np.testing.assert_array_equal(dm.obs["batch_labels"], np.ones(24, dtype=np.int64))
+
+
 def test_resume_after_a_crash_gives_the_same_weights(pbmc, tmp_path):
     data = pbmc[:200].copy()
     ScGPT.setup_anndata(data)
@@ -78,10 +105,14 @@ def test_resume_after_a_crash_gives_the_same_weights(pbmc, tmp_path):
         crashed.train(checkpoint_dir=tmp_path / "b", callbacks=[_crash_at(10)], **kw)
     assert (tmp_path / "b" / "last.ckpt").is_file()  # saved at step 7, in the middle of the first epoch
     resumed = tiny(data)
+    with torch.no_grad():  # other starting weights: only a real restore of the checkpoint can end equal
+        for p in resumed.net.parameters():
+            p.add_(0.1)
+    start = _step_at_start()
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*resuming from a checkpoint that ended before the epoch ended.*")
-        resumed.train(checkpoint_dir=tmp_path / "b", resume=True, **kw)
-    assert resumed.trainer_.global_step == 20
+        resumed.train(checkpoint_dir=tmp_path / "b", resume=True, callbacks=[start], **kw)
+    assert start.step == 7 and resumed.trainer_.global_step == 20
     for (name, a), (_, b) in zip(straight.net.state_dict().items(), resumed.net.state_dict().items()):
         assert torch.equal(a, b), name
 

@@ -76,6 +76,17 @@ class AnnDataSource:
         self.n_obs, self.n_tokens = self._X.shape
         self._present = np.unique(col_tokens[col_tokens >= 0])
 
+    @classmethod
+    def matched(
+        cls, adata: AnnData, vocab: GeneVocab, *, gene_key: str | None = None, layer: str | None = None, fn: str
+    ) -> AnnDataSource:
+        """The cells of ``adata`` with its genes matched to ``vocab`` (clear errors from ``fn`` at no overlap)."""
+        from ..pp._genes import check_coverage, gene_names, match_genes
+
+        match = match_genes(gene_names(adata, gene_key), vocab)
+        check_coverage(match, fn=fn)
+        return cls(adata, match.ids, len(vocab), layer)
+
     def rows(self, idx: np.ndarray) -> sp.csr_matrix:
         return self._X[np.asarray(idx)]
 

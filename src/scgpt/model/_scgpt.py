@@ -15,8 +15,7 @@ from ..io import (
     NativeCheckpoint,
     is_native,
     load_native,
-    load_state_dict_reported,
-    read_official,
+    load_official,
     save_native,
     save_official,
 )
@@ -160,10 +159,8 @@ class ScGPT(TrainingMixin):
         name = DEMO if str(path) == DEMO else str(src)
         if is_native(src):
             return cls.load(src, adata=adata, device=device)
-        ckpt = read_official(src, generative=generative)
-        net = ScGPTNet(ckpt.config)
-        load_state_dict_reported(net, ckpt.state_dict, strict=strict, source=str(src / "best_model.pt"))
-        self = cls._from_parts(net.eval(), ckpt.vocab, args=ckpt.args, mod_vocab=ckpt.mod_vocab, source=name)
+        net, ckpt, _ = load_official(src, strict=strict, generative=generative)
+        self = cls._from_parts(net, ckpt.vocab, args=ckpt.args, mod_vocab=ckpt.mod_vocab, source=name)
         self.to_device(device)
         if adata is not None:
             self.adata = adata

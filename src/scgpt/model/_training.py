@@ -401,18 +401,17 @@ class TrainingMixin:
 
     def _datamodule(self, adata: AnnData, recipe: Recipe, *, batch_size, train_size, validation_size, seed):
         from ..data import AnnDataSource
-        from ..pp._genes import check_coverage, gene_names, match_genes
 
         manager = self._manager(adata)
         setup = manager.registry["setup_args"]
-        match = match_genes(gene_names(adata, setup.get("gene_key")), self.vocab)
-        check_coverage(match, fn="train")
-        source = AnnDataSource(adata, match.ids, len(self.vocab), setup.get("layer"))
+        source = AnnDataSource.matched(
+            adata, self.vocab, gene_key=setup.get("gene_key"), layer=setup.get("layer"), fn="train"
+        )
         obs: dict[str, np.ndarray] = {}
         c = self.config
         batches = self._categories(manager, "batch")
         if batches is not None:
-            obs["batch_labels"] = np.asarray(manager.get_from_registry("batch")).ravel().astype(np.int64)
+            obs["batch_labels"] = _registered_codes(manager, adata, "batch")
             self.registry_["batch_categories"] = batches
             if c.n_batch_labels is not None and len(batches) > c.n_batch_labels:
                 raise ValueError(
@@ -421,7 +420,7 @@ class TrainingMixin:
                 )
         labels = self._categories(manager, "labels")
         if labels is not None:
-            obs["labels"] = np.asarray(manager.get_from_registry("labels")).ravel().astype(np.int64)
+            obs["labels"] = _registered_codes(manager, adata, "labels")
             self.registry_["label_categories"] = labels
             if recipe.cls and c.n_cls != len(labels):
                 raise ValueError(
@@ -478,3 +477,13 @@ def _history_callback():
 
 _HistoryCallback = _history_callback
 __all__ = ["SETUP_KEY", "TrainingMixin"]
+
+
+def _registered_codes(manager, adata: AnnData, key: str) -> np.ndarray:
+    """Integer codes of a registered field read from ``adata`` itself.
+
+    A subset or copy of a set-up AnnData shares its registry (same ``_scvi_uuid``), so the codes must
+    come from the cells passed in, not from the AnnData that was registered.
+    """
+    field = manager.data_registry[key]
+    return np.asarray(getattr(adata, field.attr_name)[field.attr_key]).ravel().astype(np.int64)

@@ -12,6 +12,7 @@ from .._anndata import actual_if_view, check_adata, check_values, iter_row_chunk
 from .._logging import log_added, logger
 from ..data._binning import bin_csr
 from ..data._random import cell_keys, gene_keys
+from ._genes import gene_names
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -77,8 +78,7 @@ def bin_values(
     else:
         actual_if_view(adata, fn="bin_values")
     logger.info(f"binning values into {n_bins} bins per cell")
-    names = adata.var_names if gene_key is None else adata.var[gene_key].astype(str)
-    keys = gene_keys(names)
+    keys = gene_keys(gene_names(adata, gene_key))
     blocks = []
     for s, X in iter_row_chunks(adata, layer, chunk_size):
         check_values(X, what=f"layer {layer!r}" if layer else "adata.X", start=s)

@@ -144,15 +144,18 @@ def preprocess(
         actual_if_view(adata, fn="preprocess")
     added = []
     counts_key = layer
-    if filter_gene_by_counts:
-        sc.pp.filter_genes(adata, min_counts=int(filter_gene_by_counts), inplace=True)  # official: True means 1
+    if filter_gene_by_counts:  # on the counts (layer or X); official: True means 1
+        counts = get_matrix(adata, counts_key)
+        keep, _ = sc.pp.filter_genes(counts, min_counts=int(filter_gene_by_counts), inplace=False)
+        adata._inplace_subset_var(keep)
         logger.info(f"    kept {adata.n_vars} genes with >= {int(filter_gene_by_counts)} counts")
     if (
         isinstance(filter_cell_by_counts, int)
         and not isinstance(filter_cell_by_counts, bool)
         and filter_cell_by_counts > 0
     ):
-        sc.pp.filter_cells(adata, min_counts=filter_cell_by_counts, inplace=True)
+        keep, _ = sc.pp.filter_cells(get_matrix(adata, counts_key), min_counts=filter_cell_by_counts, inplace=False)
+        adata._inplace_subset_obs(keep)
         logger.info(f"    kept {adata.n_obs} cells with >= {filter_cell_by_counts} counts")
     last = counts_key
     if normalize_total is not None and normalize_total is not False:
@@ -165,19 +168,20 @@ def preprocess(
         added.append(f"'{result_normed_key}', normalised values (adata.layers)")
     if log1p:
         src = get_matrix(adata, last)
-        logged = src.copy()
-        if _looks_logged(logged):
+        if _looks_logged(src):
             warnings.warn("The data look already log-transformed; applying log1p again.", UserWarning, stacklevel=2)
-        if sp.issparse(logged):
+        if sp.issparse(src):
+            logged = src.copy()
             np.log1p(logged.data, out=logged.data)
         else:
-            logged = np.log1p(np.asarray(logged, dtype=np.float32))
+            logged = np.log1p(np.asarray(src, dtype=np.float32))
         adata.layers[result_log1p_key] = logged
         last = result_log1p_key
         added.append(f"'{result_log1p_key}', log1p of normalised values (adata.layers)")
     if subset_hvg:
         n_top = adata.n_vars if subset_hvg is True else int(subset_hvg)
-        highly_variable_genes(adata, n_top, flavor=hvg_flavor, layer=hvg_layer, batch_key=batch_key, subset=True)
+        hvg_on = counts_key if hvg_layer is None else hvg_layer
+        highly_variable_genes(adata, n_top, flavor=hvg_flavor, layer=hvg_on, batch_key=batch_key, subset=True)
         logger.info(f"    subset to {adata.n_vars} highly variable genes")
     if binning:
         bin_values(adata, n_bins=int(binning), layer=last, key_added=result_binned_key, seed=seed)

@@ -46,7 +46,6 @@ def reference_labels(reference: AnnData, labels_key: str | None) -> tuple[AnnDat
         )
         reference = reference[~missing]
     cats = pd.Categorical(reference.obs[labels_key].astype(str))
-    cats = cats.remove_unused_categories()
     if len(cats.categories) < 2:
         raise ValueError(
             f"The reference has a single cell type ({cats.categories[0]!r}); annotation needs at least two."
@@ -142,7 +141,6 @@ def finetune_classifier(
     import torch
 
     from ..data import AnnDataSource
-    from ..pp._genes import check_coverage, gene_names, match_genes
     from ..train import get_recipe
 
     reference, cats = reference_labels(reference, labels_key)
@@ -155,9 +153,7 @@ def finetune_classifier(
         frozen = [clf.net.encoder, clf.net.value_encoder, *clf.net.transformer_encoder.layers[:freeze_layers]]
         for module in frozen:
             module.requires_grad_(False)
-    match = match_genes(gene_names(reference, gene_key), clf.vocab)
-    check_coverage(match, fn="annotate (reference)")
-    source = AnnDataSource(reference, match.ids, len(clf.vocab), layer)
+    source = AnnDataSource.matched(reference, clf.vocab, gene_key=gene_key, layer=layer, fn="annotate (reference)")
     codes = np.asarray(cats.codes, dtype=np.int64)
     recipe = get_recipe("annotation")
     if max_length is not None:
@@ -178,7 +174,6 @@ def finetune_classifier(
         max_epochs=max_epochs,
         lr=lr,
         schedule="step",
-        step_gamma=0.9,
         seed=seed,
         early_stopping=early_stopping and len(val_idx) > 0,
         early_stopping_patience=patience,
@@ -370,6 +365,8 @@ def annotate(
     start = time.perf_counter()
     if method not in ("finetune", "knn"):
         raise ValueError(f"method must be 'finetune' or 'knn', got {method!r}.")
+    if return_model and method != "finetune":
+        raise ValueError("return_model=True needs method='finetune'.")
     check_adata(adata, fn="annotate")
     adata = adata.copy() if copy else adata
     if not copy:
@@ -457,8 +454,6 @@ def annotate(
     )
     out = adata if copy else None
     if return_model:
-        if clf is None:
-            raise ValueError("return_model=True needs method='finetune'.")
         return (out, clf) if copy else clf
     return out
 
@@ -501,9 +496,9 @@ def evaluate_annotation(
         pd.Categorical(true, categories=true_classes), pd.Categorical(pred, categories=all_labels), dropna=False
     )
     conf.index.name, conf.columns.name = "true", "predicted"
-    tp = np.array([conf.loc[c, c] if c in conf.columns else 0 for c in true_classes], dtype=float)
+    tp = np.diag(conf.loc[true_classes, true_classes]).astype(float)
     support = conf.sum(1).to_numpy(dtype=float)
-    predicted = np.array([conf[c].sum() if c in conf.columns else 0 for c in true_classes], dtype=float)
+    predicted = conf[true_classes].sum(0).to_numpy(dtype=float)
     precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
     recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
     f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(tp), where=precision + recall > 0)

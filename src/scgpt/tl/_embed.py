@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 
 from .._anndata import actual_if_view, check_adata, check_values, get_matrix, iter_row_chunks, looks_like_counts
 from .._logging import log_added, logger
 from .._settings import settings
-from ..data._random import gene_keys
 from ..model import ScGPT, resolve_device, resolve_dtype
-from ..model._embed import embed_chunks
+from ..model._embed import embed_chunks, inference_net
 from ..pp._genes import GeneMatch, check_coverage, gene_names, match_genes
 from ._models import resolve_model
 
@@ -31,6 +31,7 @@ class EmbeddingResult:
     embeddings: np.ndarray
     n_tokens: np.ndarray
     match: GeneMatch
+    dtype: str
 
 
 def _chunk_size(batch_size: int) -> int:
@@ -55,11 +56,10 @@ def batch_label_codes(model: ScGPT, adata: AnnData, batch_key: str | None) -> np
     values = adata.obs[batch_key].astype(str).to_numpy()
     if known is None:
         known = sorted(set(values))
-    lookup = {k: i for i, k in enumerate(known)}
-    unknown = sorted(set(values) - set(lookup))
-    if unknown:
-        raise ValueError(f"Batches {unknown[:5]} were not seen by the model (known: {known[:10]}).")
-    codes = np.array([lookup[v] for v in values], dtype=np.int64)
+    codes = pd.Index(known).get_indexer(values).astype(np.int64)
+    if (codes < 0).any():
+        unknown = sorted(set(values[codes < 0]))
+        raise ValueError(f"Batches {unknown[:5]} were not seen by the model (known: {list(known)[:10]}).")
     if codes.max(initial=0) >= c.n_batch_labels:
         raise ValueError(f"batch_key={batch_key!r} has more batches than the {c.n_batch_labels} the model knows.")
     return codes
@@ -96,12 +96,10 @@ def compute_embeddings(
     match = match_genes(gene_names(adata, gene_key), model.vocab, use_aliases=use_aliases)
     check_coverage(match, fn=fn)
     keys = np.zeros(adata.n_vars, dtype=np.uint64)
-    keys[match.matched] = gene_keys(model.vocab.lookup_tokens(match.ids[match.matched]))
+    keys[match.matched] = model.vocab.gene_keys()[match.ids[match.matched]]
     labels = batch_label_codes(model, adata, batch_key)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    from ..model._embed import inference_net
-
     net = inference_net(model.net, dev, dt)
     chunks = iter_row_chunks(adata, layer, _chunk_size(batch_size))
     what = f"layer {layer!r}" if layer else "adata.X"
@@ -151,7 +149,7 @@ def compute_embeddings(
             UserWarning,
             stacklevel=3,
         )
-    return EmbeddingResult(emb, n_tokens, match)
+    return EmbeddingResult(emb, n_tokens, match, str(dt).replace("torch.", ""))
 
 
 def embed(
@@ -296,7 +294,7 @@ def embed(
             "max_length": max_length,
             "batch_size": batch_size,
             "seed": seed,
-            "dtype": str(resolve_dtype(dtype, resolve_device(device))).replace("torch.", ""),
+            "dtype": res.dtype,
             "genes": genes,
         },
         "n_genes_matched": rep["n_matched"],
