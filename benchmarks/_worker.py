@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     import anndata as ad
 
     import scgpt
-    from scgpt.tl import _models
+    from scgpt.model import _resolve
 
     logging.getLogger("scgpt").setLevel(logging.WARNING)  # no "computing ... finished" lines
     warnings.filterwarnings("ignore", message="The expression values do not look like raw counts")
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
         scgpt.tl.embed(warm, args.model, **kw)
         info["warmup"] = {"cells": warm.n_obs, "s": time.perf_counter() - t0}
         del warm
-    _models._CACHE.clear()  # the timed call reads the model folder, as the official embed_data does
+    _resolve.clear_cache()  # the timed call reads the model folder, as the official embed_data does
 
     info["rss_before_timed_MiB"] = rss_bytes() / 2**20
     with RssSampler() as mon:

@@ -14,14 +14,14 @@ import argparse
 import json
 import time
 
+import anndata as ad
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 import torch
 
 from scgpt.data import GeneVocab
-from scgpt.data._random import gene_keys
-from scgpt.model._embed import embed_chunks, inference_net
-from scgpt.nn import ScGPTConfig, ScGPTNet
+from scgpt.model import CellRows, ScGPT, run_inference
 
 WHOLE_HUMAN = dict(d_model=512, n_heads=8, d_hid=512, n_layers=12, dropout=0.2, mvc_style=None, n_cls=None)
 
@@ -67,10 +67,9 @@ def main() -> None:
     device = torch.device(args.device)
     vocab = GeneVocab.default()
     torch.manual_seed(0)
-    net = ScGPTNet(ScGPTConfig(n_tokens=len(vocab), pad_token_id=vocab.pad_id, **WHOLE_HUMAN)).eval()
+    model = ScGPT(vocab=vocab, **WHOLE_HUMAN)
     n_genes = 30_000
-    token_ids = np.arange(n_genes, dtype=np.int64)
-    keys = gene_keys(vocab.lookup_tokens(token_ids))
+    genes = pd.DataFrame(index=pd.Index(vocab.lookup_tokens(np.arange(n_genes))))
     n_cells = args.cells or (4096 if device.type == "cuda" else 64)
     info = {"device": str(device), "torch": torch.__version__, "cells": n_cells, "runs": []}
     if device.type == "cuda":
@@ -78,24 +77,22 @@ def main() -> None:
     for name in args.dtypes.split(","):
         dtype = getattr(torch, name)
         rate = matmul_rate(device, dtype)
-        run_net = inference_net(net, device, dtype)
         for L in (int(x) for x in args.lengths.split(",")):
-            X = cells(n_cells, L, n_genes, seed=L)
+            X = ad.AnnData(cells(n_cells, L, n_genes, seed=L), var=genes)
             kw = dict(
-                cls_id=vocab.cls_id,
-                pad_id=vocab.pad_id,
                 max_length=L,
                 batch_size=args.batch_size,
                 device=device,
                 dtype=dtype,
                 progress=False,
+                use_aliases=False,
             )
-            embed_chunks(run_net, [(0, X[: min(256, n_cells)])], min(256, n_cells), token_ids, keys, **kw)  # warm-up
+            run_inference(model, X[: min(256, n_cells)].copy(), CellRows(normalize=True), **kw)  # warm-up
             if device.type == "cuda":
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
             t = time.perf_counter()
-            embed_chunks(run_net, [(0, X)], n_cells, token_ids, keys, **kw)
+            run_inference(model, X, CellRows(normalize=True), **kw)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             dt = time.perf_counter() - t

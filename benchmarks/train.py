@@ -92,7 +92,7 @@ def time_ours(batch: dict[str, np.ndarray], reps: int) -> list[float]:
     )
     torch.manual_seed(0)
     net = ScGPTNet(cfg).train()
-    plan = ScGPTTrainingPlan(net, Recipe("bench", objective="masked", mlm=1.0, mvc=1.0))
+    plan = ScGPTTrainingPlan(net, Recipe("bench", {"mlm": 1.0, "mvc": 1.0}, masking="masked"))
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
     g = torch.from_numpy(batch["genes"])
     b = CellBatch(

@@ -45,7 +45,7 @@ def build_corpus(out: Path, min_cells: int) -> None:
     from _corpus import pretraining_parts
 
     from scgpt.data import GeneVocab
-    from scgpt.pp._genes import gene_names, match_genes
+    from scgpt.data._genes import gene_names, match_genes
 
     census = GeneVocab.default()
     parts = pretraining_parts()
@@ -103,14 +103,13 @@ def train(corpus: Path, out: Path, args: argparse.Namespace) -> None:
     import torch
 
     from scgpt.data import GeneVocab
-    from scgpt.model import ScGPT
-    from scgpt.train import get_recipe
+    from scgpt.model import TASKS, ScGPT
 
     X = sp.load_npz(corpus / "cells.npz").tocsr()
     vocab = GeneVocab.from_file(corpus / "vocab.json")
     torch.manual_seed(args.seed)
     model = ScGPT(vocab=vocab, **ARCHITECTURE)
-    recipe = get_recipe(TRAINING["recipe"]).replace(max_length=TRAINING["max_length"])
+    recipe = TASKS[TRAINING["recipe"]].recipe.replace(max_length=TRAINING["max_length"])
     dm = model.make_datamodule(
         MatrixSource(X), recipe, batch_size=TRAINING["batch_size"], train_size=TRAINING["train_size"], seed=args.seed
     )

@@ -43,7 +43,8 @@ import torch
 import scgpt
 from scgpt.data import GeneVocab
 from scgpt.datasets import pbmc68k_counts
-from scgpt.io import load_official, read_official, read_state_dict
+from scgpt.io import load_official, read_official
+from scgpt.io._official import read_state_dict
 
 try:  # the gene matcher may move from scgpt.pp to scgpt.data
     from scgpt.data._genes import match_genes

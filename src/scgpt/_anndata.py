@@ -1,16 +1,25 @@
-"""AnnData helpers shared by :mod:`scgpt.pp` and :mod:`scgpt.tl`: input checks and chunked row reads."""
+"""AnnData helpers every layer uses.
+
+Argument checks, matrix access, chunked reads, value checks, and the scanpy-style tail of a face
+function (record ``uns[key]["params"]``, log what was added, MuData write-back).
+
+This module imports nothing from the sub-packages of :mod:`scgpt`.
+"""
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
 
+from ._logging import log_added, warn
+
 if TYPE_CHECKING:
     from anndata import AnnData
+    from mudata import MuData
 
 
 def check_adata(adata: object, *, fn: str) -> None:
@@ -28,11 +37,9 @@ def check_adata(adata: object, *, fn: str) -> None:
 def actual_if_view(adata: AnnData, *, fn: str) -> None:
     """Turn a view into an actual AnnData in place, with a warning (as scanpy does before writing)."""
     if adata.is_view:
-        warnings.warn(
+        warn(
             f"{fn} received a view of an AnnData; it is made into an actual AnnData (a copy of the subset) "
-            "so that results can be written. Pass `adata[...].copy()` to avoid this warning.",
-            UserWarning,
-            stacklevel=3,
+            "so that results can be written. Pass `adata[...].copy()` to avoid this warning."
         )
         adata._init_as_actual(adata.copy())
 
@@ -78,3 +85,93 @@ def looks_like_counts(X: sp.csr_matrix) -> bool:
     """Whether the stored values are (close to) non-negative integers."""
     data = X.data[:1_000_000]
     return bool(np.all(np.abs(data - np.round(data)) < 1e-3)) if len(data) else True
+
+
+# ---------------------------------------------------------------------------- the tail of a face function
+def record(adata: AnnData, key: str, params: dict[str, Any], *, start: float, added: list[str], **extra: Any) -> None:
+    """Write ``adata.uns[key] = {"params": params, **extra}`` and log every field added (scanpy's ``finished`` line).
+
+    Parameters
+    ----------
+    adata
+        Where the results went.
+    key
+        The ``uns`` entry (the function's ``key_added``).
+    params
+        The parameters of the call, as the user would pass them again.
+    start
+        ``time.perf_counter()`` at the start of the call.
+    added
+        Fields written besides ``uns[key]``, e.g. ``"'X_scGPT', cell embeddings (adata.obsm)"``.
+    **extra
+        Further entries of ``uns[key]`` (coverage reports, class lists, ...).
+    """
+    adata.uns[key] = {"params": params, **extra}
+    log_added(start, [*added, f"'{key}', parameters (adata.uns)"])
+
+
+@dataclass
+class Target:
+    """The AnnData a face function reads and writes: the input itself, or one modality of a MuData.
+
+    Attributes
+    ----------
+    adata
+        The AnnData to read cells from and write results to.
+    mdata
+        The MuData ``adata`` belongs to (``None`` for AnnData input).
+    mod
+        The modality's name in ``mdata``.
+    """
+
+    adata: AnnData
+    mdata: MuData | None = None
+    mod: str | None = None
+
+    @property
+    def returned(self) -> AnnData | MuData:
+        """What a ``copy=True`` call returns: the MuData for MuData input, else the AnnData."""
+        return self.mdata if self.mdata is not None else self.adata
+
+    def write_obsm(self, key: str, values: np.ndarray, what: str) -> list[str]:
+        """Write ``obsm[key]`` of the modality, and of the MuData aligned to ``mdata.obs_names``.
+
+        Cells absent from the modality get NaN in the MuData. Returns the fields written (described
+        as ``what``), for :func:`record`.
+        """
+        self.adata.obsm[key] = values
+        added = [f"'{key}', {what} (adata.obsm)"]
+        if self.mdata is not None:
+            full = np.full((self.mdata.n_obs, values.shape[1]), np.nan, dtype=values.dtype)
+            pos = self.mdata.obs_names.get_indexer(self.adata.obs_names)
+            full[pos[pos >= 0]] = values[pos >= 0]
+            self.mdata.obsm[key] = full
+            added.append(f"'{key}', aligned to mdata.obs_names (mdata.obsm)")
+        return added
+
+    def write_uns(self, key: str) -> None:
+        """Copy the modality's ``uns[key]`` to the MuData (no-op for AnnData input)."""
+        if self.mdata is not None:
+            self.mdata.uns[key] = self.adata.uns[key]
+
+
+def resolve_target(data: object, *, mod: str, fn: str, copy: bool) -> Target:
+    """The AnnData to work on: ``data``, or its modality ``mod`` when it is a MuData (copied first with ``copy``).
+
+    Raises clear errors for other types, missing modalities and empty data; a view is made actual with a warning.
+    """
+    from anndata import AnnData
+
+    if type(data).__name__ == "MuData":  # avoids importing mudata for AnnData input
+        mdata = data.copy() if copy else data
+        if mod not in mdata.mod:
+            raise KeyError(f"mod={mod!r} is not a modality of the MuData (modalities: {list(mdata.mod)}).")
+        target = Target(mdata.mod[mod], mdata, mod)
+    elif isinstance(data, AnnData):
+        target = Target(data.copy() if copy else data)
+    else:
+        raise TypeError(f"{fn} expects an AnnData or MuData, got {type(data).__name__}.")
+    check_adata(target.adata, fn=fn)
+    if not copy:
+        actual_if_view(target.adata, fn=fn)
+    return target

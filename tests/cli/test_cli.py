@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scgpt.cli import _apply_config, build_parser, main
+from scgpt.cli import build_parser, main
+from scgpt.cli._common import apply_config, read_training_data
 
 TINY = ["--d-model", "16", "--n-heads", "2", "--d-hid", "32", "--n-layers", "1"]
 FAST = ["--max-length", "64", "--batch-size", "16", "--accelerator", "cpu", "--quiet"]
@@ -30,15 +31,9 @@ def cells(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, cells) -> Path:
-    """An official-format folder of a tiny untrained model over the genes of ``cells``."""
-    import anndata as ad
-
-    from scgpt.data import SPECIAL_TOKENS, GeneVocab
-    from scgpt.model import ScGPT
-
-    genes = ad.read_h5ad(cells, backed="r").var_names
-    model = ScGPT(vocab=GeneVocab([*genes, *SPECIAL_TOKENS]), d_model=16, n_heads=2, d_hid=32, n_layers=1, n_cls=None)
+def model_dir(tmp_path_factory, tiny_model) -> Path:
+    """An official-format folder of a tiny untrained model over the 765 pbmc68k genes."""
+    model = tiny_model(d_model=16, n_heads=2, d_hid=32, n_layers=1)
     return model.save_pretrained(tmp_path_factory.mktemp("model") / "tiny")
 
 
@@ -49,28 +44,28 @@ def test_import_and_help_are_light():
     assert main(["pretrain", "--help"]) == 0
 
 
-def test_embed_writes_the_embeddings_of_tl_embed(cells, tiny_model, tmp_path):
+def test_embed_writes_the_embeddings_of_tl_embed(cells, model_dir, tmp_path):
     import anndata as ad
 
     import scgpt
 
     out = tmp_path / "out.h5ad"
-    args = ["embed", "--model", str(tiny_model), "--input", str(cells), "--output", str(out)]
+    args = ["embed", "--model", str(model_dir), "--input", str(cells), "--output", str(out)]
     assert main([*args, "--max-length", "128", "--quiet"]) == 0
     result = ad.read_h5ad(out)
     expected = ad.read_h5ad(cells)
-    scgpt.tl.embed(expected, str(tiny_model), max_length=128, progress=False)
+    scgpt.tl.embed(expected, str(model_dir), max_length=128, progress=False)
     assert result.obsm["X_scGPT"].shape == (200, 16)
     np.testing.assert_allclose(result.obsm["X_scGPT"], expected.obsm["X_scGPT"], atol=1e-6)
     assert result.n_vars == expected.n_vars and result.X.nnz == expected.X.nnz  # the whole input is kept
 
 
 @pytest.mark.slow  # sc.pp.neighbors compiles numba code (~6 s)
-def test_embed_backed_with_umap_figure(cells, tiny_model, tmp_path):
+def test_embed_backed_with_umap_figure(cells, model_dir, tmp_path):
     import anndata as ad
 
     out, png = tmp_path / "out.h5ad", tmp_path / "umap.png"
-    args = ["embed", "--model", str(tiny_model), "--input", str(cells), "--output", str(out), "--backed"]
+    args = ["embed", "--model", str(model_dir), "--input", str(cells), "--output", str(out), "--backed"]
     assert main([*args, "--figure", str(png), "--max-length", "128", "-q"]) == 0
     result = ad.read_h5ad(out)  # obs, var, obsm and uns only
     assert result.X is None and result.obsm["X_scGPT"].shape == (200, 16) and result.obsm["X_umap"].shape == (200, 2)
@@ -78,13 +73,13 @@ def test_embed_backed_with_umap_figure(cells, tiny_model, tmp_path):
     assert png.stat().st_size > 0
 
 
-def test_config_file_values_apply_and_command_line_wins(cells, tiny_model, tmp_path):
+def test_config_file_values_apply_and_command_line_wins(cells, model_dir, tmp_path):
     import anndata as ad
 
     out = tmp_path / "out.h5ad"
     config = tmp_path / "embed.toml"
     config.write_text(
-        f'model = "{tiny_model}"\ninput = "{cells}"\noutput = "{out}"\nkey-added = "X_from_file"\n'
+        f'model = "{model_dir}"\ninput = "{cells}"\noutput = "{out}"\nkey-added = "X_from_file"\n'
         "seed = 3\n[embed]\nbatch_size = 8\nmax-length = 200\n"
     )
     assert main(["embed", "--config", str(config), "--key-added", "X_cli", "--max-length", "50", "-q"]) == 0
@@ -99,7 +94,7 @@ def test_config_json_is_checked(tmp_path, capsys):
     good = tmp_path / "c.json"
     good.write_text(json.dumps({"input": ["a.h5ad", "b.h5ad"], "max_steps": "7", "early-stopping": True}))
     argv = ["pretrain", "--config", str(good), "--output", "x"]
-    _apply_config(argv, subparsers)
+    apply_config(argv, subparsers)
     args = parser.parse_args(argv)
     assert (args.input, args.max_steps, args.early_stopping, args.lr) == (["a.h5ad", "b.h5ad"], 7, True, 1e-4)
     for bad in ({"max-stepz": 3}, {"recipe": "annotation"}, {"early-stopping": "yes"}):
@@ -129,27 +124,25 @@ def test_pretrain_from_scratch_writes_loadable_folders(cells, tmp_path, capsys):
     assert "scgpt pretrain: 5 steps" in capsys.readouterr().out
 
 
-def test_pretrain_lazy_from_two_files_continuing_a_model(cells, tiny_model, tmp_path, capsys):
+def test_pretrain_lazy_from_two_files_continuing_a_model(cells, model_dir, tmp_path, capsys):
     import anndata as ad
-
-    from scgpt.cli import _read_training_data
 
     adata = ad.read_h5ad(cells)
     a, b = tmp_path / "a.h5ad", tmp_path / "b.h5ad"
     adata[:100, :500].copy().write_h5ad(a)
     adata[100:, 300:].copy().write_h5ad(b)
-    joined = _read_training_data([str(a), str(b)], None, None)  # in memory: genes matched by name
+    joined = read_training_data([str(a), str(b)], None, None)  # in memory: genes matched by name
     assert joined.shape == (200, 765)
     gene = adata.var_names[0]  # only measured in a.h5ad
     np.testing.assert_array_equal(joined[:, gene].X.toarray().ravel()[:100], adata[:100, gene].X.toarray().ravel())
     assert joined[100:, gene].X.nnz == 0
     out = tmp_path / "cont"
-    argv = ["pretrain", "--input", str(a), str(b), "--lazy", "--model", str(tiny_model), "--output", str(out)]
+    argv = ["pretrain", "--input", str(a), str(b), "--lazy", "--model", str(model_dir), "--output", str(out)]
     assert main([*argv, "--recipe", "pretrain-masked", "--max-steps", "2", *FAST]) == 0
     assert "2 steps" in capsys.readouterr().out
 
 
-def test_finetune_annotation_sizes_the_head(cells, tiny_model, tmp_path):
+def test_finetune_annotation_sizes_the_head(cells, model_dir, tmp_path):
     import anndata as ad
     import torch
 
@@ -157,8 +150,9 @@ def test_finetune_annotation_sizes_the_head(cells, tiny_model, tmp_path):
     from scgpt.model import ScGPT
 
     out = tmp_path / "annot"
-    argv = ["finetune", "--model", str(tiny_model), "--input", str(cells), "--output", str(out)]
-    assert main([*argv, "--recipe", "annotation", "--labels-key", "bulk_labels", "--max-steps", "2", *FAST]) == 0
+    argv = ["finetune", "--model", str(model_dir), "--input", str(cells), "--output", str(out)]
+    with pytest.warns(UserWarning, match=r"1 cell types have a single cell \(\['CD34\+'\]\)"):  # of the 200 cells
+        assert main([*argv, "--recipe", "annotation", "--labels-key", "bulk_labels", "--max-steps", "2", *FAST]) == 0
     labels = ad.read_h5ad(cells).obs["bulk_labels"]
     model = ScGPT.from_pretrained(out)
     assert model.config.n_cls == labels.nunique()
@@ -166,16 +160,17 @@ def test_finetune_annotation_sizes_the_head(cells, tiny_model, tmp_path):
     assert load_official(out)[0].config.n_cls == labels.nunique()  # the official folder too
     again = tmp_path / "again"  # seeded: the new head's initialisation and the training are reproducible
     argv = ["finetune", "--config", str(out / "checkpoints" / "cli_args.json"), "--output", str(again)]
-    assert main(argv) == 0
+    with pytest.warns(UserWarning, match="single cell"):
+        assert main(argv) == 0
     for key, value in ScGPT.from_pretrained(again).net.state_dict().items():
         assert torch.equal(value, model.net.state_dict()[key]), key
 
 
-def test_finetune_integration(cells, tiny_model, tmp_path):
+def test_finetune_integration(cells, model_dir, tmp_path):
     from scgpt.model import ScGPT
 
     out = tmp_path / "integ"
-    argv = ["finetune", "--model", str(tiny_model), "--input", str(cells), "--output", str(out)]
+    argv = ["finetune", "--model", str(model_dir), "--input", str(cells), "--output", str(out)]
     assert main([*argv, "--recipe", "integration", "--batch-key", "batch", "--max-steps", "1", *FAST]) == 0
     c = ScGPT.from_pretrained(out).config
     assert (c.n_batch_labels, c.batch_norm, c.dab, c.explicit_zero_prob) == (2, "dsbn", True, True)
@@ -191,9 +186,9 @@ def test_finetune_integration(cells, tiny_model, tmp_path):
         (["pretrain", "--model", "{model}", "--input", "{cells}", "--output", "o", "--d-model", "8"], "new model"),
     ],
 )
-def test_user_errors_exit_2_without_traceback(argv, message, cells, tiny_model, tmp_path, capsys, monkeypatch):
+def test_user_errors_exit_2_without_traceback(argv, message, cells, model_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    argv = [a.format(model=tiny_model, cells=cells) for a in argv]
+    argv = [a.format(model=model_dir, cells=cells) for a in argv]
     assert main([*argv, "-q"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("scgpt: error:") and message in err and "Traceback" not in err

@@ -1,4 +1,4 @@
-"""The vectorised binning reproduces the official algorithm (../shared/golden/binning_cases.npz)."""
+"""The vectorised binning reproduces the official algorithm (tests/fixtures/golden/binning_cases.npz)."""
 
 from __future__ import annotations
 

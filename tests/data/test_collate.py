@@ -31,7 +31,7 @@ def _row(batch, i):
 
 def test_masks_depend_only_on_the_cell(setup):
     vocab, source, collator = setup
-    c = collator(objective="masked", mask_ratio=0.4)
+    c = collator(masking="masked", mask_ratio=0.4)
     a = c(source.rows(np.arange(10)), epoch=3)
     b = c(source.rows(np.array([7, 2, 500, 5])), epoch=3)
     for i_a, i_b in ((7, 0), (2, 1), (5, 3)):
@@ -47,7 +47,7 @@ def test_masks_depend_only_on_the_cell(setup):
 
 def test_generative_batches_keep_values_and_flag_positions(setup):
     _, source, collator = setup
-    c = collator(objective="generative", mask_ratio=(0.25, 0.5, 0.75))
+    c = collator(masking="generative", mask_ratio=(0.25, 0.5, 0.75))
     batch = c(source.rows(np.arange(8)), epoch=0, batch_index=2)
     assert batch.gen_mask is not None and torch.equal(batch.gen_mask, batch.predict_mask)
     assert torch.equal(batch.values, batch.target)  # values of generated genes are simply not read
@@ -59,7 +59,7 @@ def test_generative_batches_keep_values_and_flag_positions(setup):
 
 def test_include_zero_genes_and_cls_value(setup):
     _, source, collator = setup
-    c = collator(objective="none", include_zero_genes=True, max_length=2000, cls_value=0.0)
+    c = collator(masking="none", include_zero_genes=True, max_length=2000, cls_value=0.0)
     batch = c(source.rows(np.arange(3)))
     assert batch.genes.shape == (3, 766) and torch.all(batch.values[:, 0] == 0)
     assert (batch.values[:, 1:] == 0).float().mean() > 0.5  # most of the 765 genes are unexpressed
@@ -67,7 +67,7 @@ def test_include_zero_genes_and_cls_value(setup):
 
 def test_loader_slices_global_batches_and_resumes(setup):
     _, source, collator = setup
-    c = collator(objective="masked")
+    c = collator(masking="masked")
     idx = np.arange(100)
     single = [b.cells.tolist() for b in CellLoader(source, idx, c, batch_size=8, seed=1)]
     ranks = [

@@ -1,4 +1,4 @@
-"""Every official-format checkpoint reproduces the official outputs (../shared/golden, atol 1e-5, rtol 1e-4)."""
+"""Every official-format checkpoint reproduces the official outputs (tests/fixtures/golden, atol 1e-5, rtol 1e-4)."""
 
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ def test_cuda_training_bf16_mixed(pbmc, tmp_path):
     from scgpt.data import AnnDataSource, GeneVocab
 
     torch.manual_seed(0)
-    vocab = GeneVocab([*pbmc.var_names, "<pad>", "<cls>", "<eoc>"])
+    vocab = GeneVocab.from_genes(pbmc.var_names)
     model = ScGPT(vocab=vocab, d_model=64, n_heads=4, d_hid=128, n_layers=2, generative=True, n_cls=None)
     dm = model.make_datamodule(AnnDataSource(pbmc, np.arange(pbmc.n_vars), len(vocab)), "pretrain", batch_size=32)
     model.train(

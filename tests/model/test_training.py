@@ -9,25 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from scgpt.data import GeneVocab
-from scgpt.model import ScGPT
-from scgpt.train import get_recipe
+from scgpt.model import TASKS, ScGPT
 
 pytestmark = pytest.mark.slow
 
 
-def tiny(adata, **kw) -> ScGPT:
-    torch.manual_seed(0)
-    vocab = GeneVocab([*adata.var_names, "<pad>", "<cls>", "<eoc>"])
-    arch = dict(d_model=32, n_heads=4, d_hid=64, n_layers=2, dropout=0.1, n_cls=None)
-    return ScGPT(adata, vocab=vocab, **{**arch, **kw})
-
-
 @pytest.mark.parametrize("recipe", ["pretrain", "pretrain-masked"])
-def test_pretraining_beats_the_cell_mean_baseline(pbmc, tmp_path, recipe):
+def test_pretraining_beats_the_cell_mean_baseline(pbmc, tmp_path, recipe, tiny_model):
     """A few hundred steps on real PBMC counts: held-out MSE on hidden values well below predicting the cell mean."""
     ScGPT.setup_anndata(pbmc)
-    model = tiny(pbmc, generative=recipe == "pretrain")
+    model = tiny_model(pbmc, generative=recipe == "pretrain")
     model.train(
         recipe=recipe,
         max_epochs=6,
@@ -72,21 +63,21 @@ def _step_at_start():
     return StepAtStart()
 
 
-def test_training_on_a_subset_uses_the_subset_labels(pbmc, tmp_path):
+def test_training_on_a_subset_uses_the_subset_labels(pbmc, tmp_path, tiny_model):
     """A subset of a set-up AnnData shares its registry; its cells must keep their own batch codes."""
     data = pbmc[:64].copy()
     data.obs["batch"] = np.where(np.arange(64) < 32, "x", "y")
     ScGPT.setup_anndata(data, batch_key="batch")
     sub = data[40:].copy()  # only "y" cells
-    model = tiny(data, use_batch_labels=True, n_batch_labels=2)
+    model = tiny_model(data, use_batch_labels=True, n_batch_labels=2)
     dm = model._datamodule(
-        sub, get_recipe("pretrain-masked"), batch_size=8, train_size=1.0, validation_size=0.0, seed=0
+        sub, TASKS["pretrain-masked"].recipe, batch_size=8, train_size=1.0, validation_size=0.0, seed=0
     )
     assert dm.source.n_obs == 24
     np.testing.assert_array_equal(dm.obs["batch_labels"], np.ones(24, dtype=np.int64))
 
 
-def test_resume_after_a_crash_gives_the_same_weights(pbmc, tmp_path):
+def test_resume_after_a_crash_gives_the_same_weights(pbmc, tmp_path, tiny_model):
     data = pbmc[:200].copy()
     ScGPT.setup_anndata(data)
     kw = dict(
@@ -98,13 +89,13 @@ def test_resume_after_a_crash_gives_the_same_weights(pbmc, tmp_path):
         train_size=1.0,
         checkpoint_every_n_steps=7,
     )  # fmt: skip  (13 batches per epoch: checkpoints mid-epoch)
-    straight = tiny(data).train(checkpoint_dir=tmp_path / "a", **kw)
+    straight = tiny_model(data).train(checkpoint_dir=tmp_path / "a", **kw)
 
-    crashed = tiny(data)
+    crashed = tiny_model(data)
     with pytest.raises(Crash):
         crashed.train(checkpoint_dir=tmp_path / "b", callbacks=[_crash_at(10)], **kw)
     assert (tmp_path / "b" / "last.ckpt").is_file()  # saved at step 7, in the middle of the first epoch
-    resumed = tiny(data)
+    resumed = tiny_model(data)
     with torch.no_grad():  # other starting weights: only a real restore of the checkpoint can end equal
         for p in resumed.net.parameters():
             p.add_(0.1)
@@ -141,23 +132,21 @@ def test_finetune_official_model_and_save_in_official_layout(golden_dir, pbmc, t
 
 
 @pytest.mark.parametrize(
-    "layout,changes,recipe",
+    ("task", "layout", "keys"),
     [
-        ("official_annotation", dict(n_cls=10, mvc_style=None), "annotation"),
-        (
-            "official_integration",
-            dict(n_batch_labels=2, use_batch_labels=True, batch_norm="dsbn", dab=True, explicit_zero_prob=True),
-            "integration",
-        ),
+        ("annotation", "official_annotation", {"labels_key": "bulk_labels"}),
+        ("integration", "official_integration", {"batch_key": "batch"}),
     ],
 )
-def test_task_finetunes_save_like_the_official_task_models(golden_dir, pbmc, tmp_path, layout, changes, recipe):
+def test_task_finetunes_save_like_the_official_task_models(golden_dir, pbmc, tmp_path, task, layout, keys):
+    """finetune(task) through the registry gives the official task model's layout, keys and shapes."""
     pbmc.obs["batch"] = np.where(np.arange(pbmc.n_obs) % 2, "b", "a")
-    ScGPT.setup_anndata(pbmc, batch_key="batch", labels_key="bulk_labels")
-    model = ScGPT.from_pretrained(golden_dir / "official_base").adapt(**changes)
-    model.train(
-        pbmc, recipe=recipe, max_steps=2, batch_size=8, max_length=64, train_size=1.0, checkpoint_dir=tmp_path / "ckpt"
+    base = ScGPT.from_pretrained(golden_dir / "official_base")
+    model = base.finetune(
+        task, pbmc, **keys, max_steps=2, batch_size=8, max_length=64, checkpoint_dir=tmp_path / "ckpt"
     )
+    assert model is not base and base.config.n_cls == 1 and not base.config.dab  # the base is left alone
+    assert model.registry_["task"] == task and model.trainer_.global_step == 2
     ours = _official_keys(model.save_pretrained(tmp_path / "out"))
     ref = _official_keys(golden_dir / layout)
     assert set(ours) == set(ref)
@@ -166,17 +155,17 @@ def test_task_finetunes_save_like_the_official_task_models(golden_dir, pbmc, tmp
             assert ours[key] == shape, key
 
 
-def test_recipe_needs_matching_heads(pbmc):
+def test_recipe_needs_matching_heads(pbmc, tiny_model):
     ScGPT.setup_anndata(pbmc, labels_key="bulk_labels")
-    model = tiny(pbmc)
-    with pytest.raises(ValueError, match="generative objective needs config.generative=True"):
+    model = tiny_model(pbmc)
+    with pytest.raises(ValueError, match="generative masking needs config.generative=True"):
         model.train(recipe="pretrain", max_steps=1)
-    with pytest.raises(ValueError, match=r"cls > 0 needs a classification head"):
+    with pytest.raises(ValueError, match=r"cls needs a classification head"):
         model.train(recipe="annotation", max_steps=1)
     with pytest.raises(
-        ValueError, match=r"10 labels but the classification head has 3 outputs; use model.adapt\(n_cls=10\)"
+        ValueError, match=r"10 labels but the classification head has 3 outputs; use model.finetune\('annotation'"
     ):
         model.adapt(n_cls=3).train(recipe="annotation", max_steps=1)
     with pytest.raises(ValueError, match="not set up: call scgpt.model.ScGPT.setup_anndata"):
         fresh = ad.AnnData(pbmc.X.copy(), obs=pbmc.obs[[]].copy(), var=pbmc.var[[]].copy())
-        tiny(pbmc).train(fresh, recipe="pretrain-masked", max_steps=1)
+        tiny_model(pbmc).train(fresh, recipe="pretrain-masked", max_steps=1)

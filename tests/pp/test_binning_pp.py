@@ -114,3 +114,44 @@ def test_preprocess_filters_and_selects_on_the_counts_layer(pbmc):
     cell_totals = np.asarray(counts.sum(1)).ravel()
     assert pbmc.n_obs == int((cell_totals >= 500).sum()) > 0
     assert pbmc.n_vars == 100 and low_name not in pbmc.var_names
+
+
+def test_normalize_total_is_a_number_median_or_none(pbmc):
+    raw = pbmc.X.toarray()
+    totals = raw.sum(1, keepdims=True)
+    scgpt.pp.preprocess(pbmc, normalize_total=10_000)  # an integer is a target, unlike the official Preprocessor
+    np.testing.assert_allclose(pbmc.layers["X_normed"].toarray(), raw / totals * 1e4, rtol=1e-5)
+    scgpt.pp.preprocess(pbmc, normalize_total="median")
+    np.testing.assert_allclose(pbmc.layers["X_normed"].toarray(), raw / totals * np.median(totals), rtol=1e-5)
+    params = pbmc.uns["scgpt_preprocess"]["params"]
+    assert params["normalize_total"] == "median" and params["filter_cell_by_counts"] == 0
+    fresh = scgpt.datasets.pbmc68k_counts()
+    scgpt.pp.preprocess(fresh, normalize_total=None)
+    assert "X_normed" not in fresh.layers
+    for bad in (True, 0, -5.0, "mean"):
+        with pytest.raises(ValueError, match="normalize_total must be a positive number, 'median' or None"):
+            scgpt.pp.preprocess(pbmc, normalize_total=bad)
+
+
+def test_count_filters_read_true_as_one_and_are_alike(pbmc):
+    X = pbmc.X.tolil()
+    X[0, :] = 0  # an empty cell
+    pbmc.X = X.tocsr()
+    empty_genes = int((np.asarray(pbmc.X.sum(0)).ravel() == 0).sum())
+    out = scgpt.pp.preprocess(pbmc, filter_gene_by_counts=True, filter_cell_by_counts=True, copy=True)
+    assert out.n_obs == 699 and out.n_vars == 765 - empty_genes
+    with pytest.warns(UserWarning, match="Some cells have zero counts"):  # scanpy's normalize_total, on the kept cell
+        assert scgpt.pp.preprocess(pbmc, filter_cell_by_counts=False, copy=True).n_obs == 700
+    with pytest.raises(ValueError, match="filter_cell_by_counts must be a non-negative integer"):
+        scgpt.pp.preprocess(pbmc, filter_cell_by_counts=2.5)
+
+
+def test_hvg_records_params_and_checks_flavor(pbmc):
+    scgpt.pp.highly_variable_genes(pbmc, 100)
+    assert pbmc.var["highly_variable"].sum() == 100
+    hvg = pbmc.uns["hvg"]
+    assert hvg["flavor"] == "seurat_v3" and hvg["params"]["n_top_genes"] == 100  # scanpy's entry kept
+    with pytest.raises(ValueError, match="flavor must be one of"):
+        scgpt.pp.highly_variable_genes(pbmc, 100, flavor="seuratv3")
+    with pytest.raises(KeyError, match="batch_key='donor' is not a column"):
+        scgpt.pp.highly_variable_genes(pbmc, 100, batch_key="donor")

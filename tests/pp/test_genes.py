@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -26,9 +28,11 @@ def test_symbols_previous_symbols_and_aliases(pbmc):
     assert exact.uns["id_in_vocab"]["n_matched"] == 705
 
 
-def test_ensembl_ids(data_dir):
-    onek = ad.read_h5ad(data_dir / "onek1k_pbmc_30donors.h5ad", backed="r")
-    a = _adata(list(onek.var_names))
+def test_ensembl_ids():
+    """The 1,000 Ensembl ids of a real OneK1K PBMC panel (tests/fixtures) match through the bundled id table."""
+    ids = (Path(__file__).parents[1] / "fixtures" / "onek1k_ensembl_ids.txt").read_text().split()
+    assert len(ids) == 1000
+    a = _adata(ids)
     scgpt.pp.align_vocab(a)
     rep = a.uns["id_in_vocab"]
     assert rep["by_kind"]["ensembl"] == rep["n_matched"] and rep["coverage"] > 0.9
@@ -66,3 +70,20 @@ def test_two_genes_on_one_token_keep_the_exact_match():
     with pytest.warns(UserWarning, match="map to a vocabulary token already taken"):
         scgpt.pp.align_vocab(a)
     assert a.var["id_in_vocab"].tolist()[0] == -1 and a.var["id_in_vocab"].tolist()[1] >= 0
+
+
+def test_coverage_is_reported_for_the_model_that_will_be_used(pbmc):
+    """The demo model's vocabulary is smaller than the whole-human one: align_vocab(model=) says so."""
+    whole_human = scgpt.pp.align_vocab(pbmc, copy=True).uns["id_in_vocab"]
+    demo = scgpt.pp.align_vocab(pbmc, "demo", copy=True).uns["id_in_vocab"]
+    embedded = scgpt.tl.embed(pbmc, "demo", copy=True).uns["X_scGPT"]
+    assert demo["n_matched"] == embedded["n_genes_matched"] < whole_human["n_matched"]
+    assert demo["params"]["model"] == "demo" and "vocab" not in demo["params"]
+    with pytest.raises(ValueError, match="either `model` or `vocab`"):
+        scgpt.pp.align_vocab(pbmc, "demo", vocab=GeneVocab.default())
+
+
+def test_default_model_setting_decides_the_vocabulary(pbmc, monkeypatch):
+    monkeypatch.setattr(scgpt.settings, "_default_model", "demo")
+    rep = scgpt.pp.align_vocab(pbmc, copy=True).uns["id_in_vocab"]
+    assert rep["params"]["model"] == "demo"

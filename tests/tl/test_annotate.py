@@ -1,37 +1,29 @@
-"""scgpt.tl.annotate, evaluate_annotation and pl.confusion."""
+"""scgpt.tl.annotate (fine-tuned classifier and k-NN reference mapping) and evaluate_annotation."""
 
 from __future__ import annotations
 
 import anndata as ad
-import matplotlib
-import matplotlib.axes
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 import scgpt
-from scgpt.data import GeneVocab
+from scgpt.data._splits import stratified_split
 from scgpt.model import ScGPT
-
-matplotlib.use("agg")
 
 
 @pytest.fixture(scope="module")
 def split(pbmc_counts):
     """A stratified 70/30 split of the 700 labelled PBMCs."""
-    from scgpt.tl._annotate import stratified_split
-
     codes = pd.Categorical(pbmc_counts.obs["bulk_labels"]).codes
     train, test = stratified_split(np.asarray(codes), 0.3, seed=0)
     return pbmc_counts[train].copy(), pbmc_counts[test].copy()
 
 
 @pytest.fixture(scope="module")
-def small_model(pbmc_counts):
-    torch.manual_seed(0)
-    vocab = GeneVocab([*pbmc_counts.var_names, "<pad>", "<cls>", "<eoc>"])
-    return ScGPT(vocab=vocab, d_model=32, n_heads=4, d_hid=64, n_layers=2, dropout=0.1, n_cls=None)
+def small_model(tiny_model):
+    return tiny_model()
 
 
 def _majority(labels) -> float:
@@ -40,21 +32,21 @@ def _majority(labels) -> float:
 
 @pytest.fixture(scope="module")
 def finetuned(split, small_model, tmp_path_factory):
+    """The annotation task through the registry: fine-tune a classifier, then annotate the query with it."""
     ref, query = split
     query = query.copy()
-    clf = scgpt.tl.annotate(
-        query,
-        small_model,
-        reference=ref,
+    clf = small_model.finetune(
+        "annotation",
+        ref,
         labels_key="bulk_labels",
         max_epochs=15,
         lr=2e-3,
         batch_size=32,
         max_length=256,
         early_stopping=False,
-        return_model=True,
         checkpoint_dir=tmp_path_factory.mktemp("ckpt"),
     )
+    assert scgpt.tl.annotate(query, clf) is None
     return query, clf
 
 
@@ -71,6 +63,10 @@ def test_finetune_beats_the_majority_class_by_far(finetuned):
     assert query.uns["scgpt_celltype"]["params"]["method"] == "finetune"
     assert query.uns["scgpt_celltype"]["classes"] == clf.registry_["label_categories"]
     assert clf.config.n_cls == 10 and clf.history_["train_cls"]
+    probs = clf.predict_proba(query)
+    assert list(probs.columns) == clf.registry_["label_categories"] and (probs.index == query.obs_names).all()
+    np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
+    np.testing.assert_allclose(probs.max(1), conf, rtol=1e-6)
 
 
 @pytest.mark.slow
@@ -137,7 +133,7 @@ def test_label_problems_are_clear(split, small_model):
     nan_ref.obsm["e"] = np.eye(10)[pd.Categorical(ref.obs["bulk_labels"]).codes]
     q = query.copy()
     q.obsm["e"] = np.eye(10)[pd.Categorical(query.obs["bulk_labels"]).codes]
-    with pytest.warns(UserWarning, match="5 reference cells have no label"):
+    with pytest.warns(UserWarning, match="5 cells have no label in 'bulk_labels'"):
         scgpt.tl.annotate(q, reference=nan_ref, labels_key="bulk_labels", method="knn", use_rep="e")
     single = ref[ref.obs["bulk_labels"] == "Dendritic"].copy()
     with pytest.raises(ValueError, match="single cell type"):
@@ -155,7 +151,7 @@ def test_label_problems_are_clear(split, small_model):
     q.obsm["e"] = np.eye(11)[
         pd.Categorical(q.obs["bulk_labels"], categories=pd.Categorical(lonely.obs["bulk_labels"]).categories).codes
     ]
-    with pytest.warns(UserWarning, match="single reference cell"):
+    with pytest.warns(UserWarning, match="1 cell types have a single cell"):
         scgpt.tl.annotate(q, reference=lonely, labels_key="bulk_labels", method="knn", use_rep="e")
 
 
@@ -172,18 +168,3 @@ def test_evaluation_with_unseen_and_unknown_labels():
     assert list(m["confusion"].columns) == ["B", "NK", "T", "unknown"]
     assert int(m["confusion"].loc["NK", "unknown"]) == 1
     assert a.uns["pred_evaluation"]["n_cells"] == 6
-
-
-def test_confusion_plot(split):
-    ref, query = split
-    query = query.copy()
-    query.obs["pred"] = query.obs["bulk_labels"]
-    scgpt.tl.evaluate_annotation(query, "bulk_labels", "pred", key_added="ev")
-    fig = scgpt.pl.confusion(query, "ev", return_fig=True)
-    ax = fig.axes[0]
-    assert ax.get_xlabel() == "predicted" and "accuracy 1.000" in ax.get_title()
-    assert len(ax.get_xticklabels()) == 10
-    ax2 = scgpt.pl.confusion(query, "ev", normalize=None, show=False)
-    assert isinstance(ax2, matplotlib.axes.Axes) and ax2.texts[0].get_text().isdigit()  # counts, not shares
-    with pytest.raises(KeyError, match="run scgpt.tl.evaluate_annotation first"):
-        scgpt.pl.confusion(query, "missing")

@@ -139,8 +139,9 @@ def test_empty_cells_are_embedded_with_a_warning(pbmc, base_model):
     X = pbmc.X.tolil()
     X[:3] = 0
     pbmc.X = X.tocsr()
-    with pytest.warns(UserWarning, match="3 cells express none of the model's genes"):
+    with pytest.warns(UserWarning, match="3 cells express none of the model's genes") as record:
         scgpt.tl.embed(pbmc, base_model)
+    assert record[0].filename == __file__  # the warning names the user's line, not a line inside scgpt
     emb = pbmc.obsm["X_scGPT"]
     assert np.isfinite(emb).all() and np.allclose(emb[0], emb[1])
 

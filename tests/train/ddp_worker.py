@@ -8,18 +8,16 @@ from pathlib import Path
 import torch
 
 
-def main(devices: int, out: Path, golden: Path) -> None:
-    import anndata as ad
-
+def main(devices: int, out: Path) -> None:
     import scgpt
     from scgpt.data import GeneVocab
     from scgpt.model import ScGPT
 
     scgpt.settings.progress = False
-    adata = ad.read_h5ad(golden / "pbmc68k_counts.h5ad")[:96].copy()
+    adata = scgpt.datasets.pbmc68k_counts()[:96].copy()
     ScGPT.setup_anndata(adata)
     torch.manual_seed(0)
-    vocab = GeneVocab([*adata.var_names, "<pad>", "<cls>", "<eoc>"])
+    vocab = GeneVocab.from_genes(adata.var_names)
     model = ScGPT(adata, vocab=vocab, d_model=32, n_heads=4, d_hid=64, n_layers=2, dropout=0.0, n_cls=None)
     init = {k: v.clone() for k, v in model.net.state_dict().items()}
     model.train(
@@ -40,4 +38,4 @@ def main(devices: int, out: Path, golden: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))
+    main(int(sys.argv[1]), Path(sys.argv[2]))

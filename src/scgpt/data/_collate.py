@@ -1,9 +1,10 @@
-"""Minibatches for training.
+"""Minibatches for training and inference.
 
-Rows are tokenised, then values are masked (masked objective) or the genes to generate are chosen
-(generative objective). Every choice is keyed by the cell's content, the seed and the
+Rows are tokenised, then values are masked (``masking="masked"``) or the genes to generate are chosen
+(``masking="generative"``). Every choice is keyed by the cell's content, the seed and the
 epoch, so a cell's minibatch entry never depends on the other cells in it, the batch size, the
-number of processes or a restart.
+number of processes or a restart. Inference uses the same collator with nothing hidden
+(:meth:`Collator.tokenize` once per chunk, then :meth:`Collator.collate` per minibatch).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch import Tensor
 from ._random import STREAM_MASK, STREAM_SPLIT, entry_bits, splitmix64
 from ._tokenize import TokenizedCells, entry_positions, pad_batch, rank_in_row, tokenize
 
-Objective = Literal["masked", "generative", "none"]
+Masking = Literal["masked", "generative", "none"]
 
 
 @dataclass
@@ -42,6 +43,10 @@ class CellBatch:
         ``(B, L)``, ``True`` at generated positions (generative objective), else ``None``.
     batch_labels, labels
         ``(B,)`` batch and class codes (``None`` when not used).
+    mod_types
+        ``(B, L)`` modality id of every token (multi-omic models), else ``None``.
+    pert_flags
+        ``(B, L)`` perturbation flag of every token (perturbation models), else ``None``.
     cells
         ``(B,)`` indices of the cells in their dataset.
     epoch, index
@@ -56,9 +61,24 @@ class CellBatch:
     gen_mask: Tensor | None = None
     batch_labels: Tensor | None = None
     labels: Tensor | None = None
+    mod_types: Tensor | None = None
+    pert_flags: Tensor | None = None
     cells: Tensor | None = None
     epoch: int = 0
     index: int = 0
+
+    def inputs(self, batch_conditioned: bool) -> dict[str, Tensor | None]:
+        """Keyword arguments of :meth:`scgpt.nn.ScGPTNet.encode` and ``cell_embedding`` besides genes and values.
+
+        The padding mask and every condition that travels with the tokens (batch labels only for
+        ``batch_conditioned`` networks).
+        """
+        return {
+            "padding_mask": self.padding_mask,
+            "batch_labels": self.batch_labels if batch_conditioned else None,
+            "mod_types": self.mod_types,
+            "pert_flags": self.pert_flags,
+        }
 
     def to(self, device: torch.device | str) -> CellBatch:
         """Move every tensor."""
@@ -108,7 +128,7 @@ class Collator:
         Value bins, ``None`` for raw values.
     include_zero_genes
         Keep unexpressed genes as tokens with value 0.
-    objective
+    masking
         ``"masked"`` (values of a random subset hidden), ``"generative"`` (a random subset of genes
         enters without values and is generated), ``"none"`` (nothing hidden).
     mask_ratio
@@ -128,7 +148,7 @@ class Collator:
     max_length: int = 1200
     n_bins: int | None = 51
     include_zero_genes: bool = False
-    objective: Objective = "masked"
+    masking: Masking = "masked"
     mask_ratio: float | tuple[float, ...] = 0.4
     seed: int = 0
 
@@ -139,44 +159,52 @@ class Collator:
         ratios = tuple(self.mask_ratio)
         return float(ratios[_mix(self.seed, epoch, batch_index, 17) % len(ratios)])
 
-    def __call__(
-        self,
-        X: sp.csr_matrix,
-        *,
-        epoch: int = 0,
-        batch_index: int = 0,
-        batch_labels: np.ndarray | None = None,
-        labels: np.ndarray | None = None,
-        cells: np.ndarray | None = None,
-    ) -> CellBatch:
-        """Minibatch of the rows of ``X`` (cells x genes); ``epoch`` varies sampling and masks between epochs."""
-        epoch_seed = _mix(self.seed, epoch)
-        tok = tokenize(
+    def tokenize(self, X: sp.csr_matrix, *, seed: int) -> TokenizedCells:
+        """Tokens of the rows of ``X`` (cells x genes).
+
+        Genes in the vocabulary, binned values, at most ``max_length - 1`` per cell, every random choice
+        keyed by ``seed`` and the cell.
+        """
+        return tokenize(
             X,
             self.token_ids,
             self.gene_key,
             max_genes=self.max_length - 1,
             n_bins=self.n_bins,
-            seed=epoch_seed,
+            seed=seed,
             include_zero_genes=self.include_zero_genes,
         )
+
+    def collate(
+        self,
+        cells: TokenizedCells,
+        *,
+        hidden: np.ndarray | None = None,
+        batch_labels: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
+        index: np.ndarray | None = None,
+        epoch: int = 0,
+        batch_index: int = 0,
+    ) -> CellBatch:
+        """A padded minibatch of tokenised cells, ``<cls>`` first.
+
+        ``hidden`` (bool per token entry) marks the values to predict: replaced by ``mask_value``
+        with ``masking="masked"``, generated with ``masking="generative"``. ``index`` is each cell's
+        index in its dataset.
+        """
         genes, target = pad_batch(
-            tok, cls_id=self.cls_id, cls_value=self.cls_value, pad_id=self.pad_id, pad_value=self.pad_value
+            cells, cls_id=self.cls_id, cls_value=self.cls_value, pad_id=self.pad_id, pad_value=self.pad_value
         )
-        B, L = genes.shape
-        predict = np.zeros((B, L), dtype=bool)
-        gen = None
+        predict = np.zeros(genes.shape, dtype=bool)
+        if hidden is not None:
+            rows, cols = entry_positions(cells.indptr)
+            predict[rows[hidden], cols[hidden]] = True
         values = target.copy()
-        if self.objective != "none":
-            ratio = self.ratio_for(epoch, batch_index)
-            stream = STREAM_MASK if self.objective == "masked" else STREAM_SPLIT
-            chosen = choose_positions(tok, ratio, stream, _mix(epoch_seed, stream))
-            rows, cols = entry_positions(tok.indptr)
-            predict[rows[chosen], cols[chosen]] = True
-            if self.objective == "masked":
-                values[predict] = self.mask_value
-            else:
-                gen = torch.from_numpy(predict.copy())
+        gen = None
+        if self.masking == "masked":
+            values[predict] = self.mask_value
+        elif self.masking == "generative" and hidden is not None:
+            gen = torch.from_numpy(predict.copy())
         as_long = lambda a: None if a is None else torch.from_numpy(np.asarray(a, dtype=np.int64))  # noqa: E731
         g = torch.from_numpy(genes)
         return CellBatch(
@@ -188,7 +216,34 @@ class Collator:
             gen_mask=gen,
             batch_labels=as_long(batch_labels),
             labels=as_long(labels),
-            cells=as_long(cells),
+            cells=as_long(index),
             epoch=epoch,
             index=batch_index,
+        )
+
+    def __call__(
+        self,
+        X: sp.csr_matrix,
+        *,
+        epoch: int = 0,
+        batch_index: int = 0,
+        batch_labels: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
+        cells: np.ndarray | None = None,
+    ) -> CellBatch:
+        """Training minibatch of the rows of ``X`` (cells x genes); ``epoch`` varies sampling and masks."""
+        epoch_seed = _mix(self.seed, epoch)
+        tok = self.tokenize(X, seed=epoch_seed)
+        hidden = None
+        if self.masking != "none":
+            stream = STREAM_MASK if self.masking == "masked" else STREAM_SPLIT
+            hidden = choose_positions(tok, self.ratio_for(epoch, batch_index), stream, _mix(epoch_seed, stream))
+        return self.collate(
+            tok,
+            hidden=hidden,
+            batch_labels=batch_labels,
+            labels=labels,
+            index=cells,
+            epoch=epoch,
+            batch_index=batch_index,
         )

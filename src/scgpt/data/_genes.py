@@ -1,10 +1,12 @@
-"""Match genes of an AnnData to a scGPT vocabulary: symbols, Ensembl ids, previous and alias symbols."""
+"""Match genes of an AnnData to a scGPT vocabulary: symbols, Ensembl ids, previous and alias symbols.
+
+:func:`scgpt.pp.align_vocab` is the face over this module; the model, its sources and the tasks call
+:func:`match_genes` directly.
+"""
 
 from __future__ import annotations
 
 import gzip
-import time
-import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -13,9 +15,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from .._anndata import check_adata
-from .._logging import log_added, logger
-from ..data import GeneVocab
+from .._logging import warn
+from ._vocab import GeneVocab
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -91,11 +92,9 @@ def match_genes(names: pd.Index | np.ndarray | list, vocab: GeneVocab, *, use_al
         first[1:] = ids[order][1:] != ids[order][:-1]
         dup = order[~first & (ids[order] >= 0)]
         if len(dup):
-            warnings.warn(
+            warn(
                 f"{len(dup)} genes map to a vocabulary token already taken by another gene (e.g. "
-                f"{names[dup[0]]!r}); only the best-matching gene of each token is used.",
-                UserWarning,
-                stacklevel=3,
+                f"{names[dup[0]]!r}); only the best-matching gene of each token is used."
             )
             ids[dup], kinds[dup] = -1, ""
     return GeneMatch(ids, kinds, names)
@@ -120,7 +119,7 @@ def gene_names(adata: AnnData, gene_key: str | None) -> pd.Index:
     return names
 
 
-def check_coverage(match: GeneMatch, *, fn: str) -> None:
+def check_coverage(match: GeneMatch, *, fn: str) -> GeneMatch:
     """Error at zero overlap, warning below 50 %."""
     rep = match.report()
     if rep["n_matched"] == 0:
@@ -130,74 +129,15 @@ def check_coverage(match: GeneMatch, *, fn: str) -> None:
             "if the symbols are in a var column."
         )
     if rep["coverage"] < 0.5:
-        warnings.warn(
+        warn(
             f"{fn}: only {rep['n_matched']} of {rep['n_genes']} genes ({rep['coverage']:.0%}) are in the model's "
-            f"vocabulary (unmatched examples: {rep['unmatched_examples'][:5]}).",
-            UserWarning,
-            stacklevel=3,
+            f"vocabulary (unmatched examples: {rep['unmatched_examples'][:5]})."
         )
+    return match
 
 
-def align_vocab(
-    adata: AnnData,
-    vocab: GeneVocab | str | None = None,
-    *,
-    gene_key: str | None = None,
-    key_added: str = "id_in_vocab",
-    use_aliases: bool = True,
-    copy: bool = False,
-) -> AnnData | None:
-    """Map genes to scGPT vocabulary ids and report the coverage.
-
-    Genes are matched by exact token, then by Ensembl id, previous HGNC symbol or alias
-    (``use_aliases``; bundled table from GENCODE v44 and Ensembl 100/HGNC, see
-    ``scgpt/data/_resources/NOTICE.md``).
-
-    Parameters
-    ----------
-    adata
-        Annotated data matrix.
-    vocab
-        A :class:`~scgpt.data.GeneVocab`, a path to a ``vocab.json``, or ``None`` for the bundled
-        whole-human vocabulary (the one of the released scGPT models).
-    gene_key
-        Column of ``adata.var`` with gene names; ``None`` uses ``var_names``.
-    key_added
-        Name of the ``var`` column and ``uns`` entry written.
-    use_aliases
-        Also match Ensembl ids, previous symbols and aliases.
-    copy
-        Return a modified copy instead of writing to ``adata``.
-
-    Returns
-    -------
-    ``None``, or a copy when ``copy=True``. Sets
-
-    ``adata.var[key_added]`` : int64
-        Vocabulary id of each gene, ``-1`` when unmatched.
-    ``adata.uns[key_added]`` : dict
-        ``n_matched``, ``n_genes``, ``coverage``, ``by_kind`` (counts per evidence), up to 10
-        ``unmatched_examples`` and ``params``.
-
-    Warns below 50 % coverage; raises when no gene matches.
-    """
-    start = time.perf_counter()
-    check_adata(adata, fn="align_vocab")
-    adata = adata.copy() if copy else adata
-    vocab_obj = (
-        default_vocab() if vocab is None else (vocab if isinstance(vocab, GeneVocab) else GeneVocab.from_file(vocab))
-    )
-    logger.info("matching genes to the scGPT vocabulary")
-    match = match_genes(gene_names(adata, gene_key), vocab_obj, use_aliases=use_aliases)
-    check_coverage(match, fn="align_vocab")
-    adata.var[key_added] = match.ids
-    report = match.report()
-    report["params"] = {
-        "vocab": "default" if vocab is None else (str(vocab) if not isinstance(vocab, GeneVocab) else "custom"),
-        "gene_key": gene_key,
-        "use_aliases": use_aliases,
-    }
-    adata.uns[key_added] = report
-    logger.info(f"    {report['n_matched']} of {report['n_genes']} genes matched ({report['coverage']:.1%})")
-    log_added(start, "", [f"'{key_added}', vocabulary ids (adata.var)", f"'{key_added}', coverage report (adata.uns)"])
-    return adata if copy else None
+def match_adata(
+    adata: AnnData, vocab: GeneVocab, *, gene_key: str | None = None, use_aliases: bool = True, fn: str
+) -> GeneMatch:
+    """The genes of ``adata`` matched to ``vocab``, with :func:`check_coverage`'s errors and warnings from ``fn``."""
+    return check_coverage(match_genes(gene_names(adata, gene_key), vocab, use_aliases=use_aliases), fn=fn)

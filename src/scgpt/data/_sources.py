@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import scipy.sparse as sp
 
+from ._genes import check_coverage, match_adata, match_genes
 from ._vocab import GeneVocab
 
 if TYPE_CHECKING:
@@ -78,13 +79,17 @@ class AnnDataSource:
 
     @classmethod
     def matched(
-        cls, adata: AnnData, vocab: GeneVocab, *, gene_key: str | None = None, layer: str | None = None, fn: str
+        cls,
+        adata: AnnData,
+        vocab: GeneVocab,
+        *,
+        gene_key: str | None = None,
+        layer: str | None = None,
+        use_aliases: bool = True,
+        fn: str,
     ) -> AnnDataSource:
         """The cells of ``adata`` with its genes matched to ``vocab`` (clear errors from ``fn`` at no overlap)."""
-        from ..pp._genes import check_coverage, gene_names, match_genes
-
-        match = match_genes(gene_names(adata, gene_key), vocab)
-        check_coverage(match, fn=fn)
+        match = match_adata(adata, vocab, gene_key=gene_key, use_aliases=use_aliases, fn=fn)
         return cls(adata, match.ids, len(vocab), layer)
 
     def rows(self, idx: np.ndarray) -> sp.csr_matrix:
@@ -128,8 +133,6 @@ class H5adCollection:
         layer: str | None = None,
         use_aliases: bool = True,
     ) -> None:
-        from ..pp._genes import check_coverage, match_genes
-
         if not paths:
             raise ValueError("H5adCollection needs at least one file.")
         self.paths = [Path(p) for p in paths]
@@ -275,8 +278,6 @@ class SomaSource:
         context=None,
     ) -> None:
         import pandas as pd
-
-        from ..pp._genes import check_coverage, match_genes
 
         self.uri, self.measurement, self.layer, self.context = str(uri), measurement, layer, context
         self.n_tokens = len(vocab)

@@ -65,6 +65,18 @@ class GeneVocab(Mapping[str, int]):
             raise ValueError(f"{path}: {e}") from e
 
     @classmethod
+    def from_genes(cls, genes: Iterable[str]) -> GeneVocab:
+        """Genes in the given order (duplicates and special tokens dropped), then ``<pad>``, ``<cls>``, ``<eoc>``.
+
+        Examples
+        --------
+        >>> GeneVocab.from_genes(["CD3E", "MS4A1"]).itos
+        ['CD3E', 'MS4A1', '<pad>', '<cls>', '<eoc>']
+        """
+        names = dict.fromkeys(str(g) for g in genes if str(g) not in SPECIAL_TOKENS)
+        return cls([*names, *SPECIAL_TOKENS])
+
+    @classmethod
     def default(cls) -> GeneVocab:
         """The official whole-human vocabulary: 60,694 CELLxGENE census genes + ``<pad>``, ``<cls>``, ``<eoc>``.
 

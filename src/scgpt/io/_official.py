@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..data import PAD_TOKEN, GeneVocab
+from ..data._vocab import PAD_TOKEN, GeneVocab
 from ..nn import ScGPTConfig, ScGPTNet
 from ._keymap import PRETRAINING_ONLY_KEYS, to_official, to_ours
 

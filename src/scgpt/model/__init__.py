@@ -1,6 +1,33 @@
-"""User-facing model classes."""
+"""User-facing model class, the task registry and the inference engine every task runs on.
 
-from ._device import resolve_device, resolve_dtype
-from ._scgpt import ScGPT
+Names are imported on first use: the task registry (:data:`TASKS`) loads without torch.
+"""
 
-__all__ = ["ScGPT", "resolve_device", "resolve_dtype"]
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_attributes
+
+_WHERE = {
+    "TASKS": "._tasks",
+    "Task": "._tasks",
+    "get_task": "._tasks",
+    "ScGPT": "._scgpt",
+    "resolve_model": "._resolve",
+    "resolve_device": "._device",
+    "resolve_dtype": "._device",
+    **dict.fromkeys(
+        ["Accumulator", "CellRows", "GenePairs", "GeneValues", "InferenceResult", "run_inference"], "._engine"
+    ),
+}
+__getattr__, __dir__ = lazy_attributes(__name__, _WHERE)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._device import resolve_device, resolve_dtype
+    from ._engine import Accumulator, CellRows, GenePairs, GeneValues, InferenceResult, run_inference
+    from ._resolve import resolve_model
+    from ._scgpt import ScGPT
+    from ._tasks import TASKS, Task, get_task
+
+__all__ = sorted(_WHERE)

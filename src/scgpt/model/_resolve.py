@@ -1,4 +1,4 @@
-"""Resolving the ``model=`` argument of the ``tl`` functions."""
+"""Resolving the ``model=`` argument of the face functions to a loaded :class:`~scgpt.model.ScGPT`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from .._settings import settings
-from ..model import ScGPT
+from ._scgpt import DEMO, ScGPT
 
 _CACHE: dict[tuple, ScGPT] = {}
 
@@ -19,10 +19,19 @@ NO_MODEL_MESSAGE = (
 )
 
 
+def _stamp(path: Path) -> tuple:
+    """Name, size and modification time of every file of a model folder: an edit of any file reloads the model."""
+    if not path.is_dir():
+        return ()
+    return tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(path.iterdir()) if f.is_file())
+
+
 def resolve_model(model: ScGPT | str | os.PathLike | None) -> tuple[ScGPT, str]:
     """A loaded :class:`~scgpt.model.ScGPT` and a short name for ``uns[...]['params']``.
 
-    Paths are loaded once and cached (keyed by path and modification time of the weights).
+    ``None`` means ``scgpt.settings.default_model``. A path that exists is loaded (even one named
+    ``demo``); the keyword ``"demo"`` otherwise loads the bundled demo model. Loaded folders are
+    cached (one model at a time), keyed by the path and every file's size and modification time.
     """
     if isinstance(model, ScGPT):
         return model, model.source_ or "ScGPT object"
@@ -36,9 +45,13 @@ def resolve_model(model: ScGPT | str | os.PathLike | None) -> tuple[ScGPT, str]:
         )
     name = str(model)
     path = Path(model).expanduser()
-    stamp = tuple(f.stat().st_mtime_ns for f in sorted(path.glob("*.pt"))) if path.is_dir() else ()
-    key = (name, str(path.resolve()) if name != "demo" else "demo", stamp)
+    key = (name, str(path.resolve()), _stamp(path)) if path.exists() or name != DEMO else (DEMO,)
     if key not in _CACHE:
         _CACHE.clear()  # keep one model in memory
-        _CACHE[key] = ScGPT.from_pretrained(model)
+        _CACHE[key] = ScGPT.from_pretrained(path if path.exists() else model)
     return _CACHE[key], name
+
+
+def clear_cache() -> None:
+    """Forget the cached model (the next call loads from disk)."""
+    _CACHE.clear()

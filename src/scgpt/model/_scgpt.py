@@ -6,21 +6,15 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pandas as pd
 import torch
 
-from ..data import GeneVocab
-from ..io import (
-    NativeCheckpoint,
-    is_native,
-    load_native,
-    load_official,
-    save_native,
-    save_official,
-)
+from ..data._genes import default_vocab
+from ..data._vocab import GeneVocab
+from ..io import load_official, save_official
+from ..io._native import NativeCheckpoint, is_native, load_native, save_native
 from ..nn import ScGPTConfig, ScGPTNet
 from ._device import resolve_device
+from ._inference import InferenceMixin
 from ._training import TrainingMixin
 
 if TYPE_CHECKING:
@@ -35,7 +29,7 @@ def _demo_path() -> Path:
     return Path(str(resources.files("scgpt.model").joinpath("_demo")))
 
 
-class ScGPT(TrainingMixin):
+class ScGPT(InferenceMixin, TrainingMixin):
     """An scGPT model: network, gene vocabulary and what was learnt about the data it was set up with.
 
     Create one from published weights with :meth:`from_pretrained` (an official folder such as
@@ -55,12 +49,12 @@ class ScGPT(TrainingMixin):
     --------
     >>> model = scgpt.model.ScGPT.from_pretrained("path/to/scGPT_human")  # doctest: +SKIP
     >>> adata.obsm["X_scGPT"] = model.get_latent_representation(adata)  # doctest: +SKIP
+    >>> clf = model.finetune("annotation", reference, labels_key="cell_type")  # doctest: +SKIP
+    >>> probs = clf.predict_proba(query)  # doctest: +SKIP
     """
 
     def __init__(self, adata: AnnData | None = None, *, vocab: GeneVocab | None = None, **config: Any) -> None:
         if vocab is None:
-            from ..pp._genes import default_vocab
-
             vocab = GeneVocab(default_vocab().itos)
         config.setdefault("n_tokens", len(vocab))
         config.setdefault("pad_token_id", vocab.pad_id)
@@ -130,7 +124,7 @@ class ScGPT(TrainingMixin):
         *,
         adata: AnnData | None = None,
         strict: bool = False,
-        device: str | torch.device | None = "cpu",
+        device: str | torch.device | None = None,
         generative: bool = False,
     ) -> ScGPT:
         """Load published weights.
@@ -140,7 +134,7 @@ class ScGPT(TrainingMixin):
         path
             An official scGPT folder (``args.json``, ``vocab.json``, ``best_model.pt``; flash-attn or
             PyTorch attention names), a folder written by :meth:`save`, or ``"demo"`` for the small
-            demo model bundled with the package.
+            demo model bundled with the package (a folder named ``demo`` that exists wins).
         adata
             AnnData to bind (set up with :meth:`setup_anndata`).
         strict
@@ -155,8 +149,11 @@ class ScGPT(TrainingMixin):
         -------
         The model, in eval mode. Keys that did not load are reported in one warning.
         """
-        src = _demo_path() if str(path) == DEMO else Path(path).expanduser()
-        name = DEMO if str(path) == DEMO else str(src)
+        src = Path(path).expanduser()
+        if str(path) == DEMO and not src.exists():
+            src, name = _demo_path(), DEMO
+        else:
+            name = str(src)
         if is_native(src):
             return cls.load(src, adata=adata, device=device)
         net, ckpt, _ = load_official(src, strict=strict, generative=generative)
@@ -217,7 +214,7 @@ class ScGPT(TrainingMixin):
 
     @classmethod
     def load(
-        cls, dir_path: str | os.PathLike, *, adata: AnnData | None = None, device: str | torch.device | None = "cpu"
+        cls, dir_path: str | os.PathLike, *, adata: AnnData | None = None, device: str | torch.device | None = None
     ) -> ScGPT:
         """Load a model written by :meth:`save`.
 
@@ -238,99 +235,3 @@ class ScGPT(TrainingMixin):
         if adata is not None:
             self.adata = adata
         return self
-
-    # ------------------------------------------------------------------ outputs
-    def get_gene_embeddings(self, genes: list[str] | pd.Index | None = None) -> pd.DataFrame:
-        """Gene-token embeddings (embedding + LayerNorm, as the official GRN tutorial uses).
-
-        Parameters
-        ----------
-        genes
-            Tokens to return (unknown ones raise); ``None`` returns every gene token (no specials).
-
-        Returns
-        -------
-        DataFrame, genes x ``d_model``.
-        """
-        if genes is None:
-            tokens = [t for t in self.vocab if not (t.startswith("<") and t.endswith(">"))]
-        else:
-            tokens = [str(g) for g in genes]
-            missing = [t for t in tokens if t not in self.vocab]
-            if missing:
-                raise KeyError(f"{len(missing)} genes are not in the vocabulary, e.g. {missing[:5]}.")
-        ids = torch.as_tensor(self.vocab.lookup(tokens), device=self.device)
-        with torch.inference_mode():
-            emb = (
-                torch.cat([self.net.encoder(ids[i : i + 8192]) for i in range(0, len(ids), 8192)]) if len(ids) else None
-            )
-        values = np.zeros((0, self.config.d_model), np.float32) if emb is None else emb.float().cpu().numpy()
-        return pd.DataFrame(values, index=pd.Index(tokens, name="gene"))
-
-    def get_latent_representation(
-        self,
-        adata: AnnData | None = None,
-        *,
-        layer: str | None = None,
-        gene_key: str | None = None,
-        use_aliases: bool = True,
-        batch_key: str | None = None,
-        max_length: int = 1200,
-        batch_size: int = 64,
-        seed: int = 0,
-        device: str | torch.device | None = None,
-        dtype: str | None = None,
-        progress: bool | None = None,
-    ) -> np.ndarray:
-        """Zero-shot cell embeddings, ``(n_obs, d_model)`` float32, L2-normalised (see :func:`scgpt.tl.embed`).
-
-        Parameters
-        ----------
-        adata
-            Cells to embed (raw counts); default: the bound AnnData.
-        layer
-            Layer with raw counts; ``None`` uses ``adata.X``.
-        gene_key
-            ``var`` column with gene names; ``None`` uses ``var_names``.
-        use_aliases
-            Also match genes by Ensembl id, previous symbol or alias (``False``: exact names, as the official code).
-        batch_key
-            ``obs`` column with batches (only for models conditioned on batches).
-        max_length
-            Tokens per cell including ``<cls>`` (official default 1200).
-        batch_size
-            Cells per forward pass (results do not depend on it).
-        seed
-            Seed of the binning tie-break and of gene sampling above ``max_length``.
-        device
-            ``"cuda"``, ``"mps"``, ``"cpu"``; ``None`` picks the best available.
-        dtype
-            ``None``/``"float32"`` (matches the official numbers), ``"bfloat16"`` (faster, cosine ≥ 0.999),
-            ``"float16"`` (GPU).
-        progress
-            Show a progress bar (default: ``scgpt.settings.progress``).
-        """
-        from ..tl._embed import compute_embeddings
-
-        adata = self._resolve_adata(adata)
-        return compute_embeddings(
-            self,
-            adata,
-            layer=layer,
-            gene_key=gene_key,
-            batch_key=batch_key,
-            max_length=max_length,
-            batch_size=batch_size,
-            seed=seed,
-            device=device,
-            dtype=dtype,
-            progress=progress,
-            use_aliases=use_aliases,
-        ).embeddings
-
-    def _resolve_adata(self, adata: AnnData | None) -> AnnData:
-        if adata is None:
-            adata = self.adata
-        if adata is None:
-            raise ValueError("Pass `adata` (no AnnData is bound to this model).")
-        return adata

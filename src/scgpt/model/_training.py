@@ -1,21 +1,23 @@
-"""Data setup and training for :class:`~scgpt.model.ScGPT` (scvi-tools style: ``setup_anndata`` + ``train``)."""
+"""Data setup, training and fine-tuning for :class:`~scgpt.model.ScGPT`.
+
+scvi-tools style (``setup_anndata`` + ``train``), and ``finetune(task, ...)`` through the task registry.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import logging
 import os
-import tempfile
-import warnings
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 
 from .._anndata import check_adata
-from .._logging import logger
+from .._logging import logger, warn
 from .._settings import settings
+from ..data._genes import gene_names
+from ..data._splits import random_split, stratified_split
+from ._tasks import Task, get_task, resolve_recipe
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -24,20 +26,70 @@ if TYPE_CHECKING:
     from ..train import Recipe, ScGPTDataModule
 
 SETUP_KEY = "_scgpt_setup"
+_MISSING_STRINGS = ("nan", "none", "")
 
 
-def _split(n: int, train_size: float, validation_size: float | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    if not 0 < train_size <= 1:
-        raise ValueError(f"train_size must be in (0, 1], got {train_size}.")
-    val = 1 - train_size if validation_size is None else validation_size
-    perm = np.random.default_rng(seed).permutation(n)
-    n_train = int(round(n * train_size))
-    n_val = min(n - n_train, int(round(n * val)))
-    return np.sort(perm[:n_train]), np.sort(perm[n_train : n_train + n_val])
+def _obs_column(adata: AnnData, key: str, what: str) -> pd.Series:
+    if key not in adata.obs:
+        raise KeyError(f"{what}={key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)}).")
+    return adata.obs[key]
+
+
+def _missing(values: pd.Series) -> np.ndarray:
+    """Cells whose value is missing: NaN/None, or the strings "nan"/"None"/"" that a cast to ``str`` leaves behind."""
+    text = values.astype(str).str.strip().str.lower()
+    return values.isna().to_numpy() | text.isin(_MISSING_STRINGS).to_numpy()
+
+
+def _categorical(values: pd.Series) -> pd.Categorical:
+    """String categories of a column: a categorical keeps its order (unused categories dropped), else sorted."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        values = values.cat.remove_unused_categories()
+        order = [str(c) for c in values.cat.categories]
+        return pd.Categorical(values.astype(str), categories=order)
+    return pd.Categorical(values.astype(str))
+
+
+def label_codes(adata: AnnData, labels_key: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``(keep, codes, categories)`` of a label column: unlabelled cells are left out with a warning.
+
+    Raises when no cell or a single cell type is labelled; warns for cell types with a single cell.
+    """
+    values = _obs_column(adata, labels_key, "labels_key")
+    missing = _missing(values)
+    if missing.all():
+        raise ValueError(f"obs[{labels_key!r}] holds no labels (all missing).")
+    if missing.any():
+        first = adata.obs_names[np.flatnonzero(missing)[0]]
+        warn(f"{int(missing.sum())} cells have no label in {labels_key!r} (first: {first!r}); they are left out.")
+    cats = _categorical(values[~missing])
+    if len(cats.categories) < 2:
+        raise ValueError(
+            f"obs[{labels_key!r}] has a single cell type ({cats.categories[0]!r}); a classifier needs two."
+        )
+    counts = pd.Series(cats).value_counts()
+    rare = counts[counts < 2]
+    if len(rare):
+        warn(f"{len(rare)} cell types have a single cell ({list(rare.index[:5])}); they are kept.")
+    return ~missing, np.asarray(cats.codes, dtype=np.int64), [str(c) for c in cats.categories]
+
+
+def batch_codes(adata: AnnData, batch_key: str) -> tuple[np.ndarray, list[str]]:
+    """``(codes, categories)`` of a batch column; missing batches are an error naming the first cell."""
+    values = _obs_column(adata, batch_key, "batch_key")
+    missing = _missing(values)
+    if missing.any():
+        first = adata.obs_names[np.flatnonzero(missing)[0]]
+        raise ValueError(
+            f"obs[{batch_key!r}] has {int(missing.sum())} cells without a batch (first: {first!r}); give every cell a "
+            "batch or drop those cells."
+        )
+    cats = _categorical(values)
+    return np.asarray(cats.codes, dtype=np.int64), list(cats.categories)
 
 
 class TrainingMixin:
-    """``setup_anndata``, ``view_anndata_setup``, ``adapt`` and ``train`` for :class:`~scgpt.model.ScGPT`."""
+    """``setup_anndata``, ``adapt``, ``train``, ``finetune`` and ``make_datamodule`` for :class:`~scgpt.model.ScGPT`."""
 
     _managers: dict[str, Any] = {}
 
@@ -52,11 +104,12 @@ class TrainingMixin:
         labels_key: str | None = None,
         gene_key: str | None = None,
     ) -> None:
-        """Register the fields of an AnnData for training and inference.
+        """Register the fields of an AnnData for :meth:`train`.
 
         Uses scvi-tools' :class:`~scvi.data.AnnDataManager` (count layer, categorical batch and
         label fields). The model's gene identity is its vocabulary: genes are matched to it by name
         (``var_names`` or ``var[gene_key]``, plus Ensembl ids and old symbols), not by position.
+        :meth:`finetune` needs no setup.
 
         Parameters
         ----------
@@ -78,21 +131,16 @@ class TrainingMixin:
         """
         from scvi.data import AnnDataManager, fields
 
-        from ..pp._genes import gene_names
-
         check_adata(adata, fn="setup_anndata")
         gene_names(adata, gene_key)  # clear errors for missing keys / duplicated names
         for key, what in ((batch_key, "batch_key"), (labels_key, "labels_key")):
-            if key is None:
-                continue
-            if key not in adata.obs:
-                raise KeyError(f"{what}={key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)}).")
-            n_na = int(adata.obs[key].isna().sum())
-            if n_na:
-                raise ValueError(
-                    f"adata.obs[{key!r}] has {n_na} missing values; drop or fill those cells before setup_anndata "
-                    "(scgpt.tl.annotate drops unlabelled reference cells itself)."
-                )
+            if key is not None:
+                n_na = int(_missing(_obs_column(adata, key, what)).sum())
+                if n_na:
+                    raise ValueError(
+                        f"adata.obs[{key!r}] has {n_na} missing values; drop or fill those cells before setup_anndata "
+                        "(model.finetune leaves unlabelled cells out itself)."
+                    )
         setup_args = {"layer": layer, "batch_key": batch_key, "labels_key": labels_key, "gene_key": gene_key}
         manager = AnnDataManager(
             fields=[
@@ -116,13 +164,6 @@ class TrainingMixin:
     def view_anndata_setup(self, adata: AnnData | None = None) -> None:
         """Print the registered fields and categories of an AnnData (default: the bound one)."""
         self._manager(self._resolve_adata(adata)).view_registry()
-
-    @staticmethod
-    def _categories(manager, key: str) -> list[str] | None:
-        setup = manager.registry["setup_args"]
-        if setup.get(f"{key}_key" if key == "batch" else "labels_key") is None:
-            return None
-        return [str(c) for c in manager.get_state_registry(key)["categorical_mapping"]]
 
     # ------------------------------------------------------------------ architecture changes
     def adapt(self, **config_changes: Any):
@@ -168,7 +209,7 @@ class TrainingMixin:
         lr: float = 1e-4,
         weight_decay: float = 0.0,
         eps: float = 1e-8,
-        schedule: str = "cosine",
+        schedule: str | None = None,
         warmup_steps: int = 0,
         step_gamma: float = 0.9,
         max_length: int | None = None,
@@ -193,15 +234,16 @@ class TrainingMixin:
         datamodule: Any = None,
         **trainer_kwargs: Any,
     ):
-        """Pretrain or fine-tune with PyTorch Lightning.
+        """Pretrain or fine-tune in place with PyTorch Lightning.
 
         Parameters
         ----------
         adata
             AnnData set up with :meth:`setup_anndata` (default: the bound one). Ignored with ``datamodule``.
         recipe
-            Objectives: ``"pretrain"`` (official generative pretraining), ``"pretrain-masked"``,
-            ``"annotation"``, ``"integration"``, or a :class:`~scgpt.train.Recipe`.
+            A task of :data:`scgpt.model.TASKS` (``"pretrain"``, the official generative pretraining;
+            ``"pretrain-masked"``; ``"annotation"``; ``"integration"``), whose objectives are trained, or a
+            :class:`~scgpt.train.Recipe`. The network must already have the task's heads (see :meth:`finetune`).
         max_epochs, max_steps
             Length of training (default: 10 epochs when neither is given).
         batch_size
@@ -210,7 +252,8 @@ class TrainingMixin:
         lr, weight_decay, eps
             Adam(W) settings.
         schedule, warmup_steps, step_gamma
-            Learning-rate schedule (see :class:`~scgpt.train.ScGPTTrainingPlan`).
+            Learning-rate schedule (see :class:`~scgpt.train.ScGPTTrainingPlan`); ``schedule=None`` takes the
+            task's (``"cosine"`` for a :class:`~scgpt.train.Recipe`).
         max_length, mask_ratio
             Override the recipe's tokens per cell and hidden fraction.
         train_size, validation_size
@@ -239,25 +282,22 @@ class TrainingMixin:
         progress
             Show progress bars (default: ``scgpt.settings.progress``).
         datamodule
-            A ready :class:`~scgpt.train.ScGPTDataModule` (e.g. over an :class:`~scgpt.data.H5adCollection`).
+            A ready :class:`~scgpt.train.ScGPTDataModule` (e.g. from :meth:`make_datamodule` over an
+            :class:`~scgpt.data.H5adCollection`).
         **trainer_kwargs
             Passed to :class:`lightning.pytorch.Trainer`.
 
         Returns
         -------
-        ``self``, trained in place; ``history_`` holds the per-epoch losses.
+        ``self``, trained in place; ``history_`` holds the per-epoch losses and ``trainer_`` the Trainer.
         """
-        import lightning.pytorch as pl
-        from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-        from lightning.pytorch.loggers import CSVLogger
+        from ..train import ScGPTTrainingPlan, TrainRunner, check_recipe
 
-        from ..train import ScGPTTrainingPlan, check_recipe, get_recipe
-
-        rec = get_recipe(recipe)
+        rec, task = resolve_recipe(recipe)
         changes = {k: v for k, v in (("max_length", max_length), ("mask_ratio", mask_ratio)) if v is not None}
         if changes:
             rec = rec.replace(**changes)
-        check_recipe(self.net, rec)
+        check_recipe(self.config, rec)
         if max_epochs is None and max_steps == -1:
             max_epochs = 10
         if datamodule is None:
@@ -271,24 +311,14 @@ class TrainingMixin:
             lr=lr,
             weight_decay=weight_decay,
             eps=eps,
-            schedule=schedule,
+            schedule=schedule or (task.schedule if task is not None else "cosine"),
             warmup_steps=warmup_steps,
             step_gamma=step_gamma,
             seed=seed,
         )
-        ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else Path(tempfile.mkdtemp(prefix="scgpt_train_"))
-        callbacks: list = [_HistoryCallback(), *trainer_kwargs.pop("callbacks", [])]
-        ckpt_kwargs = {"every_n_train_steps": checkpoint_every_n_steps} if checkpoint_every_n_steps else {}
-        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, **ckpt_kwargs))
-        has_val = datamodule.val_indices is not None
-        if early_stopping:
-            if not has_val:
-                raise ValueError("early_stopping needs validation cells (train_size < 1).")
-            callbacks.append(EarlyStopping(monitor="val_loss", patience=early_stopping_patience, mode="min"))
-        show = settings.progress if progress is None else progress
-        quiet = _quiet_lightning()
-        quiet.__enter__()
-        trainer = pl.Trainer(
+        runner = TrainRunner(
+            plan,
+            datamodule,
             max_epochs=max_epochs,
             max_steps=max_steps,
             accelerator=accelerator,
@@ -298,42 +328,160 @@ class TrainingMixin:
             precision=precision,
             accumulate_grad_batches=accumulate_grad_batches,
             gradient_clip_val=gradient_clip_val,
-            callbacks=callbacks,
-            logger=CSVLogger(ckpt_dir, name="logs"),
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every_n_steps=checkpoint_every_n_steps,
+            early_stopping=early_stopping,
+            early_stopping_patience=early_stopping_patience,
             log_every_n_steps=log_every_n_steps,
-            enable_progress_bar=show,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            limit_val_batches=1.0 if has_val else 0,
-            default_root_dir=ckpt_dir,
+            progress=settings.progress if progress is None else progress,
             **trainer_kwargs,
         )
-        ckpt_path = None
-        if resume:
-            ckpt_path = Path(resume) if not isinstance(resume, bool) else ckpt_dir / "last.ckpt"
-            if not ckpt_path.is_file():
-                if not isinstance(resume, bool):
-                    raise FileNotFoundError(f"No checkpoint at {ckpt_path}.")
-                ckpt_path = None
         self.net.train()
         try:
-            with warnings.catch_warnings():
-                for message in (
-                    ".*does not have many workers.*",
-                    ".*overridden `transfer_batch_to_device`.*",
-                    ".*LeafSpec.*",
-                    ".*limit_val_batches.*",
-                ):
-                    warnings.filterwarnings("ignore", message=message)
-                trainer.fit(plan, datamodule=datamodule, ckpt_path=ckpt_path)
+            self.trainer_ = runner(resume=resume)
         finally:
-            quiet.__exit__(None, None, None)
             self.net.eval()
-        self.history_ = callbacks[0].history
+        self.history_ = runner.history.history
         self.is_trained_ = True
         self.registry_["last_recipe"] = rec.to_dict()
-        self.trainer_ = trainer
         return self
+
+    def finetune(
+        self,
+        task: str | Task,
+        adata: AnnData,
+        *,
+        labels_key: str | None = None,
+        batch_key: str | None = None,
+        layer: str | None = None,
+        gene_key: str | None = None,
+        use_aliases: bool = True,
+        max_epochs: int | None = None,
+        batch_size: int | None = None,
+        lr: float | None = None,
+        max_length: int | None = None,
+        validation_size: float | None = None,
+        early_stopping: bool | None = None,
+        freeze_layers: int = 0,
+        seed: int = 0,
+        **train_kwargs: Any,
+    ):
+        """A copy of the model fine-tuned for a task of :data:`scgpt.model.TASKS` (this model is not modified).
+
+        The task adds its heads (e.g. a classifier over the ``labels_key`` categories, batch conditioning
+        over the ``batch_key`` batches), then trains its official objectives with the official settings,
+        which the arguments below override.
+
+        Parameters
+        ----------
+        task
+            ``"annotation"``, ``"integration"`` (or ``"pretrain"``/``"pretrain-masked"`` to continue
+            pretraining), or a :class:`~scgpt.model.Task`.
+        adata
+            Cells x genes with raw counts; need not be set up.
+        labels_key
+            ``obs`` column with cell types (``"annotation"``). Unlabelled cells are left out with a warning.
+        batch_key
+            ``obs`` column with batches (``"integration"``).
+        layer
+            Layer with raw counts; ``None`` uses ``adata.X``.
+        gene_key
+            ``var`` column with gene names; ``None`` uses ``var_names``.
+        use_aliases
+            Also match genes by Ensembl id, previous symbol or alias.
+        max_epochs, batch_size, lr, max_length
+            Training settings; ``None`` takes the task's (annotation: 10 epochs, batch 32, lr 1e-4, 3001 tokens).
+        validation_size
+            Share of cells held out for validation (stratified by label when there are labels).
+        early_stopping
+            Stop when the validation loss stops improving (annotation: yes).
+        freeze_layers
+            Keep the gene/value encoders and the first ``freeze_layers`` transformer layers fixed (0: train all).
+        seed
+            Seed of the new heads' initialisation, the split, the order and the masks.
+        **train_kwargs
+            Passed to :meth:`train` (``schedule``, ``accelerator``, ``devices``, ``checkpoint_dir``, ...).
+
+        Returns
+        -------
+        The fine-tuned model. Its ``registry_`` records the task, the keys and the categories in output
+        order (``label_categories``, ``batch_categories``).
+
+        Examples
+        --------
+        >>> clf = model.finetune("annotation", reference, labels_key="cell_type")  # doctest: +SKIP
+        >>> scgpt.tl.annotate(query, clf)  # doctest: +SKIP
+        """
+        import torch
+
+        from ..data import AnnDataSource
+
+        t = get_task(task)
+        check_adata(adata, fn=f"finetune({t.name!r})")
+        keys = {"labels_key": labels_key, "batch_key": batch_key}
+        missing = [k for k in t.requires if keys[k] is None]
+        if missing:
+            raise ValueError(f"finetune({t.name!r}) needs {', '.join(f'{k}=' for k in missing)} (an obs column).")
+        unused = [k for k, v in keys.items() if v is not None and k not in t.requires]
+        if unused:
+            warn(f"finetune({t.name!r}) does not use {', '.join(unused)}; ignored.")
+        keep = np.ones(adata.n_obs, dtype=bool)
+        obs: dict[str, np.ndarray] = {}
+        categories: dict[str, list[str]] = {}
+        if "labels_key" in t.requires:
+            keep, obs["labels"], categories["labels"] = label_codes(adata, labels_key)
+        cells = adata if keep.all() else adata[keep]
+        if "batch_key" in t.requires:
+            obs["batch_labels"], categories["batches"] = batch_codes(cells, batch_key)
+
+        torch.manual_seed(seed)
+        new = self.adapt(**t.heads(self.config, categories))
+        n_layers = new.config.n_layers
+        if not 0 <= freeze_layers <= n_layers:
+            raise ValueError(f"freeze_layers must be between 0 and {n_layers}, got {freeze_layers}.")
+        frozen = [new.net.encoder, new.net.value_encoder, *new.net.transformer_encoder.layers[:freeze_layers]]
+        for module in frozen if freeze_layers else []:
+            module.requires_grad_(False)
+
+        defaults = t.defaults
+        recipe = t.recipe if max_length is None else t.recipe.replace(max_length=max_length)
+        stop = defaults.get("early_stopping", False) if early_stopping is None else early_stopping
+        if validation_size is None:  # by default, cells are held out only to stop early
+            validation_size = defaults.get("validation_size", 0.1) if stop else 0.0
+        if "labels" in obs:
+            split = stratified_split(obs["labels"], validation_size, seed=seed)
+        else:
+            split = random_split(cells.n_obs, 1 - validation_size, validation_size, seed=seed)
+        source = AnnDataSource.matched(
+            cells, new.vocab, gene_key=gene_key, layer=layer, use_aliases=use_aliases, fn=f"finetune({t.name!r})"
+        )
+        size = defaults.get("batch_size", 32) if batch_size is None else batch_size
+        dm = new.make_datamodule(source, recipe, batch_size=size, seed=seed, obs=obs, split=split)
+        new.registry_["task"] = t.name
+        if "labels" in categories:
+            new.registry_.update(label_categories=categories["labels"], labels_key=labels_key)
+        if "batches" in categories:
+            new.registry_.update(batch_categories=categories["batches"], batch_key=batch_key)
+        logger.info(
+            f"fine-tuning for {t.name!r} on {len(split[0])} cells ({len(split[1])} for validation)"
+            + "".join(f", {len(v)} {k}" for k, v in categories.items())
+        )
+        train_kwargs.setdefault("eps", defaults.get("eps", 1e-8))
+        train_kwargs.setdefault("schedule", t.schedule)
+        try:
+            new.train(
+                datamodule=dm,
+                recipe=recipe,
+                max_epochs=defaults.get("max_epochs", 10) if max_epochs is None else max_epochs,
+                lr=defaults.get("lr", 1e-4) if lr is None else lr,
+                seed=seed,
+                early_stopping=stop and len(split[1]) > 0,
+                **train_kwargs,
+            )
+        finally:
+            for p in new.net.parameters():
+                p.requires_grad_(True)
+        return new
 
     def make_datamodule(
         self,
@@ -350,15 +498,15 @@ class TrainingMixin:
     ) -> ScGPTDataModule:
         """A data module over any cell source, tokenised as this model and ``recipe`` need.
 
-        Use it for data that do not fit in memory (``source`` an :class:`~scgpt.data.H5adCollection`)
-        and pass the result to :meth:`train` as ``datamodule=``.
+        Use it for data that do not fit in memory (``source`` an :class:`~scgpt.data.H5adCollection`
+        or :class:`~scgpt.data.SomaSource`) and pass the result to :meth:`train` as ``datamodule=``.
 
         Parameters
         ----------
         source
             Cells in the model's vocabulary space.
         recipe
-            Training recipe (tokenisation: masking, ``<cls>`` value, zero genes, length).
+            Task name or :class:`~scgpt.train.Recipe` (tokenisation: masking, ``<cls>`` value, zero genes, length).
         batch_size
             Cells per minibatch per process.
         train_size, validation_size
@@ -373,9 +521,9 @@ class TrainingMixin:
             ``(train_indices, validation_indices)`` to use instead of a random split.
         """
         from ..data._collate import Collator
-        from ..train import ScGPTDataModule, get_recipe
+        from ..train import ScGPTDataModule
 
-        rec = get_recipe(recipe)
+        rec, _ = resolve_recipe(recipe)
         c = self.config
         present = np.full(len(self.vocab), -1, dtype=np.int64)
         present[source.present_tokens()] = source.present_tokens()
@@ -390,16 +538,18 @@ class TrainingMixin:
             max_length=rec.max_length,
             n_bins=int(self.args_.get("n_bins", 51)),
             include_zero_genes=rec.include_zero_genes,
-            objective=rec.objective,
+            masking=rec.masking,
             mask_ratio=rec.mask_ratio,
             seed=seed,
         )
-        train_idx, val_idx = split if split is not None else _split(source.n_obs, train_size, validation_size, seed)
+        if split is None:
+            split = random_split(source.n_obs, train_size, validation_size, seed=seed)
         return ScGPTDataModule(
-            source, collator, train_idx, val_idx, batch_size=batch_size, seed=seed, obs=obs, chunk_size=chunk_size
+            source, collator, split[0], split[1], batch_size=batch_size, seed=seed, obs=obs, chunk_size=chunk_size
         )
 
     def _datamodule(self, adata: AnnData, recipe: Recipe, *, batch_size, train_size, validation_size, seed):
+        """The data module of an AnnData set up with :meth:`setup_anndata`."""
         from ..data import AnnDataSource
 
         manager = self._manager(adata)
@@ -409,23 +559,23 @@ class TrainingMixin:
         )
         obs: dict[str, np.ndarray] = {}
         c = self.config
-        batches = self._categories(manager, "batch")
+        batches = _categories(manager, "batch")
         if batches is not None:
             obs["batch_labels"] = _registered_codes(manager, adata, "batch")
             self.registry_["batch_categories"] = batches
             if c.n_batch_labels is not None and len(batches) > c.n_batch_labels:
                 raise ValueError(
                     f"The data have {len(batches)} batches but the model knows {c.n_batch_labels}; "
-                    f"use model.adapt(n_batch_labels={len(batches)})."
+                    f"use model.finetune('integration', ...) or model.adapt(n_batch_labels={len(batches)})."
                 )
-        labels = self._categories(manager, "labels")
+        labels = _categories(manager, "labels")
         if labels is not None:
             obs["labels"] = _registered_codes(manager, adata, "labels")
             self.registry_["label_categories"] = labels
-            if recipe.cls and c.n_cls != len(labels):
+            if recipe.active.get("cls") and c.n_cls != len(labels):
                 raise ValueError(
                     f"The data have {len(labels)} labels but the classification head has {c.n_cls} "
-                    f"outputs; use model.adapt(n_cls={len(labels)})."
+                    f"outputs; use model.finetune('annotation', ...) or model.adapt(n_cls={len(labels)})."
                 )
         return self.make_datamodule(
             source,
@@ -438,45 +588,11 @@ class TrainingMixin:
         )
 
 
-@contextlib.contextmanager
-def _quiet_lightning():
-    """Keep Lightning's INFO chatter (device summary, tips) out of notebooks; warnings still show."""
-    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
-
-
-def _history_callback():
-    import lightning.pytorch as pl
-
-    class HistoryCallback(pl.Callback):
-        def __init__(self) -> None:
-            self.history: dict[str, list[float]] = {}
-
-        def _record(self, trainer, prefix: str) -> None:
-            for name, value in trainer.callback_metrics.items():
-                # train metrics are logged per step and per epoch ("*_epoch"); val metrics per epoch only
-                if name.startswith(prefix) and (prefix == "val_" or name.endswith("_epoch")):
-                    self.history.setdefault(name.removesuffix("_epoch"), []).append(float(value))
-
-        def on_train_epoch_end(self, trainer, pl_module) -> None:
-            self._record(trainer, "train_")
-
-        def on_validation_epoch_end(self, trainer, pl_module) -> None:
-            if not trainer.sanity_checking:
-                self._record(trainer, "val_")
-
-    return HistoryCallback()
-
-
-_HistoryCallback = _history_callback
-__all__ = ["SETUP_KEY", "TrainingMixin"]
+def _categories(manager, key: str) -> list[str] | None:
+    setup = manager.registry["setup_args"]
+    if setup.get(f"{key}_key" if key == "batch" else "labels_key") is None:
+        return None
+    return [str(c) for c in manager.get_state_registry(key)["categorical_mapping"]]
 
 
 def _registered_codes(manager, adata: AnnData, key: str) -> np.ndarray:

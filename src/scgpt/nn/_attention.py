@@ -77,14 +77,26 @@ class SelfAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)  # (B, h, Lq, d/h)
         return self.out_proj(out.transpose(1, 2).reshape(B, q.shape[2], self.d_model))
 
-    def attention_scores(self, x: Tensor, attn_mask: Tensor | None = None, *, softmax: bool = True) -> Tensor:
-        """Attention weights ``(B, h, L, L)``, computed explicitly (the readable reference path).
+    def attention_scores(
+        self,
+        x: Tensor,
+        attn_mask: Tensor | None = None,
+        *,
+        softmax: bool = True,
+        queries: slice | None = None,
+    ) -> Tensor:
+        """Attention weights ``(B, h, Lq, L)``, computed explicitly (the readable reference path).
 
         With ``softmax=False`` the raw ``q @ k.T`` products are returned, unscaled and unmasked, as
-        the official attention-GRN tutorial uses them.
+        the official attention-GRN tutorial uses them. ``queries`` restricts the rows to some query
+        positions (``Lq`` of them), so a long cell's map can be computed in chunks of bounded memory.
         """
-        q, k, _ = self.qkv(x)
-        scores = q @ k.transpose(-2, -1)
+        q, k, _ = self.qkv(x)  # (B, h, L, d/h) each
+        if queries is not None:
+            q = q[:, :, queries]
+            if attn_mask is not None and attn_mask.shape[-2] != 1:
+                attn_mask = attn_mask[..., queries, :]
+        scores = q @ k.transpose(-2, -1)  # (B, h, Lq, L)
         if not softmax:
             return scores
         scores = scores / math.sqrt(q.shape[-1])

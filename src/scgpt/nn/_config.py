@@ -162,6 +162,11 @@ class ScGPTConfig:
             raise ValueError("Invalid ScGPTConfig: " + "; ".join(problems))
 
     @property
+    def batch_conditioned(self) -> bool:
+        """Whether the network reads each cell's batch label (batch encoder or domain-specific BatchNorm)."""
+        return self.use_batch_labels or self.batch_norm == "dsbn"
+
+    @property
     def conditioned(self) -> bool:
         """Whether decoders get a batch and/or modality embedding joined to their input."""
         return self.use_batch_labels or bool(self.n_modalities)

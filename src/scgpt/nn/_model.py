@@ -16,6 +16,7 @@ Data flow for a minibatch of ``B`` cells, ``L`` tokens each::
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -239,6 +240,54 @@ class ScGPTNet(nn.Module):
         x, _, _, mask = self._transformer_input(genes, values, padding_mask, batch_labels, mod_types, pert_flags)
         return self.transformer_encoder(x, mask, last_queries=1)[:, 0]
 
+    def attention(
+        self,
+        genes: Tensor,
+        values: Tensor,
+        padding_mask: Tensor | None = None,
+        *,
+        layers: Sequence[int],
+        softmax: bool = True,
+        query_chunk: int | None = None,
+        batch_labels: Tensor | None = None,
+        mod_types: Tensor | None = None,
+        pert_flags: Tensor | None = None,
+    ) -> Iterator[tuple[int, slice, Tensor]]:
+        """Attention weights of chosen layers, computed explicitly (SDPA returns none).
+
+        Runs the encoder up to the last layer asked for and yields ``(layer, queries, weights)``
+        with ``weights`` of shape ``(B, h, Lq, L)``: row = query position, column = key position,
+        for the query positions ``queries`` (chunks of ``query_chunk`` rows, or all at once).
+        Pre-norm layers attend over the normalised stream, as in :class:`TransformerLayer`.
+
+        Parameters
+        ----------
+        genes, values, padding_mask, batch_labels, mod_types, pert_flags
+            As :meth:`encode`.
+        layers
+            Layer indices (negative counts from the end), e.g. ``[-1]`` for the last.
+        softmax
+            ``False``: the raw ``q @ k.T`` products (unscaled, unmasked), as the official attention-GRN tutorial.
+        query_chunk
+            Rows per yielded block, bounding memory at ``B * h * query_chunk * L`` values.
+        """
+        n = self.config.n_layers
+        wanted = sorted({i % n for i in layers})
+        bad = [i for i in layers if not -n <= i < n]
+        if bad:
+            raise IndexError(f"Layer indices {bad} are out of range for a model with {n} layers (use 0 … {n - 1}).")
+        x, _, _, mask = self._transformer_input(genes, values, padding_mask, batch_labels, mod_types, pert_flags)
+        L = x.shape[1]
+        step = L if query_chunk is None else max(1, query_chunk)
+        for i, layer in enumerate(self.transformer_encoder.layers[: wanted[-1] + 1]):
+            if i in wanted:
+                attended = layer.norm1(x) if layer.pre_norm else x
+                for s in range(0, L, step):
+                    rows = slice(s, min(s + step, L))
+                    yield i, rows, layer.self_attn.attention_scores(attended, mask, softmax=softmax, queries=rows)
+            if i < wanted[-1]:
+                x = layer(x, mask)
+
     def pool(self, hidden: Tensor, values: Tensor, padding_mask: Tensor | None) -> Tensor:
         """Cell embedding ``(B, d)`` from token states, by ``config.cell_emb_style``.
 
@@ -272,7 +321,7 @@ class ScGPTNet(nn.Module):
 
     def _check_conditions(self, genes: Tensor, batch_labels: Tensor | None, mod_types: Tensor | None) -> None:
         c = self.config
-        needs_batch = c.use_batch_labels or c.batch_norm == "dsbn"
+        needs_batch = c.batch_conditioned
         if needs_batch and batch_labels is None:
             raise ValueError("This model is conditioned on batch labels: pass `batch_labels` (B,).")
         if not needs_batch and batch_labels is not None:

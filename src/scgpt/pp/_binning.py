@@ -8,16 +8,18 @@ from typing import TYPE_CHECKING
 import numpy as np
 import scipy.sparse as sp
 
-from .._anndata import actual_if_view, check_adata, check_values, iter_row_chunks
-from .._logging import log_added, logger
+from .._anndata import actual_if_view, check_adata, check_values, iter_row_chunks, record
+from .._docs import doc_params
+from .._logging import logger
 from ..data._binning import bin_csr
+from ..data._genes import gene_names
 from ..data._random import cell_keys, gene_keys
-from ._genes import gene_names
 
 if TYPE_CHECKING:
     from anndata import AnnData
 
 
+@doc_params()
 def bin_values(
     adata: AnnData,
     *,
@@ -57,8 +59,7 @@ def bin_values(
         Seed of the tie-break.
     chunk_size
         Cells processed at a time (does not change the result).
-    copy
-        Return a modified copy instead of writing to ``adata``.
+    {copy}
 
     Returns
     -------
@@ -91,6 +92,6 @@ def bin_values(
     if n_empty:
         logger.warning(f"    {n_empty} cells have no nonzero value; their bins are all 0")
     adata.layers[key_added] = sp.vstack(blocks, format="csr") if len(blocks) > 1 else blocks[0]
-    adata.uns[key_added] = {"params": {"n_bins": n_bins, "layer": layer, "gene_key": gene_key, "seed": seed}}
-    log_added(start, "", [f"'{key_added}', bins (adata.layers)", f"'{key_added}', parameters (adata.uns)"])
+    params = {"n_bins": n_bins, "layer": layer, "gene_key": gene_key, "seed": seed}
+    record(adata, key_added, params, start=start, added=[f"'{key_added}', bins (adata.layers)"])
     return adata if copy else None

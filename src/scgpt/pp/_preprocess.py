@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import numbers
 import time
-import warnings
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import scipy.sparse as sp
 
-from .._anndata import actual_if_view, check_adata, get_matrix
-from .._logging import log_added, logger
+from .._anndata import actual_if_view, check_adata, get_matrix, record
+from .._docs import doc_params
+from .._logging import logger, warn
 from ._binning import bin_values
 
 if TYPE_CHECKING:
     from anndata import AnnData
+
+
+_HVG_FLAVORS = ("seurat_v3", "seurat_v3_paper", "cell_ranger", "seurat")
 
 
 def highly_variable_genes(
@@ -25,6 +29,7 @@ def highly_variable_genes(
     layer: str | None = None,
     batch_key: str | None = None,
     subset: bool = False,
+    key_added: str = "hvg",
     **kwargs,
 ) -> None:
     """Highly variable genes with the scGPT tutorials' defaults: ``seurat_v3`` on raw counts.
@@ -47,31 +52,57 @@ def highly_variable_genes(
         ``obs`` column with batches (genes are ranked within each batch).
     subset
         Subset ``adata`` to the selected genes.
+    key_added
+        ``uns`` entry recording the parameters (scanpy's own ``uns['hvg']`` by default).
     **kwargs
         Passed to :func:`scanpy.pp.highly_variable_genes`.
 
     Returns
     -------
     ``None``. Sets ``adata.var['highly_variable']`` and the other columns scanpy writes
-    (and subsets ``adata`` when ``subset=True``).
+    (and subsets ``adata`` when ``subset=True``), and ``adata.uns[key_added]['params']``.
     """
     import scanpy as sc
 
+    start = time.perf_counter()
     check_adata(adata, fn="highly_variable_genes")
+    if flavor not in _HVG_FLAVORS:
+        raise ValueError(f"flavor must be one of {list(_HVG_FLAVORS)}, got {flavor!r}.")
+    if n_top_genes < 1:
+        raise ValueError(f"n_top_genes must be positive, got {n_top_genes}.")
     get_matrix(adata, layer)  # clear error for a missing layer
+    if batch_key is not None and batch_key not in adata.obs:
+        raise KeyError(f"batch_key={batch_key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)}).")
     n_top_genes = min(n_top_genes, adata.n_vars)
+    logger.info(f"selecting {n_top_genes} highly variable genes ({flavor})")
     sc.pp.highly_variable_genes(
         adata, n_top_genes=n_top_genes, flavor=flavor, layer=layer, batch_key=batch_key, subset=subset, **kwargs
     )
+    params = {"n_top_genes": n_top_genes, "flavor": flavor, "layer": layer, "batch_key": batch_key, "subset": subset}
+    scanpy_entry = dict(adata.uns.get(key_added, {})) if key_added == "hvg" else {}
+    added = ["'highly_variable', 'means', 'variances', ... (adata.var)"]
+    record(adata, key_added, {**params, **kwargs}, start=start, added=added, **scanpy_entry)
 
 
+def _min_counts(value: int | bool | None, name: str) -> int:
+    """A count filter's threshold: ``True`` means 1; ``None``/``False``/0 means no filter (0)."""
+    if value is None or value is False:
+        return 0
+    if value is True:
+        return 1
+    if not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, True, False or None; got {value!r}.")
+    return int(value)
+
+
+@doc_params()
 def preprocess(
     adata: AnnData,
     *,
     layer: str | None = None,
-    filter_gene_by_counts: int | bool = False,
-    filter_cell_by_counts: int | bool = False,
-    normalize_total: float | bool | None = 1e4,
+    filter_gene_by_counts: int | bool | None = None,
+    filter_cell_by_counts: int | bool | None = None,
+    normalize_total: float | Literal["median"] | None = 1e4,
     result_normed_key: str = "X_normed",
     log1p: bool = False,
     result_log1p_key: str = "X_log1p",
@@ -83,6 +114,7 @@ def preprocess(
     batch_key: str | None = None,
     seed: int = 0,
     overwrite_X: bool = False,
+    key_added: str = "scgpt_preprocess",
     copy: bool = False,
 ) -> AnnData | None:
     """The official scGPT ``Preprocessor``: filter, normalise, log1p, select HVGs, bin.
@@ -97,12 +129,15 @@ def preprocess(
     layer
         Layer holding the raw counts; ``None`` uses ``adata.X``.
     filter_gene_by_counts
-        Drop genes with fewer counts (``True`` means 1), :func:`scanpy.pp.filter_genes`.
+        Drop genes with fewer counts (``True`` means 1; ``None``, ``False`` or 0 keeps all),
+        :func:`scanpy.pp.filter_genes`.
     filter_cell_by_counts
-        Drop cells with fewer counts (only when > 0), :func:`scanpy.pp.filter_cells`.
+        Drop cells with fewer counts (``True`` means 1; ``None``, ``False`` or 0 keeps all),
+        :func:`scanpy.pp.filter_cells`.
     normalize_total
-        Target total per cell; ``True`` or an integer means the median total (as in the official
-        code), ``None``/``False`` skips normalisation.
+        Target total per cell (a number), ``"median"`` for the median total, ``None`` to skip. (The
+        official ``Preprocessor`` reads an integer or ``True`` as "median"; here a number is always the
+        target.)
     result_normed_key
         Layer for normalised values.
     log1p
@@ -126,13 +161,15 @@ def preprocess(
         Seed of the binning tie-break.
     overwrite_X
         Also put the last processed values in ``adata.X``.
-    copy
-        Return a modified copy instead of writing to ``adata``.
+    key_added
+        ``uns`` entry recording the parameters.
+    {copy}
 
     Returns
     -------
     ``None``, or a copy when ``copy=True``. Sets the layers named by the ``result_*_key``
-    arguments of the steps that ran (and ``var['highly_variable']``); may subset ``adata``.
+    arguments of the steps that ran (and ``var['highly_variable']``), and ``adata.uns[key_added]['params']``;
+    may subset ``adata``.
     """
     import scanpy as sc
 
@@ -142,25 +179,25 @@ def preprocess(
         adata = adata.copy()
     else:
         actual_if_view(adata, fn="preprocess")
+    number = isinstance(normalize_total, numbers.Real) and not isinstance(normalize_total, bool)
+    if not (normalize_total is None or normalize_total == "median" or (number and normalize_total > 0)):
+        raise ValueError(f"normalize_total must be a positive number, 'median' or None; got {normalize_total!r}.")
+    min_gene_counts = _min_counts(filter_gene_by_counts, "filter_gene_by_counts")
+    min_cell_counts = _min_counts(filter_cell_by_counts, "filter_cell_by_counts")
     added = []
     counts_key = layer
-    if filter_gene_by_counts:  # on the counts (layer or X); official: True means 1
-        counts = get_matrix(adata, counts_key)
-        keep, _ = sc.pp.filter_genes(counts, min_counts=int(filter_gene_by_counts), inplace=False)
+    get_matrix(adata, counts_key)  # clear error for a missing layer
+    if min_gene_counts:  # on the counts (layer or X)
+        keep, _ = sc.pp.filter_genes(get_matrix(adata, counts_key), min_counts=min_gene_counts, inplace=False)
         adata._inplace_subset_var(keep)
-        logger.info(f"    kept {adata.n_vars} genes with >= {int(filter_gene_by_counts)} counts")
-    if (
-        isinstance(filter_cell_by_counts, int)
-        and not isinstance(filter_cell_by_counts, bool)
-        and filter_cell_by_counts > 0
-    ):
-        keep, _ = sc.pp.filter_cells(get_matrix(adata, counts_key), min_counts=filter_cell_by_counts, inplace=False)
+        logger.info(f"    kept {adata.n_vars} genes with >= {min_gene_counts} counts")
+    if min_cell_counts:
+        keep, _ = sc.pp.filter_cells(get_matrix(adata, counts_key), min_counts=min_cell_counts, inplace=False)
         adata._inplace_subset_obs(keep)
-        logger.info(f"    kept {adata.n_obs} cells with >= {filter_cell_by_counts} counts")
+        logger.info(f"    kept {adata.n_obs} cells with >= {min_cell_counts} counts")
     last = counts_key
-    if normalize_total is not None and normalize_total is not False:
-        target = float(normalize_total) if isinstance(normalize_total, float) else None  # official semantics
-        get_matrix(adata, counts_key)  # clear error for a missing layer
+    if normalize_total is not None:
+        target = None if normalize_total == "median" else float(normalize_total)
         adata.layers[result_normed_key] = sc.pp.normalize_total(
             adata, target_sum=target, layer=counts_key, inplace=False
         )["X"]
@@ -169,7 +206,7 @@ def preprocess(
     if log1p:
         src = get_matrix(adata, last)
         if _looks_logged(src):
-            warnings.warn("The data look already log-transformed; applying log1p again.", UserWarning, stacklevel=2)
+            warn("The data look already log-transformed; applying log1p again.")
         if sp.issparse(src):
             logged = src.copy()
             np.log1p(logged.data, out=logged.data)
@@ -190,7 +227,20 @@ def preprocess(
     if overwrite_X and last is not None:
         adata.X = adata.layers[last].copy()
         added.append("X, overwritten with the last processed values")
-    log_added(start, "", added)
+    params = {
+        "layer": layer,
+        "filter_gene_by_counts": min_gene_counts,
+        "filter_cell_by_counts": min_cell_counts,
+        "normalize_total": normalize_total,
+        "log1p": log1p,
+        "subset_hvg": subset_hvg,
+        "hvg_layer": hvg_layer,
+        "hvg_flavor": hvg_flavor,
+        "binning": binning,
+        "batch_key": batch_key,
+        "seed": seed,
+    }
+    record(adata, key_added, params, start=start, added=added)
     return adata if copy else None
 
 

@@ -1,20 +1,19 @@
-"""``scgpt.tl.annotate``: cell-type annotation by fine-tuning the classifier or by zero-shot reference mapping."""
+"""``scgpt.tl.annotate``: cell-type annotation by a fine-tuned classifier or by zero-shot reference mapping."""
 
 from __future__ import annotations
 
 import os
 import time
-import warnings
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
 
-from .._anndata import actual_if_view, check_adata
-from .._logging import log_added, logger
-from ..model import ScGPT
-from ._embed import compute_embeddings
-from ._models import resolve_model
+from .._anndata import actual_if_view, check_adata, record
+from .._docs import doc_params
+from .._logging import logger
+from ..model import CellRows, ScGPT, resolve_model, run_inference
+from ..model._training import label_codes
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -22,216 +21,11 @@ if TYPE_CHECKING:
 UNKNOWN = "unknown"
 
 
-# ---------------------------------------------------------------------------- reference labels
-def reference_labels(reference: AnnData, labels_key: str | None) -> tuple[AnnData, pd.Categorical]:
-    """The labelled cells of the reference and their labels, with clear errors and warnings."""
-    if reference is None:
-        raise ValueError("Pass `reference=`, an AnnData of labelled cells, and `labels_key=`, its label column.")
-    check_adata(reference, fn="annotate (reference)")
-    if labels_key is None:
-        raise ValueError("Pass `labels_key=`, the obs column of the reference holding cell-type labels.")
-    if labels_key not in reference.obs:
-        raise KeyError(
-            f"labels_key={labels_key!r} is not a column of reference.obs (columns: {list(reference.obs.columns)})."
-        )
-    labels = reference.obs[labels_key]
-    missing = labels.isna().to_numpy()
-    if missing.all():
-        raise ValueError(f"reference.obs[{labels_key!r}] holds no labels (all missing).")
-    if missing.any():
-        warnings.warn(
-            f"{int(missing.sum())} reference cells have no label in {labels_key!r}; they are left out.",
-            UserWarning,
-            stacklevel=3,
-        )
-        reference = reference[~missing]
-    cats = pd.Categorical(reference.obs[labels_key].astype(str))
-    if len(cats.categories) < 2:
-        raise ValueError(
-            f"The reference has a single cell type ({cats.categories[0]!r}); annotation needs at least two."
-        )
-    counts = pd.Series(cats).value_counts()
-    rare = counts[counts < 2]
-    if len(rare):
-        warnings.warn(
-            f"{len(rare)} cell types have a single reference cell ({list(rare.index[:5])}); they are kept for "
-            "training but cannot be represented in the validation split.",
-            UserWarning,
-            stacklevel=3,
-        )
-    return reference, cats
-
-
-def stratified_split(codes: np.ndarray, validation_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per class, a seeded ``validation_size`` share of the cells goes to validation.
-
-    Classes of a single cell stay in training.
-    """
-    rng = np.random.default_rng(seed)
-    train, val = [], []
-    for c in np.unique(codes):
-        idx = rng.permutation(np.flatnonzero(codes == c))
-        n_val = int(round(len(idx) * validation_size)) if len(idx) > 1 else 0
-        n_val = min(n_val, len(idx) - 1)
-        val.append(idx[:n_val])
-        train.append(idx[n_val:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
-
-
-# ---------------------------------------------------------------------------- fine-tuning
-def finetune_classifier(
-    model: ScGPT,
-    reference: AnnData,
-    labels_key: str,
-    *,
-    gene_key: str | None = None,
-    layer: str | None = None,
-    max_epochs: int = 10,
-    batch_size: int = 32,
-    lr: float = 1e-4,
-    max_length: int | None = None,
-    freeze_layers: int = 0,
-    validation_size: float = 0.1,
-    early_stopping: bool = True,
-    patience: int = 3,
-    seed: int = 0,
-    accelerator: str = "auto",
-    devices: int | str = "auto",
-    precision: str | int = "32-true",
-    checkpoint_dir: str | os.PathLike | None = None,
-    progress: bool | None = None,
-    **train_kwargs: Any,
-) -> ScGPT:
-    """A copy of ``model`` fine-tuned to classify cell types (official annotation recipe).
-
-    The recipe of the scGPT annotation tutorial: classification loss only, nothing masked,
-    expressed genes, ``<cls>`` value 0, Adam at ``lr`` 1e-4, batch 32, 10 epochs; here with a
-    stratified validation split and early stopping on the validation loss.
-
-    Parameters
-    ----------
-    model
-        Pretrained model (not modified).
-    reference
-        Labelled cells (raw counts).
-    labels_key
-        ``reference.obs`` column with cell types.
-    gene_key, layer
-        Gene names and counts of the reference.
-    max_epochs, batch_size, lr
-        Training length and settings.
-    max_length
-        Tokens per cell (default: the recipe's 3001).
-    freeze_layers
-        Keep the gene/value encoders and the first ``freeze_layers`` transformer layers fixed (0: train all,
-        as the tutorial).
-    validation_size
-        Share of each cell type held out for early stopping.
-    early_stopping, patience
-        Stop when the validation loss stops improving.
-    seed
-        Seed of the split, order and the new head's initialisation.
-    accelerator, devices, precision, checkpoint_dir, progress, **train_kwargs
-        Passed to :meth:`scgpt.model.ScGPT.train`.
-
-    Returns
-    -------
-    The fine-tuned model; ``registry_['label_categories']`` lists its classes in output order.
-    """
-    import torch
-
-    from ..data import AnnDataSource
-    from ..train import get_recipe
-
-    reference, cats = reference_labels(reference, labels_key)
-    torch.manual_seed(seed)
-    clf = model.adapt(n_cls=len(cats.categories))
-    n_layers = clf.config.n_layers
-    if not 0 <= freeze_layers <= n_layers:
-        raise ValueError(f"freeze_layers must be between 0 and {n_layers}, got {freeze_layers}.")
-    if freeze_layers:
-        frozen = [clf.net.encoder, clf.net.value_encoder, *clf.net.transformer_encoder.layers[:freeze_layers]]
-        for module in frozen:
-            module.requires_grad_(False)
-    source = AnnDataSource.matched(reference, clf.vocab, gene_key=gene_key, layer=layer, fn="annotate (reference)")
-    codes = np.asarray(cats.codes, dtype=np.int64)
-    recipe = get_recipe("annotation")
-    if max_length is not None:
-        recipe = recipe.replace(max_length=max_length)
-    train_idx, val_idx = stratified_split(codes, validation_size if early_stopping else 0.0, seed)
-    dm = clf.make_datamodule(
-        source, recipe, batch_size=batch_size, seed=seed, obs={"labels": codes}, split=(train_idx, val_idx)
-    )
-    clf.registry_["label_categories"] = [str(c) for c in cats.categories]
-    clf.registry_["labels_key"] = labels_key
-    logger.info(
-        f"fine-tuning the classifier on {len(train_idx)} reference cells ({len(val_idx)} for validation), "
-        f"{len(cats.categories)} cell types"
-    )
-    clf.train(
-        datamodule=dm,
-        recipe=recipe,
-        max_epochs=max_epochs,
-        lr=lr,
-        schedule="step",
-        seed=seed,
-        early_stopping=early_stopping and len(val_idx) > 0,
-        early_stopping_patience=patience,
-        accelerator=accelerator,
-        devices=devices,
-        precision=precision,
-        checkpoint_dir=checkpoint_dir,
-        progress=progress,
-        **train_kwargs,
-    )
-    for p in clf.net.parameters():
-        p.requires_grad_(True)
-    return clf
-
-
-def classify(
-    model: ScGPT,
-    adata: AnnData,
-    *,
-    gene_key: str | None = None,
-    layer: str | None = None,
-    max_length: int | None = None,
-    batch_size: int = 64,
-    device=None,
-    progress: bool | None = None,
-) -> np.ndarray:
-    """Class probabilities ``(n_obs, n_classes)`` of a fine-tuned classifier (its ``registry_['label_categories']``)."""
-    import torch
-
-    if not model.config.n_cls or "label_categories" not in model.registry_:
-        raise ValueError(
-            "This model is not a fine-tuned cell-type classifier; pass `reference=` and `labels_key=` to fine-tune "
-            "it, or method='knn'."
-        )
-    if max_length is None:
-        max_length = int(model.registry_.get("last_recipe", {}).get("max_length", 3001))
-    res = compute_embeddings(
-        model,
-        adata,
-        gene_key=gene_key,
-        layer=layer,
-        max_length=max_length,
-        batch_size=batch_size,
-        device=device,
-        progress=progress,
-        fn="annotate",
-        cls_value=0.0,
-        head=lambda net, emb: torch.softmax(net.cls_decoder(emb).float(), -1),
-        out_dim=model.config.n_cls,
-        normalize=False,
-    )
-    return res.embeddings
-
-
 # ---------------------------------------------------------------------------- k-NN reference mapping
-def knn_vote(
+def _knn_vote(
     ref_emb: np.ndarray,
-    ref_labels: pd.Categorical,
+    ref_codes: np.ndarray,
+    n_classes: int,
     query_emb: np.ndarray,
     *,
     n_neighbors: int = 10,
@@ -269,8 +63,8 @@ def knn_vote(
         sim, idx = index.search(np.ascontiguousarray(qry, dtype=np.float32), k)
     else:
         raise ValueError(f"backend must be 'auto', 'sklearn', 'pynndescent' or 'faiss', got {backend!r}.")
-    codes = np.asarray(ref_labels.codes)[idx]  # (n_query, k)
-    n_cls = len(ref_labels.categories)
+    codes = np.asarray(ref_codes)[idx]  # (n_query, k)
+    n_cls = n_classes
     votes = np.zeros((len(qry), n_cls))
     weight = np.zeros((len(qry), n_cls))
     rows = np.repeat(np.arange(len(qry)), k)
@@ -281,6 +75,7 @@ def knn_vote(
 
 
 # ---------------------------------------------------------------------------- the tool
+@doc_params()
 def annotate(
     adata: AnnData,
     model: ScGPT | str | os.PathLike | None = None,
@@ -291,36 +86,36 @@ def annotate(
     key_added: str = "scgpt_celltype",
     min_confidence: float | None = None,
     unknown_label: str = UNKNOWN,
-    gene_key: str | None = None,
-    layer: str | None = None,
     n_neighbors: int = 10,
     use_rep: str | None = None,
     knn_backend: Literal["auto", "sklearn", "pynndescent", "faiss"] = "auto",
-    batch_size: int = 64,
+    gene_key: str | None = None,
+    use_aliases: bool = True,
+    layer: str | None = None,
     max_length: int | None = None,
+    batch_size: int = 64,
     seed: int = 0,
     device: str | None = None,
+    dtype: str | None = None,
     progress: bool | None = None,
-    return_model: bool = False,
     copy: bool = False,
     **finetune_kwargs: Any,
-) -> AnnData | ScGPT | tuple[AnnData, ScGPT] | None:
-    """Annotate cell types with scGPT: fine-tuned classifier or zero-shot reference mapping.
+) -> AnnData | None:
+    """Annotate cell types with scGPT: a fine-tuned classifier, or zero-shot reference mapping.
 
-    - ``method="finetune"``: fine-tune a copy of ``model`` as a classifier on ``reference`` (the
-      official annotation recipe, see :func:`finetune_classifier`) and predict ``adata``. If
-      ``model`` is already a fine-tuned classifier (e.g. returned with ``return_model=True``, saved
-      and loaded), it predicts directly and ``reference`` is not needed.
-    - ``method="knn"``: embed reference and query with :func:`scgpt.tl.embed` (no training) and
-      take the majority label of the ``n_neighbors`` most cosine-similar reference cells, as the
-      official reference-mapping tutorial.
+    - ``method="finetune"``: ``model`` is a classifier fine-tuned with
+      ``model.finetune("annotation", reference, labels_key=...)`` (the official annotation recipe; keep it,
+      :meth:`~scgpt.model.ScGPT.save` it and annotate new data in one call), and predicts ``adata``. Given a
+      pretrained ``model`` and a ``reference``, a copy is fine-tuned here first (and not kept).
+    - ``method="knn"``: embed reference and query with the zero-shot embedding of :func:`scgpt.tl.embed`
+      (no training) and take the majority label of the ``n_neighbors`` most cosine-similar reference
+      cells, as the official reference-mapping tutorial.
 
     Parameters
     ----------
     adata
         Query cells (raw counts).
-    model
-        Pretrained or fine-tuned model, path, ``"demo"`` or ``None`` (``scgpt.settings.default_model``).
+    {model}
     reference
         Labelled reference cells (raw counts).
     labels_key
@@ -333,31 +128,36 @@ def annotate(
         Cells whose confidence is below this get ``unknown_label`` (novel or ambiguous cells).
     unknown_label
         Label of low-confidence cells.
-    gene_key, layer
-        Gene names (``var`` column) and counts layer, for query and reference alike.
     n_neighbors
         Neighbours of the k-NN vote (official: 10).
     use_rep
         k-NN on an existing ``obsm`` embedding of both ``adata`` and ``reference`` instead of computing
         scGPT embeddings.
     knn_backend
-        Nearest-neighbour search, see :func:`knn_vote`.
-    batch_size, max_length, seed, device, progress
-        Inference (and training) settings; results do not depend on ``batch_size``.
-    return_model
-        Also return the fine-tuned classifier (``method="finetune"``), to reuse or :meth:`~scgpt.model.ScGPT.save`.
-    copy
-        Return an annotated copy instead of writing to ``adata``.
+        Nearest-neighbour search: exact (``"sklearn"``, the default up to 200k reference cells),
+        ``"pynndescent"`` or ``"faiss"`` (needs faiss).
+    {gene_key}
+    {use_aliases}
+    {layer}
+    max_length
+        Tokens per cell including ``<cls>``; ``None``: 1200 for ``knn``, the fine-tuning length for ``finetune``.
+    {batch_size}
+    {seed}
+    {device}
+    {dtype}
+    {progress}
+    {copy}
     **finetune_kwargs
-        Passed to :func:`finetune_classifier` (``max_epochs``, ``lr``, ``freeze_layers``, ``early_stopping``, ...).
+        Passed to :meth:`scgpt.model.ScGPT.finetune` when a reference is given (``max_epochs``, ``lr``,
+        ``freeze_layers``, ``early_stopping``, ...).
 
     Returns
     -------
-    ``None`` (or the copy with ``copy=True``; with ``return_model=True`` the fine-tuned model too). Sets
+    ``None``, or the annotated copy with ``copy=True``. Sets
 
     ``adata.obs[key_added]`` : categorical
         Predicted cell type.
-    ``adata.obs[f"{key_added}_confidence"]`` : float
+    ``adata.obs[f"{key_added}_confidence"]`` : float32
         Class probability (``finetune``) or vote share (``knn``) of the prediction.
     ``adata.uns[key_added]`` : dict
         ``params`` and ``classes``.
@@ -365,63 +165,63 @@ def annotate(
     start = time.perf_counter()
     if method not in ("finetune", "knn"):
         raise ValueError(f"method must be 'finetune' or 'knn', got {method!r}.")
-    if return_model and method != "finetune":
-        raise ValueError("return_model=True needs method='finetune'.")
+    if n_neighbors < 1:
+        raise ValueError(f"n_neighbors must be at least 1, got {n_neighbors}.")
     check_adata(adata, fn="annotate")
     adata = adata.copy() if copy else adata
     if not copy:
         actual_if_view(adata, fn="annotate")
-    clf = None
+    inference = {
+        "gene_key": gene_key, "use_aliases": use_aliases, "layer": layer, "batch_size": batch_size, "seed": seed,
+        "device": device, "dtype": dtype, "progress": progress,
+    }  # fmt: skip
+    model_name = None
     if method == "knn":
         if finetune_kwargs:
             raise TypeError(f"method='knn' takes no training options: {sorted(finetune_kwargs)}")
-        reference, cats = reference_labels(reference, labels_key)
+        if reference is None or labels_key is None:
+            raise ValueError("method='knn' needs `reference=` (labelled cells) and `labels_key=` (their label column).")
+        check_adata(reference, fn="annotate (reference)")
+        keep, codes, classes = label_codes(reference, labels_key)
+        reference = reference if keep.all() else reference[keep]
         if use_rep is not None:
             for who, a in (("adata", adata), ("reference", reference)):
                 if use_rep not in a.obsm:
                     raise KeyError(f"use_rep={use_rep!r} is not in {who}.obsm.")
-            ref_emb, qry_emb, model_name = np.asarray(reference.obsm[use_rep]), np.asarray(adata.obsm[use_rep]), None
+            ref_emb, qry_emb = np.asarray(reference.obsm[use_rep]), np.asarray(adata.obsm[use_rep])
         else:
             model_obj, model_name = resolve_model(model)
-            kw = {
-                "gene_key": gene_key, "layer": layer, "batch_size": batch_size, "seed": seed, "device": device,
-                "progress": progress, "max_length": max_length or 1200,
-            }  # fmt: skip
             logger.info(f"embedding {reference.n_obs} reference and {adata.n_obs} query cells")
-            ref_emb = compute_embeddings(model_obj, reference, fn="annotate (reference)", **kw).embeddings
-            qry_emb = compute_embeddings(model_obj, adata, fn="annotate", **kw).embeddings
-        best, confidence = knn_vote(ref_emb, cats, qry_emb, n_neighbors=n_neighbors, backend=knn_backend)
-        classes = [str(c) for c in cats.categories]
+            kw = {**inference, "max_length": max_length or 1200}
+            ref_emb = run_inference(model_obj, reference, CellRows(normalize=True), fn="annotate (reference)", **kw)
+            qry_emb = run_inference(model_obj, adata, CellRows(normalize=True), fn="annotate", **kw)
+            ref_emb, qry_emb = ref_emb.output, qry_emb.output
+        best, confidence = _knn_vote(
+            ref_emb, codes, len(classes), qry_emb, n_neighbors=n_neighbors, backend=knn_backend
+        )
     else:
         model_obj, model_name = resolve_model(model)
         if reference is not None:
-            clf = finetune_classifier(
-                model_obj,
+            if labels_key is None:
+                raise ValueError("Pass `labels_key=`, the obs column of the reference holding cell-type labels.")
+            logger.info("fine-tuning a classifier on the reference (keep it: model.finetune('annotation', ...))")
+            model_obj = model_obj.finetune(
+                "annotation",
                 reference,
-                labels_key,
+                labels_key=labels_key,
                 gene_key=gene_key,
+                use_aliases=use_aliases,
                 layer=layer,
-                seed=seed,
                 max_length=max_length,
+                seed=seed,
                 progress=progress,
                 **finetune_kwargs,
             )
-        else:
-            if finetune_kwargs:
-                raise TypeError(f"Training options given but no `reference`: {sorted(finetune_kwargs)}")
-            clf = model_obj
-        probs = classify(
-            clf,
-            adata,
-            gene_key=gene_key,
-            layer=layer,
-            max_length=max_length,
-            batch_size=batch_size,
-            device=device,
-            progress=progress,
-        )
-        classes = list(clf.registry_["label_categories"])
-        best, confidence = probs.argmax(1), probs.max(1)
+        elif finetune_kwargs:
+            raise TypeError(f"Training options given but no `reference`: {sorted(finetune_kwargs)}")
+        probs = model_obj.predict_proba(adata, max_length=max_length, **inference)
+        classes = [str(c) for c in probs.columns]
+        best, confidence = probs.to_numpy().argmax(1), probs.to_numpy().max(1)
     labels = np.asarray(classes, dtype=object)[best]
     if min_confidence is not None:
         low = confidence < min_confidence
@@ -430,32 +230,19 @@ def annotate(
     order = classes + ([unknown_label] if min_confidence is not None and unknown_label not in classes else [])
     adata.obs[key_added] = pd.Categorical(labels, categories=order)
     adata.obs[f"{key_added}_confidence"] = confidence.astype(np.float32)
-    adata.uns[key_added] = {
-        "params": {
-            "method": method,
-            "model": model_name,
-            "labels_key": labels_key,
-            "min_confidence": min_confidence,
-            "n_neighbors": n_neighbors if method == "knn" else None,
-            "use_rep": use_rep,
-            "seed": seed,
-            "reference_cells": None if reference is None else int(reference.n_obs),
-        },
-        "classes": classes,
+    params = {
+        "method": method,
+        "model": model_name,
+        "labels_key": labels_key,
+        "min_confidence": min_confidence,
+        "n_neighbors": n_neighbors if method == "knn" else None,
+        "use_rep": use_rep,
+        "seed": seed,
+        "reference_cells": None if reference is None else int(reference.n_obs),
     }
-    log_added(
-        start,
-        "",
-        [
-            f"'{key_added}', predicted cell types (adata.obs)",
-            f"'{key_added}_confidence', confidence (adata.obs)",
-            f"'{key_added}', parameters (adata.uns)",
-        ],
-    )
-    out = adata if copy else None
-    if return_model:
-        return (out, clf) if copy else clf
-    return out
+    added = [f"'{key_added}', predicted cell types (adata.obs)", f"'{key_added}_confidence', confidence (adata.obs)"]
+    record(adata, key_added, params, start=start, added=added, classes=classes)
+    return adata if copy else None
 
 
 # ---------------------------------------------------------------------------- evaluation

@@ -1,20 +1,29 @@
-"""Training: recipes, losses, the Lightning plan and data module."""
+"""Training: recipes, the objective registry, the Lightning plan, data module and runner.
 
-from ._datamodule import ScGPTDataModule
-from ._losses import contrastive_cell_embedding, elastic_cell_similarity, masked_mse, masked_nll_bernoulli
-from ._plan import ScGPTTrainingPlan, check_recipe, warmup_cosine
-from ._recipes import RECIPES, Recipe, get_recipe
+Names are imported on first use: :class:`Recipe` loads without torch or Lightning.
+"""
 
-__all__ = [
-    "RECIPES",
-    "Recipe",
-    "ScGPTDataModule",
-    "ScGPTTrainingPlan",
-    "check_recipe",
-    "contrastive_cell_embedding",
-    "elastic_cell_similarity",
-    "get_recipe",
-    "masked_mse",
-    "masked_nll_bernoulli",
-    "warmup_cosine",
-]
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_attributes
+
+_WHERE = {
+    "Recipe": "._recipes",
+    "ScGPTDataModule": "._datamodule",
+    "ScGPTTrainingPlan": "._plan",
+    "warmup_cosine": "._plan",
+    "TrainRunner": "._runner",
+    **dict.fromkeys(["OBJECTIVES", "Objective", "Step", "check_recipe", "objective"], "._objectives"),
+}
+__getattr__, __dir__ = lazy_attributes(__name__, _WHERE)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._datamodule import ScGPTDataModule
+    from ._objectives import OBJECTIVES, Objective, Step, check_recipe, objective
+    from ._plan import ScGPTTrainingPlan, warmup_cosine
+    from ._recipes import Recipe
+    from ._runner import TrainRunner
+
+__all__ = sorted(_WHERE)

@@ -1,39 +1,25 @@
-"""The Lightning training plan: objectives of a :class:`Recipe` on an :class:`~scgpt.nn.ScGPTNet`."""
+"""The Lightning training plan: the objectives of a :class:`Recipe` on an :class:`~scgpt.nn.ScGPTNet`.
+
+It owns the optimiser and the schedule; it never builds a Trainer (that is
+:class:`~scgpt.train.TrainRunner`'s job).
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Literal
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..data._collate import CellBatch, _mix
 from ..data._random import splitmix64
 from ..nn import ScGPTNet
-from ._losses import contrastive_cell_embedding, elastic_cell_similarity, masked_mse, masked_nll_bernoulli
+from ._losses import masked_mse
+from ._objectives import OBJECTIVES, Step, check_recipe
 from ._recipes import Recipe
-
-
-def check_recipe(net: ScGPTNet, recipe: Recipe) -> None:
-    """Clear errors when a recipe needs a part the network lacks."""
-    c = net.config
-    needs = []
-    if recipe.objective == "generative" and not c.generative:
-        needs.append("the generative objective needs config.generative=True (the flag embedding)")
-    if recipe.mvc and not c.mvc_style:
-        needs.append("mvc > 0 needs an MVC decoder (config.mvc_style)")
-    if recipe.zero_prob and not c.explicit_zero_prob:
-        needs.append("zero_prob > 0 needs config.explicit_zero_prob=True")
-    if recipe.cls and not c.n_cls:
-        needs.append("cls > 0 needs a classification head (config.n_cls)")
-    if recipe.dab and not c.dab:
-        needs.append("dab > 0 needs the adversarial discriminator (config.dab=True)")
-    if needs:
-        raise ValueError(f"Recipe {recipe.name!r} does not fit this model: " + "; ".join(needs) + ".")
 
 
 def warmup_cosine(step: int, *, warmup: int, total: int) -> float:
@@ -85,7 +71,7 @@ class ScGPTTrainingPlan(pl.LightningModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        check_recipe(net, recipe)
+        check_recipe(net.config, recipe)
         if schedule not in ("cosine", "step", "constant"):
             raise ValueError(f"schedule must be 'cosine', 'step' or 'constant', got {schedule!r}.")
         self.net, self.recipe = net, recipe
@@ -105,51 +91,17 @@ class ScGPTTrainingPlan(pl.LightningModule):
         )
 
     # ------------------------------------------------------------------ objectives
-    def _encode(self, batch: CellBatch, **kw: Any):
-        c = self.net.config
-        labels = batch.batch_labels if (c.use_batch_labels or c.batch_norm == "dsbn") else None
-        return self.net.encode(
-            batch.genes, batch.values, batch.padding_mask, batch_labels=labels, gen_mask=batch.gen_mask, **kw
-        )
-
     def compute_losses(self, batch: CellBatch) -> dict[str, Tensor]:
-        """Every weighted loss term of the recipe (unweighted values) and ``loss``, their weighted sum."""
-        r = self.recipe
-        enc = self._encode(batch)
-        target, hidden = batch.target, batch.predict_mask
+        """Every objective of the recipe (unweighted values) and ``loss``, their weighted sum."""
+        step = Step(self.net, batch, self.recipe, self.global_step)
         terms: dict[str, tuple[float, Tensor]] = {}
-        if r.mlm or r.zero_prob:
-            pred, zero = self.net.expression(enc)
-            if r.mlm:
-                terms["mlm"] = (r.mlm, masked_mse(pred, target, hidden))
-            if r.zero_prob and zero is not None:
-                terms["mlm_zero"] = (r.zero_prob, masked_nll_bernoulli(zero, target, hidden))
-        if r.mvc:
-            pred, zero = self.net.mvc(enc)
-            terms["mvc"] = (r.mvc, masked_mse(pred, target, hidden))
-            if r.zero_prob and zero is not None:
-                terms["mvc_zero"] = (r.zero_prob, masked_nll_bernoulli(zero, target, hidden))
-        if r.cell_prompt and r.objective == "generative" and self.global_step >= r.cell_prompt_after:
-            prompted = self._encode(batch, cell_prompt=enc.cell_emb.detach())
-            terms["cell_prompt"] = (r.cell_prompt, masked_mse(self.net.expression(prompted)[0], target, hidden))
-        if r.cls:
-            if batch.labels is None:
-                raise ValueError(f"Recipe {r.name!r} trains a classifier: set up the data with labels_key.")
-            terms["cls"] = (r.cls, F.cross_entropy(self.net.classify(enc).float(), batch.labels))
-        if r.ecs:
-            terms["ecs"] = (r.ecs, elastic_cell_similarity(enc.cell_emb, r.ecs_threshold))
-        if r.dab:
-            if batch.batch_labels is None:
-                raise ValueError(f"Recipe {r.name!r} uses the batch discriminator: set up the data with batch_key.")
-            terms["dab"] = (r.dab, F.cross_entropy(self.net.discriminate(enc).float(), batch.batch_labels))
-        if r.cce:
-            other = self._encode(batch)  # a second dropout view
-            terms["cce"] = (r.cce, contrastive_cell_embedding(enc.cell_emb, other.cell_emb, r.cce_temperature))
-        if not terms:
-            raise ValueError(f"Recipe {r.name!r} has no objective with a positive weight.")
+        for name, weight in self.recipe.active.items():
+            value = OBJECTIVES[name].loss(step)
+            if value is not None:
+                terms[name] = (weight, value)
         out = {name: value for name, (_, value) in terms.items()}
         out["loss"] = sum(w * v for w, v in terms.values())
-        if hidden.any():
+        if batch.predict_mask.any():
             out["mean_baseline"] = self._cell_mean_baseline(batch)
         return out
 

@@ -1,0 +1,5 @@
+"""``python -m scgpt.cli``: the command-line interface."""
+
+from . import main
+
+raise SystemExit(main())

@@ -1,0 +1,481 @@
+"""The inference engine: every task runs the model over cells through :func:`run_inference`.
+
+Cells are read in chunks (bounded memory; backed files are streamed), tokenised once per chunk by
+the same :class:`~scgpt.data.Collator` as training (so batch labels, modality ids and perturbation
+flags travel with the tokens), sorted by length and run in length-homogeneous minibatches, so almost
+no padding is computed. Each minibatch goes to an :class:`Accumulator`, which decides what to compute
+and what to keep:
+
+- :class:`CellRows`: one row per cell (embeddings, class probabilities);
+- :class:`GeneValues`: one value per cell (or group of cells) and gene (predicted expression);
+- :class:`GenePairs`: gene x gene sums per group of cells (attention maps of chosen layers/heads).
+
+Results never depend on the batch size, the chunking or the other cells: tokenisation is keyed per
+cell (:mod:`scgpt.data._random`) and each cell is encoded on its own (padding is masked).
+
+Memory: one chunk of rows, one minibatch of at most ``max_tokens`` padded tokens (on CPU by default;
+PyTorch's SDPA kernels never hold the ``L x L`` attention matrix, so a 20k-gene cell runs alone in
+a pass of bounded size), and the accumulator's output. Explicit attention maps (:class:`GenePairs`)
+are computed in chunks of query genes.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .._anndata import check_adata, check_values, get_matrix, iter_row_chunks, looks_like_counts
+from .._logging import warn
+from .._settings import settings
+from ..data._collate import CellBatch, Collator
+from ..data._genes import GeneMatch, match_adata
+from ..nn import Encoded, ScGPTNet
+from ._device import resolve_device, resolve_dtype
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+    from ._scgpt import ScGPT
+
+#: Tokens per forward pass on CPU: small enough for activations to stay in cache (measured
+#: fastest on a 2-core x86 CPU at 1-4k tokens), large enough to keep the matrix units busy.
+CPU_TOKENS = {torch.float32: 2048, torch.bfloat16: 4096}
+
+
+def inference_net(net: ScGPTNet, device: torch.device, dtype: torch.dtype) -> ScGPTNet:
+    """The network on ``device`` in eval mode; a cast copy when ``dtype`` differs from its parameters'."""
+    param = next(net.parameters())
+    if param.dtype != dtype:
+        net = copy.deepcopy(net).to(device=device, dtype=dtype)
+    elif param.device != device:
+        net = net.to(device)
+    return net.eval()
+
+
+def length_batches(lengths: np.ndarray, max_cells: int, max_tokens: int | None) -> Iterator[np.ndarray]:
+    """Indices of cells in minibatches of similar length, longest first.
+
+    Each minibatch has at most ``max_cells`` cells and ``max_tokens`` padded tokens (a single cell may
+    exceed ``max_tokens``).
+    """
+    order = np.argsort(-lengths, kind="stable")
+    i = 0
+    while i < len(order):
+        longest = int(lengths[order[i]])
+        n = max_cells if max_tokens is None else max(1, min(max_cells, max_tokens // max(longest, 1)))
+        yield order[i : i + n]
+        i += n
+
+
+def batch_label_codes(model: ScGPT, adata: AnnData, batch_key: str | None) -> np.ndarray | None:
+    """Integer batch labels for models conditioned on batches, with the categories the model was trained on."""
+    c = model.config
+    if not c.batch_conditioned:
+        if batch_key is not None:
+            warn("batch_key is ignored: this model is not conditioned on batches.")
+        return None
+    if batch_key is None:
+        raise ValueError(
+            f"This model is conditioned on {c.n_batch_labels} batches (batch encoder or DSBN); pass `batch_key=`, "
+            "the obs column holding each cell's batch."
+        )
+    if batch_key not in adata.obs:
+        raise KeyError(f"batch_key={batch_key!r} is not a column of adata.obs.")
+    known = model.registry_.get("batch_categories")
+    values = adata.obs[batch_key].astype(str).to_numpy()
+    if known is None:
+        known = sorted(set(values))
+    codes = pd.Index(known).get_indexer(values).astype(np.int64)
+    if (codes < 0).any():
+        unknown = sorted(set(values[codes < 0]))
+        raise ValueError(f"Batches {unknown[:5]} were not seen by the model (known: {list(known)[:10]}).")
+    if codes.max(initial=0) >= c.n_batch_labels:
+        raise ValueError(f"batch_key={batch_key!r} has more batches than the {c.n_batch_labels} the model knows.")
+    return codes
+
+
+# ---------------------------------------------------------------------------- accumulators
+@dataclass
+class Run:
+    """What an accumulator learns about a run before the first minibatch.
+
+    Attributes
+    ----------
+    n_obs
+        Cells in the input.
+    n_genes
+        Gene columns of the input.
+    token_to_gene
+        ``(n_tokens,)`` gene column of each vocabulary token (``-1``: not a gene of the input, e.g. ``<cls>``),
+        on the run's device.
+    device, dtype
+        Where and in which precision the network runs.
+    """
+
+    n_obs: int
+    n_genes: int
+    token_to_gene: Tensor
+    device: torch.device
+    dtype: torch.dtype
+
+
+class Accumulator:
+    """Receives every minibatch of a run and builds one output (subclass and override the three methods)."""
+
+    def begin(self, run: Run) -> None:
+        """Allocate the output for ``run``."""
+        self.run = run
+
+    def add(self, net: ScGPTNet, batch: CellBatch) -> None:  # pragma: no cover - abstract
+        """Process one minibatch; ``batch.cells`` holds the cells' row indices in the input."""
+        raise NotImplementedError
+
+    def result(self) -> Any:  # pragma: no cover - abstract
+        """The output, once every cell was added."""
+        raise NotImplementedError
+
+
+def _conditions(net: ScGPTNet, batch: CellBatch) -> dict[str, Tensor | None]:
+    return batch.inputs(net.config.batch_conditioned)
+
+
+class CellRows(Accumulator):
+    """One row per cell: the cell embedding, or ``head(net, cell_embedding)`` (e.g. class probabilities).
+
+    The result is an ``(n_obs, width)`` float32 array.
+
+    Parameters
+    ----------
+    head
+        Maps the network and the cell embeddings ``(B, d)`` to ``(B, width)``; ``None`` keeps the embedding.
+    width
+        Width of the head's output (default ``d_model``).
+    normalize
+        L2-normalise each row.
+    """
+
+    def __init__(
+        self, head: Callable[[ScGPTNet, Tensor], Tensor] | None = None, *, width: int | None = None, normalize: bool
+    ) -> None:
+        self.head, self.width, self.normalize = head, width, normalize
+
+    def begin(self, run: Run) -> None:
+        super().begin(run)
+        self.out: np.ndarray | None = None
+
+    def add(self, net: ScGPTNet, batch: CellBatch) -> None:
+        emb = net.cell_embedding(batch.genes, batch.values, **_conditions(net, batch))
+        if self.head is not None:
+            emb = self.head(net, emb)
+        if self.out is None:
+            self.out = np.zeros((self.run.n_obs, self.width or emb.shape[1]), dtype=np.float32)
+        self.out[batch.cells.cpu().numpy()] = emb.float().cpu().numpy()
+
+    def result(self) -> np.ndarray:
+        out = self.out if self.out is not None else np.zeros((self.run.n_obs, self.width or 0), np.float32)
+        if self.normalize:
+            norms = np.linalg.norm(out, axis=1, keepdims=True)
+            out /= np.where(norms > 0, norms, 1.0)
+        return out
+
+
+def _expression(net: ScGPTNet, enc: Encoded) -> Tensor:
+    return net.expression(enc)[0]
+
+
+def _group_rows(groups: np.ndarray | None, n_obs: int) -> tuple[np.ndarray, int]:
+    """Group code of every cell (each cell its own group without ``groups``) and the number of groups."""
+    if groups is None:
+        return np.arange(n_obs, dtype=np.int64), n_obs
+    groups = np.asarray(groups, dtype=np.int64)
+    if groups.shape != (n_obs,):
+        raise ValueError(f"groups must hold one code per cell ({n_obs}), got shape {groups.shape}.")
+    return groups, int(groups.max(initial=-1)) + 1
+
+
+class GeneValues(Accumulator):
+    """One value per cell (or group of cells) and gene of the input, e.g. predicted expression.
+
+    The result is ``(n_rows, n_genes)`` float32: the mean over the cells of a row in which the gene was a
+    token; NaN where it never was (genes outside the vocabulary, unexpressed genes without
+    ``include_zero_genes``, genes dropped above ``max_length``).
+
+    Parameters
+    ----------
+    head
+        Maps the network and the encoded minibatch to one value per token ``(B, L)``; default: the
+        expression decoder.
+    groups
+        Group code of each cell, ``(n_obs,)`` (``-1``: left out); values are averaged per group.
+        ``None``: one row per cell.
+    """
+
+    def __init__(
+        self, head: Callable[[ScGPTNet, Encoded], Tensor] = _expression, *, groups: np.ndarray | None = None
+    ) -> None:
+        self.head, self.groups = head, groups
+
+    def begin(self, run: Run) -> None:
+        super().begin(run)
+        self.rows, n_rows = _group_rows(self.groups, run.n_obs)
+        self.sums = torch.zeros(n_rows * run.n_genes, dtype=torch.float64)
+        self.counts = torch.zeros(n_rows * run.n_genes, dtype=torch.int64)
+
+    def add(self, net: ScGPTNet, batch: CellBatch) -> None:
+        rows = torch.from_numpy(self.rows[batch.cells.cpu().numpy()])
+        enc = net.encode(batch.genes, batch.values, **_conditions(net, batch))
+        values = self.head(net, enc).double().cpu()  # (B, L)
+        cols = self.run.token_to_gene[batch.genes].cpu()  # (B, L), -1 at <cls>, pads and unknown genes
+        keep = (cols >= 0) & (rows[:, None] >= 0)
+        flat = (rows[:, None] * self.run.n_genes + cols)[keep]
+        self.sums.index_add_(0, flat, values[keep])
+        self.counts.index_add_(0, flat, torch.ones_like(flat))
+
+    def result(self) -> np.ndarray:
+        mean = self.sums / self.counts.clamp(min=1)
+        mean[self.counts == 0] = float("nan")
+        return mean.view(-1, self.run.n_genes).float().numpy()
+
+
+class GenePairs(Accumulator):
+    """Gene x gene sums of attention maps per group of cells, from the explicit attention path.
+
+    For each cell, the attention weights of the chosen ``layers`` (averaged over them) and ``heads``
+    (averaged, or one head) between its gene tokens are optionally transformed per cell, then added to
+    its group's ``(n_genes, n_genes)`` sum, row = query gene, column = key gene. ``<cls>``, padding and
+    genes outside the input are left out. The result is a dict: ``sums`` ``(n_groups, n_genes, n_genes)``
+    float64, ``counts`` of the cells in which both genes were tokens (same shape, int64), and
+    ``n_cells`` per group.
+
+    Parameters
+    ----------
+    layers
+        Layer indices (negative counts from the end).
+    heads
+        ``"mean"`` over all heads, or the head indices to average.
+    softmax
+        ``False``: raw ``q @ k.T`` products, as the official attention-GRN tutorial.
+    groups
+        Group code of each cell, ``(n_obs,)`` (``-1``: left out); ``None``: one group of all cells.
+    per_cell
+        Maps one minibatch's maps ``(B, L, L)`` and its token mask ``(B, L)`` (``True`` at gene tokens) to
+        transformed maps, e.g. the official rank normalisation.
+    query_chunk
+        Query genes per block of the explicit attention (bounds memory at ``B x heads x query_chunk x L``).
+    """
+
+    def __init__(
+        self,
+        *,
+        layers: Sequence[int] = (-1,),
+        heads: Literal["mean"] | Sequence[int] = "mean",
+        softmax: bool = True,
+        groups: np.ndarray | None = None,
+        per_cell: Callable[[Tensor, Tensor], Tensor] | None = None,
+        query_chunk: int | None = 256,
+    ) -> None:
+        self.layers, self.heads, self.softmax = tuple(layers), heads, softmax
+        self.groups, self.per_cell, self.query_chunk = groups, per_cell, query_chunk
+
+    def begin(self, run: Run) -> None:
+        super().begin(run)
+        if self.groups is None:
+            self.rows, n_groups = np.zeros(run.n_obs, dtype=np.int64), 1
+        else:
+            self.rows, n_groups = _group_rows(self.groups, run.n_obs)
+        G = run.n_genes
+        self.sums = torch.zeros(n_groups * G * G, dtype=torch.float64)
+        self.counts = torch.zeros(n_groups * G * G, dtype=torch.int64)
+        self.n_cells = np.bincount(self.rows[self.rows >= 0], minlength=n_groups)
+
+    def add(self, net: ScGPTNet, batch: CellBatch) -> None:
+        B, L = batch.genes.shape
+        n_heads = net.config.n_heads
+        head_idx = list(range(n_heads)) if self.heads == "mean" else list(self.heads)
+        bad = [h for h in head_idx if not 0 <= h < n_heads]
+        if bad:
+            raise IndexError(f"Head indices {bad} are out of range for a model with {n_heads} heads.")
+        maps = torch.zeros(B, L, L, dtype=torch.float32, device=batch.genes.device)
+        blocks = net.attention(
+            batch.genes,
+            batch.values,
+            layers=self.layers,
+            softmax=self.softmax,
+            query_chunk=self.query_chunk,
+            **_conditions(net, batch),
+        )
+        n_layers = len({i % net.config.n_layers for i in self.layers})
+        for _, rows, weights in blocks:  # (B, h, q, L)
+            maps[:, rows] += weights[:, head_idx].float().mean(1) / n_layers
+        cols = self.run.token_to_gene[batch.genes]  # (B, L)
+        is_gene = cols >= 0
+        if self.per_cell is not None:
+            maps = self.per_cell(maps, is_gene)
+        group = torch.from_numpy(self.rows[batch.cells.cpu().numpy()]).to(cols.device)
+        pair = is_gene[:, :, None] & is_gene[:, None, :] & (group >= 0)[:, None, None]
+        G = self.run.n_genes
+        flat = (group[:, None, None] * G * G + cols[:, :, None] * G + cols[:, None, :])[pair].cpu()
+        self.sums.index_add_(0, flat, maps[pair].double().cpu())
+        self.counts.index_add_(0, flat, torch.ones_like(flat))
+
+    def result(self) -> dict[str, Any]:
+        G = self.run.n_genes
+        return {
+            "sums": self.sums.view(-1, G, G).numpy(),
+            "counts": self.counts.view(-1, G, G).numpy(),
+            "n_cells": self.n_cells,
+        }
+
+
+# ---------------------------------------------------------------------------- the run
+@dataclass
+class InferenceResult:
+    """What :func:`run_inference` produced.
+
+    Attributes
+    ----------
+    output
+        The accumulator's result.
+    match
+        How the input's genes matched the vocabulary.
+    n_tokens
+        ``(n_obs,)`` tokens per cell including ``<cls>``.
+    dtype
+        Precision the network ran in (``"float32"``, ``"bfloat16"``, ``"float16"``).
+    """
+
+    output: Any
+    match: GeneMatch
+    n_tokens: np.ndarray
+    dtype: str
+
+
+def run_inference(
+    model: ScGPT,
+    adata: AnnData,
+    accumulator: Accumulator,
+    *,
+    gene_key: str | None = None,
+    use_aliases: bool = True,
+    layer: str | None = None,
+    batch_key: str | None = None,
+    max_length: int = 1200,
+    batch_size: int = 64,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    progress: bool | None = None,
+    include_zero_genes: bool = False,
+    cls_value: float | None = None,
+    n_bins: int | None | Literal["model"] = "model",
+    expect_counts: bool = True,
+    max_tokens: int | None = None,
+    fn: str = "embed",
+) -> InferenceResult:
+    """Run ``model`` over the cells of ``adata`` (in memory or backed) and feed every minibatch to ``accumulator``.
+
+    Parameters
+    ----------
+    model
+        The model (not modified; run in eval mode on ``device`` in ``dtype``).
+    adata
+        Cells x genes; values must be non-negative and finite.
+    accumulator
+        What to compute and keep (:class:`CellRows`, :class:`GeneValues`, :class:`GenePairs`).
+    gene_key, use_aliases, layer, batch_key, max_length, batch_size, seed, device, dtype, progress
+        See :func:`scgpt.tl.embed`.
+    include_zero_genes
+        Also feed the in-vocabulary genes a cell does not express (value 0), as the fine-tuning tutorials.
+    cls_value
+        Value at ``<cls>`` (default ``pad_value``, as the official zero-shot embedding; fine-tuned tasks use 0).
+    n_bins
+        Value bins; ``"model"`` takes the model's (51 for the released models); ``None`` feeds raw values.
+    expect_counts
+        Warn when the values do not look like counts.
+    max_tokens
+        Padded tokens per forward pass; default: 2-4k on CPU, unlimited on GPU.
+    fn
+        Name used in messages.
+    """
+    check_adata(adata, fn=fn)
+    if max_length < 2:
+        raise ValueError(f"max_length must be at least 2 (<cls> and one gene), got {max_length}.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}.")
+    get_matrix(adata, layer)  # clear error for a missing layer before any work
+    match = match_adata(adata, model.vocab, gene_key=gene_key, use_aliases=use_aliases, fn=fn)
+    keys = np.zeros(adata.n_vars, dtype=np.uint64)
+    keys[match.matched] = model.vocab.gene_keys()[match.ids[match.matched]]
+    labels = batch_label_codes(model, adata, batch_key)
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    net = inference_net(model.net, dev, dt)
+    c = net.config
+    collator = Collator(
+        token_ids=match.ids,
+        gene_key=keys,
+        cls_id=model.vocab.cls_id,
+        pad_id=model.vocab.pad_id,
+        pad_value=c.pad_value,
+        cls_value=c.pad_value if cls_value is None else float(cls_value),
+        max_length=max_length,
+        n_bins=int(model.args_.get("n_bins", 51)) if n_bins == "model" else n_bins,
+        include_zero_genes=include_zero_genes,
+        masking="none",
+        seed=seed,
+    )
+    token_to_gene = torch.full((len(model.vocab),), -1, dtype=torch.long)
+    token_to_gene[torch.from_numpy(match.ids[match.matched])] = torch.from_numpy(np.flatnonzero(match.matched))
+    accumulator.begin(Run(adata.n_obs, adata.n_vars, token_to_gene.to(dev), dev, dt))
+    if max_tokens is None and dev.type == "cpu":
+        max_tokens = CPU_TOKENS.get(dt, 2048)
+    chunk_size = max(2048, 16 * batch_size)
+    what = f"layer {layer!r}" if layer else "adata.X"
+    n_tokens = np.zeros(adata.n_obs, dtype=np.int64)
+    bar = tqdm(
+        total=adata.n_obs,
+        unit="cell",
+        desc=f"{fn}: cells",
+        disable=not (settings.progress if progress is None else progress),
+        leave=False,
+    )
+    was_training = model.net.training
+    try:
+        with torch.inference_mode():
+            for start, X in iter_row_chunks(adata, layer, chunk_size):
+                check_values(X, what=what, start=start)
+                if start == 0 and expect_counts and not looks_like_counts(X):
+                    warn(
+                        "The expression values do not look like raw counts; scGPT's zero-shot embedding expects raw "
+                        "counts (pass `layer=` if counts are in a layer). Results from normalised values differ only "
+                        "by binning ties, but scaled or centred values cannot be used."
+                    )
+                cells = collator.tokenize(X, seed=seed)
+                n_tokens[start : start + len(cells)] = cells.lengths + 1
+                for idx in length_batches(cells.lengths + 1, batch_size, max_tokens):
+                    batch = collator.collate(
+                        cells.take(idx),
+                        batch_labels=None if labels is None else labels[start + idx],
+                        index=start + idx,
+                    ).to(dev)
+                    batch.values = batch.values.to(dt)
+                    accumulator.add(net, batch)
+                    bar.update(len(idx))
+    finally:
+        bar.close()
+        model.net.train(was_training)
+    n_empty = int((n_tokens == 1).sum())
+    if n_empty:
+        warn(
+            f"{n_empty} cells express none of the model's genes; they are run from <cls> alone (all such cells "
+            "get the same result)."
+        )
+    return InferenceResult(accumulator.result(), match, n_tokens, str(dt).replace("torch.", ""))

@@ -1,0 +1,149 @@
+"""The task registry: what pretraining or fine-tuning for a task means, in one place.
+
+Each :class:`Task` says which heads and config changes it needs, which objectives with which
+weights (the official values), which ``obs`` columns it reads, and its default schedule and
+training settings. :meth:`ScGPT.finetune <scgpt.model.ScGPT.finetune>`, :meth:`ScGPT.train
+<scgpt.model.ScGPT.train>` (``recipe="<task>"``), :func:`scgpt.tl.annotate` and the ``scgpt``
+command all read :data:`TASKS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from ..train._recipes import Recipe
+
+if TYPE_CHECKING:
+    from ..nn import ScGPTConfig
+
+
+@dataclass(frozen=True)
+class Task:
+    """A pretraining or fine-tuning task.
+
+    Parameters
+    ----------
+    name
+        Registry key (``model.finetune(name, ...)``, ``scgpt finetune --recipe name``).
+    summary
+        One line for help texts.
+    stage
+        ``"pretrain"`` (continue or start pretraining) or ``"finetune"``.
+    recipe
+        Objectives with their weights and the tokenisation (official values).
+    requires
+        Keyword arguments naming ``obs`` columns the task reads (``"labels_key"``, ``"batch_key"``).
+    heads
+        ``(config, categories) -> config changes``: the heads and conditioning the task adds, given
+        the categories found in the data (``{"labels": [...], "batches": [...]}``).
+    schedule
+        Default learning-rate schedule (``"cosine"``, ``"step"`` or ``"constant"``).
+    defaults
+        Default training settings (``lr``, ``batch_size``, ``max_epochs``, ``validation_size``,
+        ``early_stopping``, ``eps``) of the official tutorial.
+    """
+
+    name: str
+    summary: str
+    stage: Literal["pretrain", "finetune"]
+    recipe: Recipe
+    requires: tuple[str, ...] = ()
+    heads: Callable[[ScGPTConfig, Mapping[str, list[str]]], dict[str, Any]] = lambda config, categories: {}
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _integration_heads(config: ScGPTConfig, categories: Mapping[str, list[str]]) -> dict[str, Any]:
+    changes: dict[str, Any] = {
+        "n_batch_labels": len(categories["batches"]),
+        "use_batch_labels": True,
+        "batch_norm": "dsbn",
+        "dab": True,
+        "explicit_zero_prob": True,
+    }
+    if config.mvc_style is None or config.mvc_style in ("concat query", "sum query"):
+        changes["mvc_style"] = "inner product"  # the styles with explicit zero probabilities
+    return changes
+
+
+_PRETRAIN_RATIOS = (0.25, 0.5, 0.75)
+
+TASKS: dict[str, Task] = {
+    task.name: task
+    for task in (
+        # official generative pretraining (dev-temp examples/pretrain.py): generated-gene MSE + MVC, the cell-prompt
+        # pass after 1000 steps, ratios 0.25/0.5/0.75, <cls> value = pad_value, cosine schedule with warm-up
+        Task(
+            "pretrain",
+            "generative pretraining with the scGPT attention mask (official)",
+            "pretrain",
+            Recipe(
+                "pretrain",
+                {"mlm": 1.0, "mvc": 1.0, "cell_prompt": 1.0},
+                masking="generative",
+                mask_ratio=_PRETRAIN_RATIOS,
+            ),
+            heads=lambda config, categories: {"generative": True},
+        ),
+        # masked-value pretraining (GEP + GEPC), the simpler alternative
+        Task(
+            "pretrain-masked",
+            "masked-value pretraining (GEP + GEPC)",
+            "pretrain",
+            Recipe("pretrain-masked", {"mlm": 1.0, "mvc": 1.0}, masking="masked", mask_ratio=_PRETRAIN_RATIOS),
+        ),
+        # Tutorial_Annotation: CLS only, nothing masked, expressed genes, <cls> value 0, max length 3001,
+        # Adam lr 1e-4, batch 32, 10 epochs, StepLR 0.9 per epoch
+        Task(
+            "annotation",
+            "cell-type classifier over the labels_key categories (official annotation tutorial)",
+            "finetune",
+            Recipe("annotation", {"cls": 1.0}, masking="none", mask_ratio=0.0, cls_value="zero", max_length=3001),
+            requires=("labels_key",),
+            heads=lambda config, categories: {"n_cls": len(categories["labels"]), "mvc_style": None},  # no GEPC
+            schedule="step",
+            defaults={"lr": 1e-4, "batch_size": 32, "max_epochs": 10, "validation_size": 0.1, "early_stopping": True},
+        ),
+        # Tutorial_Integration: GEP + GEPC + explicit zero probabilities + ECS(0.8, x10) + DAB(1) + DSBN, mask 0.4,
+        # HVGs with zeros, lr 1e-4, StepLR 0.9, 15 epochs, batch 64, Adam eps 1e-4 (AMP)
+        Task(
+            "integration",
+            "batch integration: DSBN, adversarial batch discriminator, ECS over the batch_key batches (official)",
+            "finetune",
+            Recipe(
+                "integration",
+                {"mlm": 1.0, "mlm_zero": 1.0, "mvc": 1.0, "mvc_zero": 1.0, "ecs": 10.0, "dab": 1.0},
+                masking="masked",
+                mask_ratio=0.4,
+                ecs_threshold=0.8,
+                cls_value="zero",
+                include_zero_genes=True,
+                max_length=1201,
+            ),
+            requires=("batch_key",),
+            heads=_integration_heads,
+            schedule="step",
+            defaults={"lr": 1e-4, "batch_size": 64, "max_epochs": 15, "validation_size": 0.1, "eps": 1e-4},
+        ),
+    )
+}
+"""Every task, by name."""
+
+
+def get_task(task: str | Task) -> Task:
+    """A :class:`Task` by name (or the task itself), with a clear error listing the known names."""
+    if isinstance(task, Task):
+        return task
+    if task not in TASKS:
+        raise ValueError(f"Unknown task {task!r}; available: {sorted(TASKS)}.")
+    return TASKS[task]
+
+
+def resolve_recipe(recipe: str | Recipe) -> tuple[Recipe, Task | None]:
+    """The recipe of a task name (with its task), or a :class:`~scgpt.train.Recipe` as it is."""
+    if isinstance(recipe, Recipe):
+        return recipe, None
+    task = get_task(recipe)
+    return task.recipe, task

@@ -1,0 +1,177 @@
+"""Builds the Lightning Trainer for a training plan and runs it (scvi-tools' ``TrainRunner`` pattern).
+
+The model class decides *what* to train (network, recipe, data); the runner decides *how*: devices and
+strategy (DDP over GPUs and nodes), precision, checkpoints and resuming, early stopping, logging.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+LAST_CHECKPOINT = "last.ckpt"
+
+# Lightning messages that are expected with this package's loaders and are not actionable by users.
+_EXPECTED_WARNINGS = (
+    ".*does not have many workers.*",
+    ".*overridden `transfer_batch_to_device`.*",
+    ".*LeafSpec.*",
+    ".*limit_val_batches.*",
+    ".*smaller than the logging interval.*",
+)
+
+
+class HistoryCallback(pl.Callback):
+    """Per-epoch means of the logged losses: ``history["train_loss"]``, ``history["val_mlm"]``, ..."""
+
+    def __init__(self) -> None:
+        self.history: dict[str, list[float]] = {}
+
+    def _record(self, trainer: pl.Trainer, prefix: str) -> None:
+        for name, value in trainer.callback_metrics.items():
+            # train metrics are logged per step and per epoch ("*_epoch"); val metrics per epoch only
+            if name.startswith(prefix) and (prefix == "val_" or name.endswith("_epoch")):
+                self.history.setdefault(name.removesuffix("_epoch"), []).append(float(value))
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._record(trainer, "train_")
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._record(trainer, "val_")
+
+
+@contextlib.contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Keep Lightning's INFO chatter (device summary, tips) out of notebooks; warnings still show."""
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+class TrainRunner:
+    """Assembles a :class:`lightning.pytorch.Trainer` for a plan and its data, and fits.
+
+    Parameters
+    ----------
+    plan
+        The training plan (:class:`~scgpt.train.ScGPTTrainingPlan`).
+    datamodule
+        Its data (:class:`~scgpt.train.ScGPTDataModule`).
+    max_epochs, max_steps
+        Length of training (Lightning semantics; ``max_steps=-1``: no step limit).
+    accelerator, devices, strategy, num_nodes, precision, accumulate_grad_batches, gradient_clip_val
+        Lightning settings; ``strategy="ddp"`` with several devices or nodes trains data-parallel.
+    checkpoint_dir
+        Where ``last.ckpt`` and the per-step loss logs (``logs/version_<n>/metrics.csv``) go; a new
+        temporary folder when ``None``.
+    checkpoint_every_n_steps
+        Save ``last.ckpt`` every this many steps (default: at each epoch end).
+    early_stopping, early_stopping_patience
+        Stop when ``val_loss`` stops improving (needs validation cells).
+    log_every_n_steps
+        Logging interval.
+    progress
+        Show Lightning's progress bar.
+    **trainer_kwargs
+        Passed to :class:`lightning.pytorch.Trainer` (``callbacks`` are added to the runner's own).
+    """
+
+    def __init__(
+        self,
+        plan: pl.LightningModule,
+        datamodule: pl.LightningDataModule,
+        *,
+        max_epochs: int | None = None,
+        max_steps: int = -1,
+        accelerator: str = "auto",
+        devices: int | str | list[int] = "auto",
+        strategy: str = "auto",
+        num_nodes: int = 1,
+        precision: str | int = "32-true",
+        accumulate_grad_batches: int = 1,
+        gradient_clip_val: float | None = None,
+        checkpoint_dir: str | os.PathLike | None = None,
+        checkpoint_every_n_steps: int | None = None,
+        early_stopping: bool = False,
+        early_stopping_patience: int = 3,
+        log_every_n_steps: int = 10,
+        progress: bool = True,
+        **trainer_kwargs: Any,
+    ) -> None:
+        self.plan, self.datamodule = plan, datamodule
+        self.checkpoint_dir = (
+            Path(checkpoint_dir).expanduser()
+            if checkpoint_dir is not None
+            else Path(tempfile.mkdtemp(prefix="scgpt_train_"))
+        )
+        self.history = HistoryCallback()
+        callbacks: list = [self.history, *trainer_kwargs.pop("callbacks", [])]
+        every = {"every_n_train_steps": checkpoint_every_n_steps} if checkpoint_every_n_steps else {}
+        callbacks.append(ModelCheckpoint(dirpath=self.checkpoint_dir, save_last=True, save_top_k=0, **every))
+        has_val = getattr(datamodule, "val_indices", None) is not None
+        if early_stopping:
+            if not has_val:
+                raise ValueError("early_stopping needs validation cells (train_size < 1).")
+            stop = EarlyStopping(
+                monitor="val_loss", patience=early_stopping_patience, mode="min", check_on_train_epoch_end=False
+            )
+            callbacks.append(stop)
+        with quiet_lightning():
+            self.trainer = pl.Trainer(
+                max_epochs=max_epochs,
+                max_steps=max_steps,
+                accelerator=accelerator,
+                devices=devices,
+                strategy=strategy,
+                num_nodes=num_nodes,
+                precision=precision,
+                accumulate_grad_batches=accumulate_grad_batches,
+                gradient_clip_val=gradient_clip_val,
+                callbacks=callbacks,
+                logger=CSVLogger(self.checkpoint_dir, name="logs"),
+                log_every_n_steps=log_every_n_steps,
+                enable_progress_bar=progress,
+                enable_model_summary=False,
+                num_sanity_val_steps=0,
+                limit_val_batches=1.0 if has_val else 0,
+                default_root_dir=self.checkpoint_dir,
+                **trainer_kwargs,
+            )
+
+    def resume_path(self, resume: bool | str | os.PathLike) -> Path | None:
+        """The checkpoint to continue from: ``checkpoint_dir/last.ckpt`` for ``True`` (if it exists), or a path."""
+        if not resume:
+            return None
+        if isinstance(resume, bool):
+            path = self.checkpoint_dir / LAST_CHECKPOINT
+            return path if path.is_file() else None
+        path = Path(resume).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"No checkpoint at {path}.")
+        return path
+
+    def __call__(self, *, resume: bool | str | os.PathLike = False) -> pl.Trainer:
+        """Fit (continuing from a checkpoint with ``resume``); returns the Trainer."""
+        ckpt_path = self.resume_path(resume)
+        with quiet_lightning(), warnings.catch_warnings():
+            for message in _EXPECTED_WARNINGS:
+                warnings.filterwarnings("ignore", message=message)
+            self.trainer.fit(self.plan, datamodule=self.datamodule, ckpt_path=ckpt_path)
+        return self.trainer

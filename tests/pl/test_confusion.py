@@ -1,0 +1,24 @@
+"""scgpt.pl.confusion draws the evaluation of an annotation."""
+
+from __future__ import annotations
+
+import matplotlib
+import matplotlib.axes
+import pytest
+
+import scgpt
+
+matplotlib.use("agg")
+
+
+def test_confusion_plot(pbmc):
+    pbmc.obs["pred"] = pbmc.obs["bulk_labels"]
+    scgpt.tl.evaluate_annotation(pbmc, "bulk_labels", "pred", key_added="ev")
+    fig = scgpt.pl.confusion(pbmc, "ev", return_fig=True)
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "predicted" and "accuracy 1.000" in ax.get_title()
+    assert len(ax.get_xticklabels()) == 10
+    ax2 = scgpt.pl.confusion(pbmc, "ev", normalize=None, show=False)
+    assert isinstance(ax2, matplotlib.axes.Axes) and ax2.texts[0].get_text().isdigit()  # counts, not shares
+    with pytest.raises(KeyError, match="run scgpt.tl.evaluate_annotation first"):
+        scgpt.pl.confusion(pbmc, "missing")

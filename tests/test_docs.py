@@ -1,0 +1,65 @@
+"""Shared parameter text (scgpt._docs): filled into every docstring that asks for it, typos caught."""
+
+from __future__ import annotations
+
+import inspect
+import re
+
+import pytest
+
+import scgpt
+from scgpt._docs import DOCS, doc_params
+
+
+def test_placeholders_are_filled_and_typos_raise():
+    @doc_params()
+    def f(adata, *, seed=0):
+        """Do it.
+
+        Parameters
+        ----------
+        adata
+            Data.
+        {seed}
+        """
+
+    assert "seed\n    Seed of the binning tie-break" in f.__doc__ and "{seed}" not in f.__doc__
+
+    with pytest.raises(ValueError, match=r"unknown docstring placeholders \['sede'\]"):
+
+        @doc_params()
+        def g(seed=0):
+            """Do it.
+
+            Parameters
+            ----------
+            {sede}
+            """
+
+
+PUBLIC = [
+    scgpt.tl.embed,
+    scgpt.tl.annotate,
+    scgpt.pp.align_vocab,
+    scgpt.pp.bin_values,
+    scgpt.pp.preprocess,
+    scgpt.model.ScGPT.get_latent_representation,
+    scgpt.model.ScGPT.predict_proba,
+]
+
+
+@pytest.mark.parametrize("fn", PUBLIC, ids=lambda f: f.__qualname__)
+def test_every_parameter_is_documented_once(fn):
+    doc = inspect.getdoc(fn)
+    assert not re.findall(r"^\{\w+\}$", doc, flags=re.MULTILINE)
+    params = [p for p in inspect.signature(fn).parameters if p not in ("self", "kwargs", "finetune_kwargs")]
+    section = doc.split("Parameters\n----------\n")[1].split("\nReturns\n")[0]
+    documented = re.findall(r"^(\w[\w, ]*)$", section, flags=re.MULTILINE)
+    names = [n.strip() for line in documented for n in line.split(",")]
+    for p in params:
+        assert names.count(p) == 1, f"{fn.__qualname__}: {p!r} documented {names.count(p)} times"
+
+
+def test_shared_texts_are_the_same_everywhere():
+    assert DOCS["device"] in inspect.getdoc(scgpt.tl.embed)
+    assert DOCS["device"] in inspect.getdoc(scgpt.model.ScGPT.get_latent_representation)
