@@ -27,6 +27,7 @@ LAYER = {
     "_settings": -1,
     "_logging": -1,
     "_lazy": -1,
+    "_files": -1,
     "_anndata": -1,
     "_docs": -1,
 }

@@ -1,5 +1,5 @@
 """``python -m scgpt``: the command-line interface (see :mod:`scgpt.cli`)."""
 
-from .cli import main
+from .cli import entry
 
-raise SystemExit(main())
+entry()

@@ -22,6 +22,37 @@ if TYPE_CHECKING:
     from mudata import MuData
 
 
+def missing_values(values) -> np.ndarray:
+    """Which entries of an ``obs`` column are missing.
+
+    NaN/None, and the strings "nan"/"None"/"" that a cast to ``str`` leaves behind: they must never
+    become a label or a batch of their own.
+    """
+    import pandas as pd
+
+    values = pd.Series(values)
+    text = values.astype(str).str.strip().str.lower()
+    return values.isna().to_numpy() | text.isin(("nan", "none", "")).to_numpy()
+
+
+def check_key_added(key: str, *, reads=(), slot: str, fn: str, param: str = "key_added") -> None:
+    """Outputs never overwrite inputs: an error when ``key`` names an entry of ``slot`` that the function reads.
+
+    Call it before any work; :func:`warn_overwrite` then says so when an earlier result is replaced.
+    """
+    if key in {r for r in reads if r is not None}:
+        raise ValueError(
+            f"{fn}: {param}={key!r} names the {slot} entry it reads; choose another {param} so that the input "
+            "is not overwritten."
+        )
+
+
+def warn_overwrite(adata: AnnData, slot: str, key: str, *, fn: str) -> None:
+    """Warn that ``adata.<slot>[key]`` exists and is about to be replaced (call it just before writing)."""
+    if key in getattr(adata, slot):
+        warn(f"{fn}: adata.{slot}[{key!r}] exists and is overwritten.")
+
+
 def check_adata(adata: object, *, fn: str) -> None:
     """A clear error for objects that are not a usable AnnData (wrong type, no cells, no genes)."""
     from anndata import AnnData
@@ -56,13 +87,23 @@ def get_matrix(adata: AnnData, layer: str | None):
 
 
 def iter_row_chunks(adata: AnnData, layer: str | None, chunk_size: int) -> Iterator[tuple[int, sp.csr_matrix]]:
-    """Yield ``(start, CSR rows)`` chunks; reads backed files chunk by chunk so memory stays bounded."""
+    """Yield ``(start, CSR rows)`` chunks; reads backed files chunk by chunk so memory stays bounded.
+
+    Values come as float32 or float64 (integer and float16 matrices are converted chunk by chunk).
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}.")
     X = get_matrix(adata, layer)
     for start in range(0, adata.n_obs, chunk_size):
         block = X[start : start + chunk_size]
         if hasattr(block, "to_memory"):  # backed sparse dataset
             block = block.to_memory()
-        yield start, block.tocsr() if sp.issparse(block) else sp.csr_matrix(np.asarray(block))
+        if sp.issparse(block):
+            block = block.tocsr()
+        else:
+            dense = np.asarray(block)
+            block = sp.csr_matrix(dense if dense.dtype in (np.float32, np.float64) else dense.astype(np.float32))
+        yield start, block if block.dtype in (np.float32, np.float64) else block.astype(np.float32)
 
 
 def check_values(X: sp.csr_matrix, *, what: str = "the expression matrix", start: int = 0) -> None:
@@ -155,23 +196,36 @@ class Target:
             self.mdata.uns[key] = self.adata.uns[key]
 
 
+def writable(adata: object, *, fn: str, copy: bool, in_memory: bool = False) -> AnnData:
+    """The AnnData a face function writes to: checked, copied with ``copy=True``, a view made actual.
+
+    ``in_memory`` refuses backed input (for functions that subset or rewrite the matrix).
+    """
+    check_adata(adata, fn=fn)
+    if adata.isbacked and (copy or in_memory):
+        what = f"{fn}(copy=True)" if copy else fn
+        raise ValueError(
+            f"{what} needs the AnnData in memory, and this one is backed (on disk). Load it first with "
+            "adata.to_memory()" + (", or write into it with copy=False." if copy and not in_memory else ".")
+        )
+    if copy:
+        return adata.copy()
+    actual_if_view(adata, fn=fn)
+    return adata
+
+
 def resolve_target(data: object, *, mod: str, fn: str, copy: bool) -> Target:
     """The AnnData to work on: ``data``, or its modality ``mod`` when it is a MuData (copied first with ``copy``).
 
     Raises clear errors for other types, missing modalities and empty data; a view is made actual with a warning.
     """
-    from anndata import AnnData
-
     if type(data).__name__ == "MuData":  # avoids importing mudata for AnnData input
         mdata = data.copy() if copy else data
         if mod not in mdata.mod:
             raise KeyError(f"mod={mod!r} is not a modality of the MuData (modalities: {list(mdata.mod)}).")
-        target = Target(mdata.mod[mod], mdata, mod)
-    elif isinstance(data, AnnData):
-        target = Target(data.copy() if copy else data)
-    else:
+        return Target(writable(mdata.mod[mod], fn=fn, copy=False), mdata, mod)
+    from anndata import AnnData
+
+    if not isinstance(data, AnnData):
         raise TypeError(f"{fn} expects an AnnData or MuData, got {type(data).__name__}.")
-    check_adata(target.adata, fn=fn)
-    if not copy:
-        actual_if_view(target.adata, fn=fn)
-    return target
+    return Target(writable(data, fn=fn, copy=copy))

@@ -9,6 +9,7 @@ import pytest
 from scgpt.data import GeneVocab
 
 
+@pytest.mark.golden
 def test_default_vocabulary_is_the_released_one(golden_dir):
     """Token for token the vocabulary of the official checkpoint folder (its digest is recorded in the manifest)."""
     vocab = GeneVocab.default()

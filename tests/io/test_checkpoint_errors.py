@@ -117,9 +117,9 @@ def _edit_state(folder, edit):
     torch.save(state, folder / "best_model.pt")
 
 
-def test_missing_unexpected_and_mismatched_keys_in_one_warning(folder):
+def test_head_problems_are_reported_in_one_warning(folder):
     def edit(state):
-        del state["transformer_encoder.layers.1.norm2.bias"]
+        del state["cls_decoder.out_layer.bias"]
         state["some_new_head.weight"] = torch.zeros(3)
         state["decoder.fc.0.bias"] = torch.zeros(7)
 
@@ -128,11 +128,24 @@ def test_missing_unexpected_and_mismatched_keys_in_one_warning(folder):
         net, _, report = load_official(folder)
     assert len(record) == 1
     msg = str(record[0].message)
-    assert "transformer_encoder.layers.1.norm2.bias" in msg and "some_new_head.weight" in msg
+    assert "cls_decoder.out_layer.bias" in msg and "some_new_head.weight" in msg
     assert "shape mismatch for decoder.fc.0.bias: checkpoint (7,), model (32,)" in msg
-    assert report.missing == ["transformer_encoder.layers.1.norm2.bias"]
+    assert report.missing == ["cls_decoder.out_layer.bias"]
     assert report.unexpected == ["some_new_head.weight"]
     assert [m[0] for m in report.mismatched] == ["decoder.fc.0.bias"]
+
+
+def test_a_missing_transformer_weight_is_an_error_listing_everything(folder):
+    """Not an optional head: the model would run partly on random weights (was one warning)."""
+
+    def edit(state):
+        del state["transformer_encoder.layers.1.norm2.bias"]
+        state["some_new_head.weight"] = torch.zeros(3)
+
+    _edit_state(folder, edit)
+    with pytest.raises(CheckpointError, match="transformer_encoder.layers.1.norm2.bias") as info:
+        load_official(folder)
+    assert "some_new_head.weight" in str(info.value) and "1 of these are not optional heads" in str(info.value)
 
 
 def test_strict_turns_the_warning_into_an_error(folder):

@@ -130,6 +130,7 @@ def test_gene_pairs_clear_errors(model, cells):
         run_inference(model, cells[:2], GenePairs(heads=[4]), max_length=16, device="cpu")
 
 
+@pytest.mark.golden
 def test_conditions_travel_with_the_batch(golden_dir):
     """Modality ids and batch labels in a CellBatch reach the network (multi-omic golden model)."""
     from scgpt.io import load_official

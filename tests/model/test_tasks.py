@@ -49,7 +49,9 @@ def test_command_line_choices_are_the_registry():
 def test_finetune_integration_records_the_batches(pbmc, tiny_model, tmp_path):
     pbmc.obs["site"] = np.where(np.arange(pbmc.n_obs) < 300, "s1", "s2")
     model = tiny_model()
-    tuned = model.finetune("integration", pbmc, batch_key="site", max_steps=2, max_length=64, checkpoint_dir=tmp_path)
+    tuned = model.finetune(
+        "integration", pbmc, batch_key="site", max_steps=2, max_length=64, schedule=None, checkpoint_dir=tmp_path
+    )  # schedule=None, as the command line passes it: the task's
     c = tuned.config
     assert (c.n_batch_labels, c.batch_norm, c.dab, c.explicit_zero_prob, c.use_batch_labels) == (
         2,
@@ -60,6 +62,9 @@ def test_finetune_integration_records_the_batches(pbmc, tiny_model, tmp_path):
     )
     assert tuned.registry_["batch_categories"] == ["s1", "s2"] and tuned.registry_["batch_key"] == "site"
     assert tuned.registry_["last_recipe"]["max_length"] == 64 and set(tuned.history_) >= {"train_ecs", "train_dab"}
+    optimizer = tuned.trainer_.optimizers[0]
+    scheduler = tuned.trainer_.lr_scheduler_configs[0].scheduler
+    assert optimizer.defaults["eps"] == 1e-4 and type(scheduler).__name__ == "StepLR"  # the task's settings
     assert not model.config.dab  # a copy was fine-tuned
     emb = scgpt.tl.embed(pbmc, tuned, batch_key="site", max_length=64, copy=True).obsm["X_scGPT"]
     assert emb.shape == (700, 32) and np.isfinite(emb).all()

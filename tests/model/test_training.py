@@ -112,6 +112,7 @@ def _official_keys(path):
     return {k: tuple(v.shape) for k, v in torch.load(path / "best_model.pt", weights_only=True).items()}
 
 
+@pytest.mark.golden
 def test_finetune_official_model_and_save_in_official_layout(golden_dir, pbmc, tmp_path):
     model = ScGPT.from_pretrained(golden_dir / "official_base")
     ScGPT.setup_anndata(pbmc)
@@ -131,6 +132,7 @@ def test_finetune_official_model_and_save_in_official_layout(golden_dir, pbmc, t
         assert torch.equal(a.cpu(), b), k
 
 
+@pytest.mark.golden
 @pytest.mark.parametrize(
     ("task", "layout", "keys"),
     [

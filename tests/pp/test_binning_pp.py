@@ -121,7 +121,8 @@ def test_normalize_total_is_a_number_median_or_none(pbmc):
     totals = raw.sum(1, keepdims=True)
     scgpt.pp.preprocess(pbmc, normalize_total=10_000)  # an integer is a target, unlike the official Preprocessor
     np.testing.assert_allclose(pbmc.layers["X_normed"].toarray(), raw / totals * 1e4, rtol=1e-5)
-    scgpt.pp.preprocess(pbmc, normalize_total="median")
+    with pytest.warns(UserWarning, match=r"adata.layers\['X_normed'\] exists and is overwritten"):
+        scgpt.pp.preprocess(pbmc, normalize_total="median")
     np.testing.assert_allclose(pbmc.layers["X_normed"].toarray(), raw / totals * np.median(totals), rtol=1e-5)
     params = pbmc.uns["scgpt_preprocess"]["params"]
     assert params["normalize_total"] == "median" and params["filter_cell_by_counts"] == 0

@@ -24,8 +24,8 @@ def test_symbols_previous_symbols_and_aliases(pbmc):
     ids = pbmc.var["id_in_vocab"]
     assert ids["IGJ"] == vocab["JCHAIN"] and ids["SEPT7"] == vocab["SEPTIN7"] and ids["CD3E"] == vocab["CD3E"]
     assert rep["params"] == {"vocab": "default", "gene_key": None, "use_aliases": True}
-    exact = scgpt.pp.align_vocab(pbmc, use_aliases=False, copy=True)
-    assert exact.uns["id_in_vocab"]["n_matched"] == 705
+    exact = scgpt.pp.align_vocab(pbmc, use_aliases=False, key_added="exact", copy=True)
+    assert exact.uns["exact"]["n_matched"] == 705
 
 
 def test_ensembl_ids():

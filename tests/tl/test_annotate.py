@@ -152,7 +152,7 @@ def test_label_problems_are_clear(split, small_model):
         pd.Categorical(q.obs["bulk_labels"], categories=pd.Categorical(lonely.obs["bulk_labels"]).categories).codes
     ]
     with pytest.warns(UserWarning, match="1 cell types have a single cell"):
-        scgpt.tl.annotate(q, reference=lonely, labels_key="bulk_labels", method="knn", use_rep="e")
+        scgpt.tl.annotate(q, reference=lonely, labels_key="bulk_labels", method="knn", use_rep="e", key_added="lonely")
 
 
 def test_evaluation_with_unseen_and_unknown_labels():

@@ -179,7 +179,7 @@ def test_batch_conditioned_model_needs_batch_key(golden_dir, pbmc):
     assert pbmc.obsm["X_scGPT"].shape == (700, 32)
     mixed = pbmc.obsm["X_scGPT"]
     pbmc.obs["batch"] = "a"  # each cell is conditioned on its own batch label, nothing else
-    all_a = scgpt.tl.embed(pbmc, model, batch_key="batch", copy=True).obsm["X_scGPT"]
+    all_a = scgpt.tl.embed(pbmc, model, batch_key="batch", key_added="all_a", copy=True).obsm["all_a"]
     np.testing.assert_allclose(all_a[::2], mixed[::2], atol=1e-5)
     assert np.abs(all_a[1::2] - mixed[1::2]).max(axis=1).min() > 1e-3
     pbmc.obs["batch"] = np.array(["a", "b", "c"])[np.arange(700) % 3]

@@ -15,11 +15,15 @@ so ``scgpt --help`` is fast.
 from __future__ import annotations
 
 import argparse
+import errno
+import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 
 from .. import __version__
-from ._common import CLIError, apply_config, verbosity
+from ._common import CLIError, Interrupted, apply_config, verbosity
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -42,11 +46,29 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 def _message(e: BaseException) -> str:
     if isinstance(e, KeyError) and len(e.args) == 1:
         return str(e.args[0])
+    if isinstance(e, OSError) and e.errno in _DISK_ERRORS:  # HDF5 and torch wrap these in long messages
+        return (
+            f"a file could not be written: {os.strerror(e.errno)} (a full disk or a file-size limit); "
+            "the files that were there before are unchanged"
+        )
     return str(e) or type(e).__name__
 
 
+def _stop_on_sigterm(signum, frame) -> None:
+    raise Interrupted(signum)
+
+
+_DISK_ERRORS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO}
+_failed_write = False  # set when a write failed for lack of space (see entry)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``scgpt`` command; returns the exit status (2 for user errors, reported in one line).
+    """Run the ``scgpt`` command; returns the exit status.
+
+    0 on success; 2 for user errors, reported in one line; 143 (SIGTERM) and 130 (SIGINT, Ctrl-C)
+    when stopped, with one line saying what was reached (for training: the step and the checkpoint to
+    resume from). Outputs are written to temporary files and moved into place at the end, so a stopped
+    command leaves the previous files intact.
 
     Parameters
     ----------
@@ -55,6 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     show_traceback = "--traceback" in argv[: next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv))]
+    command = "scgpt"
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm) if main_thread else None
     try:
         parser, subparsers = build_parser()
         apply_config(argv, subparsers)
@@ -62,17 +87,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             parser.print_help(sys.stderr)
             return 2
+        command = f"scgpt {args.command}"
         func: Callable[[argparse.Namespace], None] = args.func
         with verbosity(args.quiet):
             func(args)
     except SystemExit as e:  # argparse: --help, --version, usage errors
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    except (Interrupted, KeyboardInterrupt) as e:
+        stopped = e if isinstance(e, Interrupted) else Interrupted(signal.SIGINT)
+        what = str(stopped) or "nothing was written; the outputs are written at the end"
+        print(f"{command}: stopped by {signal.Signals(stopped.signal).name}; {what}", file=sys.stderr)
+        return stopped.exit_code
     except (CLIError, OSError, ValueError, KeyError) as e:
         if show_traceback:
             raise
+        if isinstance(e, OSError) and e.errno in _DISK_ERRORS:
+            global _failed_write
+            _failed_write = True
         print(f"scgpt: error: {_message(e)}", file=sys.stderr)
         return 2
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 
-__all__ = ["CLIError", "build_parser", "main"]
+def entry(argv: Sequence[str] | None = None) -> None:
+    """The ``scgpt`` console command: :func:`main`, then exit with its status.
+
+    After a write that failed for lack of space, the HDF5 library can crash while Python shuts down
+    (it retries flushing the abandoned file), which would turn the exit status into 139; the process
+    then ends without that teardown, once the message is out. The previous files are intact either way.
+    """
+    status = main(argv)
+    if _failed_write:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
+
+
+__all__ = ["CLIError", "build_parser", "entry", "main"]

@@ -1,5 +1,5 @@
 """``python -m scgpt.cli``: the command-line interface."""
 
-from . import main
+from . import entry
 
-raise SystemExit(main())
+entry()

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .._files import write_text
 from .._logging import logger
 from .._settings import settings
 
@@ -54,6 +55,14 @@ TRAIN_KWARGS = (
 
 class CLIError(Exception):
     """A user error: reported as one line ``scgpt: error: ...`` with exit status 2."""
+
+
+class Interrupted(Exception):
+    """A command stopped by SIGTERM or SIGINT: reported in one line, exit status ``128 + signal`` (143, 130)."""
+
+    def __init__(self, signum: int, what: str = "") -> None:
+        self.signal, self.exit_code = signum, 128 + signum
+        super().__init__(what)
 
 
 # ============================================================================ parser
@@ -356,7 +365,7 @@ def prepare_output(args: argparse.Namespace) -> Path:
     skip = ("func", "command", "traceback", "config")
     options = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
     record = json.dumps({args.command: options}, indent=2) + "\n"  # a --config file that repeats the run
-    (out / CHECKPOINTS / "cli_args.json").write_text(record)
+    write_text(out / CHECKPOINTS / "cli_args.json", record)
     return out
 
 
@@ -366,6 +375,8 @@ def train_and_save(train: Callable[..., ScGPT], args: argparse.Namespace, out: P
     ``train`` is ``ScGPT.train`` or ``ScGPT.finetune`` bound to the model and the data; ``extra`` adds options.
     """
     from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    from ..train import TrainingInterrupted
 
     kwargs = {k: getattr(args, k) for k in TRAIN_KWARGS}
     kwargs["max_steps"] = -1 if args.max_steps is None else args.max_steps
@@ -380,8 +391,12 @@ def train_and_save(train: Callable[..., ScGPT], args: argparse.Namespace, out: P
         model = train(checkpoint_dir=ckpt_dir, resume=args.resume, **kwargs)
     except MisconfigurationException as e:
         raise CLIError(str(e)) from None
-    model.save_pretrained(out, overwrite=True)
-    model.save(out, overwrite=True)
+    except TrainingInterrupted as e:
+        where = f"the checkpoint is {e.checkpoint}" if e.checkpoint else "no checkpoint was written yet"
+        raise Interrupted(
+            e.signal, f"training stopped at step {e.step}; {where}; run the same command with --resume to continue"
+        ) from None
+    model.save(out, overwrite=True, official=True)  # one model, both formats, replaced together
     logger.info(f"wrote {out}: official folder (args.json, vocab.json, best_model.pt) and model.pt")
     losses = {k: v[-1] for k, v in model.history_.items() if v and k in ("train_loss", "val_loss")}
     if not losses:  # stopped by --max-steps before an epoch ended

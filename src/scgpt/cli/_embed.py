@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .._files import atomic_path
 from .._logging import logger
 from .._settings import settings
 from ._common import PBMC68K, CLIError, HelpFormatter, add_common, add_data, check_input, check_model, read_h5ad
@@ -72,10 +73,7 @@ def run(args: argparse.Namespace) -> None:
     from ..model import resolve_device
     from ..tl import embed
 
-    try:
-        device = resolve_device(args.device)
-    except RuntimeError as e:
-        raise CLIError(str(e)) from None
+    device = resolve_device(args.device)  # a clear error before any reading
     adata = read_h5ad(args.input, backed=args.backed)
     embed(
         adata,
@@ -97,8 +95,8 @@ def run(args: argparse.Namespace) -> None:
         adata = result
     if args.figure:
         _umap_figure(adata, args.key_added, Path(args.figure).expanduser(), args.color, seed=args.seed)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    adata.write_h5ad(out_path)
+    with atomic_path(out_path) as tmp:  # the previous file (the input itself with --output = --input) stays intact
+        adata.write_h5ad(tmp)
     emb = adata.obsm[args.key_added]
     figure = f", UMAP in {args.figure}" if args.figure else ""
     print(f"scgpt embed: {emb.shape[0]:,} cells -> {out_path} (obsm[{args.key_added!r}], {emb.shape[1]} dims){figure}")
@@ -123,7 +121,7 @@ def _umap_figure(adata: AnnData, key: str, path: Path, colors: list[str] | None,
     sc.pp.neighbors(adata, use_rep=key, random_state=seed)
     sc.tl.umap(adata, random_state=seed)
     fig = sc.pl.umap(adata, color=colors or None, show=False, return_fig=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150, bbox_inches="tight")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=150, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
     logger.info(f"saved {path}")

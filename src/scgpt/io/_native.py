@@ -14,9 +14,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._files import torch_save
 from ..data import GeneVocab
 from ..nn import ScGPTConfig
-from ._official import CheckpointError
+from ._official import CheckpointError, check_finite
 
 MODEL_FILE = "model.pt"
 FORMAT = "scgpt-scverse"
@@ -35,13 +36,8 @@ class NativeCheckpoint:
     attrs: dict[str, Any] = field(default_factory=dict)
 
 
-def save_native(path: str | os.PathLike, ckpt: NativeCheckpoint, *, overwrite: bool = False) -> Path:
-    """Write ``path/model.pt``."""
-    path = Path(path).expanduser()
-    target = path / MODEL_FILE
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} exists; pass overwrite=True to replace it.")
-    path.mkdir(parents=True, exist_ok=True)
+def write_native(ckpt: NativeCheckpoint, target: Path) -> None:
+    """Write the contents of a ``model.pt`` to ``target``."""
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -52,8 +48,19 @@ def save_native(path: str | os.PathLike, ckpt: NativeCheckpoint, *, overwrite: b
         "attrs": ckpt.attrs,
         "state_dict": {k: v.detach().cpu() for k, v in ckpt.state_dict.items()},
     }
-    torch.save(payload, target)
-    return target
+    torch_save(payload, target)
+
+
+def save_native(path: str | os.PathLike, ckpt: NativeCheckpoint, *, overwrite: bool = False) -> Path:
+    """Write ``path/model.pt``, atomically.
+
+    A model already in the folder, in either format, is replaced with ``overwrite=True``.
+    """
+    from ._folder import model_folder
+
+    with model_folder(path, (MODEL_FILE,), overwrite=overwrite) as (tmp,):
+        write_native(ckpt, tmp)
+    return Path(path).expanduser() / MODEL_FILE
 
 
 def is_native(path: str | os.PathLike) -> bool:
@@ -77,11 +84,29 @@ def load_native(path: str | os.PathLike, *, map_location: str | torch.device = "
             f"{target} was written by a newer scgpt (format {payload['format_version']}); please upgrade."
         )
     mod = payload.get("mod_vocab")
+    try:
+        config = ScGPTConfig.from_dict(payload["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{target} holds an invalid model configuration: {e}") from e
     return NativeCheckpoint(
-        config=ScGPTConfig.from_dict(payload["config"]),
+        config=config,
         vocab=GeneVocab(payload["vocab"]),
         state_dict=payload["state_dict"],
         args=payload.get("args") or {},
         mod_vocab=None if mod is None else GeneVocab(mod),
         attrs=payload.get("attrs") or {},
     )
+
+
+def load_native_weights(net: torch.nn.Module, ckpt: NativeCheckpoint, path: str | os.PathLike) -> None:
+    """Load the weights of a ``model.pt`` into the network its config describes; clear errors if they disagree."""
+    source = str(Path(path).expanduser() / MODEL_FILE)
+    check_finite(ckpt.state_dict, source)
+    try:
+        net.load_state_dict(ckpt.state_dict)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        raise CheckpointError(
+            f"{source}: the stored configuration does not match the stored weights (the file was edited or "
+            f"damaged): {' '.join(line.strip() for line in first[:4])}"
+        ) from None

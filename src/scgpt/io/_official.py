@@ -11,7 +11,6 @@ import json
 import os
 import pickle
 import re
-import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._files import torch_save
+from .._logging import warn
 from ..data._vocab import PAD_TOKEN, GeneVocab
 from ..nn import ScGPTConfig, ScGPTNet
 from ._keymap import PRETRAINING_ONLY_KEYS, to_official, to_ours
@@ -180,9 +181,15 @@ def config_from_official(
         )
     style = args.get("input_emb_style", "continuous")
     n_input_bins = None
-    if style == "category":
+    if style == "category":  # the official category encoder embeds n_bins bins, <pad> (n_bins) and <mask> (n_bins + 1)
+        n_bins = int(args.get("n_bins", 51))
         n_input_bins = state["value_encoder.embedding.weight"].shape[0] if has("value_encoder.embedding") else None
-        n_input_bins = n_input_bins or int(args.get("n_bins", 51)) + 2
+        if n_input_bins is not None and n_input_bins != n_bins + 2:
+            raise CheckpointError(
+                f"args.json says n_bins={n_bins}, but the value embedding of the weights has {n_input_bins} rows "
+                f"(n_bins + 2 = {n_bins + 2} expected): the values would be binned for another encoder."
+            )
+        n_input_bins = n_input_bins or n_bins + 2
 
     n_batch = None
     batch_norm = None
@@ -288,16 +295,34 @@ def read_official(
     state = {to_ours(k): v for k, v in raw.items()}
     if n := _layer_count(state):
         if n != int(args["nlayers"]):
-            warnings.warn(
+            warn(
                 f"{path / ARGS_FILE} says nlayers={args['nlayers']} but the weights have {n} layers; "
                 "the weights' layer count is used.",
                 CheckpointWarning,
-                stacklevel=2,
             )
             args = {**args, "nlayers": n}
-    config = config_from_official(args, state, vocab, generative=generative)
+    try:
+        config = config_from_official(args, state, vocab, generative=generative)
+    except ValueError as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"{path / ARGS_FILE} describes a model that cannot be built: {e}") from None
     mod_vocab = GeneVocab(args["mod_vocab"]) if isinstance(args.get("mod_vocab"), dict) else None
     return OfficialCheckpoint(config, vocab, state, args, path, mod_vocab)
+
+
+HEADS = ("decoder.", "mvc_decoder.", "cls_decoder.", "grad_reverse_discriminator.", "flag_encoder.")
+"""Optional output heads: a checkpoint without them still gives correct embeddings."""
+
+
+def check_finite(state: dict[str, Tensor], source: str) -> None:
+    """Raise for NaN or infinite weights (every output of such a model would be NaN), naming the tensors."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(
+            f"{source} holds NaN or infinite values in {len(bad)} tensors (e.g. {bad[:3]}); the weights are damaged "
+            "(a diverged training run or a corrupt file) and would make every output NaN."
+        )
 
 
 def load_state_dict_reported(
@@ -308,7 +333,14 @@ def load_state_dict_reported(
     source: str = "the checkpoint",
     ignore: frozenset[str] | set[str] = PRETRAINING_ONLY_KEYS,
 ) -> LoadReport:
-    """Load what matches by name and shape; report everything else in one warning (or error if ``strict``)."""
+    """Load what matches by name and shape; report the rest in one warning (or error if ``strict``).
+
+    Only the optional output heads (:data:`HEADS`) may be missing or mismatched: a difference in the
+    encoder, the transformer or the conditioning means that ``args.json`` contradicts the weights (sizes,
+    ``input_emb_style``, ``n_bins``), and the model would run mostly on random weights, so it is always
+    an error. NaN or infinite weights are an error too.
+    """
+    check_finite(state, source)
     own = net.state_dict()
     report = LoadReport()
     usable = {}
@@ -320,11 +352,18 @@ def load_state_dict_reported(
         else:
             usable[key] = value
     report.missing = [k for k in own if k not in state]
+    core = [k for k in [*report.missing, *(m[0] for m in report.mismatched)] if not k.startswith(HEADS)]
+    if core:
+        raise CheckpointError(
+            report.message(source)
+            + f"\n{len(core)} of these are not optional heads (e.g. {core[:3]}): the model described by args.json "
+            "(sizes, input_emb_style, n_bins) does not match the weights, and would run mostly on random weights."
+        )
     if not report.clean and strict:
         raise CheckpointError(report.message(source))
     net.load_state_dict(usable, strict=False)
     if not report.clean:
-        warnings.warn(report.message(source), CheckpointWarning, stacklevel=3)
+        warn(report.message(source), CheckpointWarning)
     return report
 
 
@@ -375,6 +414,24 @@ def official_state_dict(net: torch.nn.Module, *, attention_layout: str = "torch"
     return {to_official(k, attention_layout=attention_layout): v.detach().cpu() for k, v in net.state_dict().items()}
 
 
+def write_official(
+    net: ScGPTNet,
+    vocab: GeneVocab,
+    paths: tuple[Path, Path, Path],
+    *,
+    args: dict[str, Any] | None = None,
+    mod_vocab: GeneVocab | None = None,
+    attention_layout: str = "torch",
+) -> None:
+    """Write ``args.json``, ``vocab.json`` and ``best_model.pt`` of an official folder to the three ``paths``."""
+    if len(vocab) != net.config.n_tokens:
+        raise ValueError(f"vocab has {len(vocab)} tokens but the network embeds {net.config.n_tokens}.")
+    args_path, vocab_path, weights_path = paths
+    args_path.write_text(json.dumps(official_args(net.config, args, mod_vocab), indent=2) + "\n")
+    vocab.to_json(vocab_path)
+    torch_save(official_state_dict(net, attention_layout=attention_layout), weights_path)
+
+
 def save_official(
     net: ScGPTNet,
     vocab: GeneVocab,
@@ -387,6 +444,10 @@ def save_official(
 ) -> Path:
     """Write an official model folder that the official ``scgpt`` code (and :func:`read_official`) loads.
 
+    The three files are written to temporary names and moved into place together, so a failed write
+    leaves the folder as it was. A folder holds one model: with ``overwrite=True`` a model already in
+    it (in either format) is replaced, its ``model.pt`` included.
+
     Parameters
     ----------
     net
@@ -394,7 +455,7 @@ def save_official(
     vocab
         Its gene vocabulary (size must match the embedding table).
     path
-        Folder to create.
+        Folder to write.
     args
         ``args.json`` content to start from (e.g. the one the model was loaded with); sizes are
         always written from ``net.config``.
@@ -404,15 +465,10 @@ def save_official(
         ``"torch"`` (``self_attn.in_proj_*``, what the official code saves without flash-attn) or
         ``"flash"`` (``self_attn.Wqkv.*``, the layout of the released weights).
     overwrite
-        Replace files in an existing folder.
+        Replace a model already in the folder.
     """
-    if len(vocab) != net.config.n_tokens:
-        raise ValueError(f"vocab has {len(vocab)} tokens but the network embeds {net.config.n_tokens}.")
-    path = Path(path).expanduser()
-    if path.exists() and any(path.iterdir()) and not overwrite:
-        raise FileExistsError(f"{path} exists and is not empty; pass overwrite=True to replace its files.")
-    path.mkdir(parents=True, exist_ok=True)
-    (path / ARGS_FILE).write_text(json.dumps(official_args(net.config, args, mod_vocab), indent=2) + "\n")
-    vocab.to_json(path / VOCAB_FILE)
-    torch.save(official_state_dict(net, attention_layout=attention_layout), path / WEIGHTS_FILE)
-    return path
+    from ._folder import OFFICIAL_FILES, model_folder
+
+    with model_folder(path, OFFICIAL_FILES, overwrite=overwrite) as temps:
+        write_official(net, vocab, temps, args=args, mod_vocab=mod_vocab, attention_layout=attention_layout)
+    return Path(path).expanduser()

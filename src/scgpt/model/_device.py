@@ -26,11 +26,20 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device={device!r} is not a device PyTorch knows ('cpu', 'cuda', 'cuda:1', 'mps').") from e
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
-            "device='cuda' was requested but PyTorch sees no CUDA device (torch.cuda.is_available() is False)."
+        raise ValueError(
+            f"device={str(device)!r} was requested but PyTorch sees no CUDA device (torch.cuda.is_available() is "
+            "False)."
         )
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device={str(device)!r}: PyTorch sees {torch.cuda.device_count()} CUDA device(s).")
+    mps = getattr(torch.backends, "mps", None)
+    if device.type == "mps" and not (mps is not None and mps.is_available()):
+        raise ValueError("device='mps' was requested but this PyTorch has no MPS (Apple GPU) support here.")
     return device
 
 

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .._anndata import check_adata, check_values, get_matrix, iter_row_chunks, looks_like_counts
+from .._anndata import check_adata, check_values, get_matrix, iter_row_chunks, looks_like_counts, missing_values
 from .._logging import warn
 from .._settings import settings
 from ..data._collate import CellBatch, Collator
@@ -90,6 +90,10 @@ def batch_label_codes(model: ScGPT, adata: AnnData, batch_key: str | None) -> np
     if batch_key not in adata.obs:
         raise KeyError(f"batch_key={batch_key!r} is not a column of adata.obs.")
     known = model.registry_.get("batch_categories")
+    missing = missing_values(adata.obs[batch_key])
+    if missing.any():
+        first = adata.obs_names[np.flatnonzero(missing)[0]]
+        raise ValueError(f"obs[{batch_key!r}] has {int(missing.sum())} cells without a batch (first: {first!r}).")
     values = adata.obs[batch_key].astype(str).to_numpy()
     if known is None:
         known = sorted(set(values))
@@ -336,6 +340,17 @@ class GenePairs(Accumulator):
 
 
 # ---------------------------------------------------------------------------- the run
+INFERENCE_OPTIONS = (
+    "gene_key", "use_aliases", "layer", "batch_key", "max_length", "batch_size", "seed", "device", "dtype", "progress",
+)  # fmt: skip
+"""The options every caller of :func:`run_inference` takes (documented once, as ``{inference}`` in ``_docs``)."""
+
+
+def inference_options(namespace: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`INFERENCE_OPTIONS` of a caller's arguments: ``run_inference(..., **inference_options(locals()))``."""
+    return {name: namespace[name] for name in INFERENCE_OPTIONS}
+
+
 @dataclass
 class InferenceResult:
     """What :func:`run_inference` produced.

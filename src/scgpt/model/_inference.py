@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 
 from .._docs import doc_params
-from ._engine import CellRows, run_inference
+from ._engine import CellRows, inference_options, run_inference
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -50,16 +50,7 @@ class InferenceMixin:
             self,
             self._resolve_adata(adata),
             CellRows(normalize=True),
-            gene_key=gene_key,
-            use_aliases=use_aliases,
-            layer=layer,
-            batch_key=batch_key,
-            max_length=max_length,
-            batch_size=batch_size,
-            seed=seed,
-            device=device,
-            dtype=dtype,
-            progress=progress,
+            **inference_options(locals()),
             fn="get_latent_representation",
         ).output
 
@@ -119,16 +110,7 @@ class InferenceMixin:
                 width=self.config.n_cls,
                 normalize=False,
             ),
-            gene_key=gene_key,
-            use_aliases=use_aliases,
-            layer=layer,
-            batch_key=batch_key,
-            max_length=max_length,
-            batch_size=batch_size,
-            seed=seed,
-            device=device,
-            dtype=dtype,
-            progress=progress,
+            **inference_options(locals()),
             cls_value=0.0,
             fn="predict_proba",
         ).output

@@ -11,7 +11,8 @@ import torch
 from ..data._genes import default_vocab
 from ..data._vocab import GeneVocab
 from ..io import load_official, save_official
-from ..io._native import NativeCheckpoint, is_native, load_native, save_native
+from ..io._native import MODEL_FILE, NativeCheckpoint, is_native, load_native, load_native_weights, write_native
+from ..io._official import write_official
 from ..nn import ScGPTConfig, ScGPTNet
 from ._device import resolve_device
 from ._inference import InferenceMixin
@@ -170,7 +171,9 @@ class ScGPT(InferenceMixin, TrainingMixin):
 
         The official ``scgpt`` package and :meth:`from_pretrained` load it; weights round-trip bit
         for bit. ``attention_layout="flash"`` writes the flash-attn ``Wqkv`` names of the released
-        weights instead of PyTorch's ``in_proj_*``.
+        weights instead of PyTorch's ``in_proj_*``. A folder holds one model: ``overwrite=True``
+        replaces a model already there, in either format (a ``model.pt`` is removed). The files are
+        written to temporary names first, so a failed write leaves the previous model intact.
         """
         return save_official(
             self.net,
@@ -190,27 +193,51 @@ class ScGPT(InferenceMixin, TrainingMixin):
             "source": self.source_,
         }
 
-    def save(self, dir_path: str | os.PathLike, *, overwrite: bool = False, save_anndata: bool = False) -> Path:
+    def save(
+        self,
+        dir_path: str | os.PathLike,
+        *,
+        overwrite: bool = False,
+        save_anndata: bool = False,
+        official: bool = False,
+    ) -> Path:
         """Save in this package's format (``dir_path/model.pt``), with training history and data setup.
+
+        A folder holds one model: ``overwrite=True`` replaces a model already there, in either format.
+        All files are written to temporary names and moved into place together, so a failed write
+        leaves the previous model intact.
 
         Parameters
         ----------
         dir_path
             Folder to write.
         overwrite
-            Replace an existing ``model.pt``.
+            Replace a model already in the folder.
         save_anndata
             Also write the bound AnnData as ``dir_path/adata.h5ad``.
+        official
+            Also write the official files of the same model (``args.json``, ``vocab.json``,
+            ``best_model.pt``), for the official code; :meth:`from_pretrained` reads ``model.pt``.
         """
+        from ..io._folder import ANNDATA_FILE, OFFICIAL_FILES, model_folder
+
+        if save_anndata and self.adata is None:
+            raise ValueError("save_anndata=True but no AnnData is bound to the model.")
+        files = [MODEL_FILE, *(OFFICIAL_FILES if official else ()), *((ANNDATA_FILE,) if save_anndata else ())]
         ckpt = NativeCheckpoint(
             self.config, self.vocab, self.net.state_dict(), self.args_, self.mod_vocab, self._attrs()
         )
-        target = save_native(dir_path, ckpt, overwrite=overwrite)
-        if save_anndata:
-            if self.adata is None:
-                raise ValueError("save_anndata=True but no AnnData is bound to the model.")
-            self.adata.write_h5ad(Path(dir_path) / "adata.h5ad")
-        return target.parent
+        with model_folder(dir_path, files, overwrite=overwrite) as temps:
+            paths = dict(zip(files, temps, strict=True))
+            write_native(ckpt, paths[MODEL_FILE])
+            if official:
+                write_official(
+                    self.net, self.vocab, tuple(paths[f] for f in OFFICIAL_FILES), args=self.args_,
+                    mod_vocab=self.mod_vocab,
+                )  # fmt: skip
+            if save_anndata:
+                self.adata.write_h5ad(paths[ANNDATA_FILE])
+        return Path(dir_path).expanduser()
 
     @classmethod
     def load(
@@ -220,18 +247,19 @@ class ScGPT(InferenceMixin, TrainingMixin):
 
         ``adata`` is the AnnData to bind; without it, an ``adata.h5ad`` saved in the folder is read.
         """
+        dir_path = Path(dir_path).expanduser()
         ckpt = load_native(dir_path)
         net = ScGPTNet(ckpt.config)
-        net.load_state_dict(ckpt.state_dict)
+        load_native_weights(net, ckpt, dir_path)
         attrs = ckpt.attrs
         self = cls._from_parts(
             net.eval(), ckpt.vocab, args=ckpt.args, mod_vocab=ckpt.mod_vocab, source=attrs.get("source"), attrs=attrs
         )
         self.to_device(device)
-        if adata is None and (Path(dir_path) / "adata.h5ad").is_file():
+        if adata is None and (dir_path / "adata.h5ad").is_file():
             import anndata as ad
 
-            adata = ad.read_h5ad(Path(dir_path) / "adata.h5ad")
+            adata = ad.read_h5ad(dir_path / "adata.h5ad")
         if adata is not None:
             self.adata = adata
         return self

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .._anndata import check_adata
+from .._anndata import check_adata, missing_values
 from .._logging import logger, warn
 from .._settings import settings
 from ..data._genes import gene_names
@@ -26,19 +26,12 @@ if TYPE_CHECKING:
     from ..train import Recipe, ScGPTDataModule
 
 SETUP_KEY = "_scgpt_setup"
-_MISSING_STRINGS = ("nan", "none", "")
 
 
 def _obs_column(adata: AnnData, key: str, what: str) -> pd.Series:
     if key not in adata.obs:
         raise KeyError(f"{what}={key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)}).")
     return adata.obs[key]
-
-
-def _missing(values: pd.Series) -> np.ndarray:
-    """Cells whose value is missing: NaN/None, or the strings "nan"/"None"/"" that a cast to ``str`` leaves behind."""
-    text = values.astype(str).str.strip().str.lower()
-    return values.isna().to_numpy() | text.isin(_MISSING_STRINGS).to_numpy()
 
 
 def _categorical(values: pd.Series) -> pd.Categorical:
@@ -56,7 +49,7 @@ def label_codes(adata: AnnData, labels_key: str) -> tuple[np.ndarray, np.ndarray
     Raises when no cell or a single cell type is labelled; warns for cell types with a single cell.
     """
     values = _obs_column(adata, labels_key, "labels_key")
-    missing = _missing(values)
+    missing = missing_values(values)
     if missing.all():
         raise ValueError(f"obs[{labels_key!r}] holds no labels (all missing).")
     if missing.any():
@@ -77,7 +70,7 @@ def label_codes(adata: AnnData, labels_key: str) -> tuple[np.ndarray, np.ndarray
 def batch_codes(adata: AnnData, batch_key: str) -> tuple[np.ndarray, list[str]]:
     """``(codes, categories)`` of a batch column; missing batches are an error naming the first cell."""
     values = _obs_column(adata, batch_key, "batch_key")
-    missing = _missing(values)
+    missing = missing_values(values)
     if missing.any():
         first = adata.obs_names[np.flatnonzero(missing)[0]]
         raise ValueError(
@@ -135,7 +128,7 @@ class TrainingMixin:
         gene_names(adata, gene_key)  # clear errors for missing keys / duplicated names
         for key, what in ((batch_key, "batch_key"), (labels_key, "labels_key")):
             if key is not None:
-                n_na = int(_missing(_obs_column(adata, key, what)).sum())
+                n_na = int(missing_values(_obs_column(adata, key, what)).sum())
                 if n_na:
                     raise ValueError(
                         f"adata.obs[{key!r}] has {n_na} missing values; drop or fill those cells before setup_anndata "
@@ -292,6 +285,7 @@ class TrainingMixin:
         ``self``, trained in place; ``history_`` holds the per-epoch losses and ``trainer_`` the Trainer.
         """
         from ..train import ScGPTTrainingPlan, TrainRunner, check_recipe
+        from ..train._runner import RUNNER_OPTIONS
 
         rec, task = resolve_recipe(recipe)
         changes = {k: v for k, v in (("max_length", max_length), ("mask_ratio", mask_ratio)) if v is not None}
@@ -316,26 +310,9 @@ class TrainingMixin:
             step_gamma=step_gamma,
             seed=seed,
         )
-        runner = TrainRunner(
-            plan,
-            datamodule,
-            max_epochs=max_epochs,
-            max_steps=max_steps,
-            accelerator=accelerator,
-            devices=devices,
-            strategy=strategy,
-            num_nodes=num_nodes,
-            precision=precision,
-            accumulate_grad_batches=accumulate_grad_batches,
-            gradient_clip_val=gradient_clip_val,
-            checkpoint_dir=checkpoint_dir,
-            checkpoint_every_n_steps=checkpoint_every_n_steps,
-            early_stopping=early_stopping,
-            early_stopping_patience=early_stopping_patience,
-            log_every_n_steps=log_every_n_steps,
-            progress=settings.progress if progress is None else progress,
-            **trainer_kwargs,
-        )
+        options = {name: value for name, value in locals().items() if name in RUNNER_OPTIONS}
+        options["progress"] = settings.progress if progress is None else progress
+        runner = TrainRunner(plan, datamodule, **options, **trainer_kwargs)
         self.net.train()
         try:
             self.trainer_ = runner(resume=resume)
@@ -466,8 +443,9 @@ class TrainingMixin:
             f"fine-tuning for {t.name!r} on {len(split[0])} cells ({len(split[1])} for validation)"
             + "".join(f", {len(v)} {k}" for k, v in categories.items())
         )
-        train_kwargs.setdefault("eps", defaults.get("eps", 1e-8))
-        train_kwargs.setdefault("schedule", t.schedule)
+        for key, default in (("eps", defaults.get("eps", 1e-8)), ("schedule", t.schedule)):
+            if train_kwargs.get(key) is None:  # not given, or None from the command line: the task's
+                train_kwargs[key] = default
         try:
             new.train(
                 datamodule=dm,

@@ -6,7 +6,7 @@ import os
 import time
 from typing import TYPE_CHECKING
 
-from .._anndata import check_adata, record
+from .._anndata import check_key_added, record, warn_overwrite, writable
 from .._docs import doc_params
 from .._logging import logger
 from .._settings import settings
@@ -83,11 +83,12 @@ def align_vocab(
     Warns below 50 % coverage; raises when no gene matches.
     """
     start = time.perf_counter()
-    check_adata(adata, fn="align_vocab")
+    adata = writable(adata, fn="align_vocab", copy=copy)
+    check_key_added(key_added, reads=(gene_key,), slot="var", fn="align_vocab")
     voc, source = _vocabulary(model, vocab)
-    adata = adata.copy() if copy else adata
     logger.info(f"matching genes to the scGPT vocabulary ({len(voc):,} tokens)")
     match = match_adata(adata, voc, gene_key=gene_key, use_aliases=use_aliases, fn="align_vocab")
+    warn_overwrite(adata, "var", key_added, fn="align_vocab")
     adata.var[key_added] = match.ids
     report = match.report()
     logger.info(f"    {report['n_matched']} of {report['n_genes']} genes matched ({report['coverage']:.1%})")

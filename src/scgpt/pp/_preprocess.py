@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import scipy.sparse as sp
 
-from .._anndata import actual_if_view, check_adata, get_matrix, record
+from .._anndata import check_adata, check_key_added, get_matrix, record, warn_overwrite, writable
 from .._docs import doc_params
 from .._logging import logger, warn
 from ._binning import bin_values
@@ -174,11 +174,13 @@ def preprocess(
     import scanpy as sc
 
     start = time.perf_counter()
-    check_adata(adata, fn="preprocess")
-    if copy:
-        adata = adata.copy()
-    else:
-        actual_if_view(adata, fn="preprocess")
+    adata = writable(adata, fn="preprocess", copy=copy, in_memory=True)
+    for param, key in (
+        ("result_normed_key", result_normed_key),
+        ("result_log1p_key", result_log1p_key),
+        ("result_binned_key", result_binned_key),
+    ):
+        check_key_added(key, reads=(layer, hvg_layer), slot="layers", fn="preprocess", param=param)
     number = isinstance(normalize_total, numbers.Real) and not isinstance(normalize_total, bool)
     if not (normalize_total is None or normalize_total == "median" or (number and normalize_total > 0)):
         raise ValueError(f"normalize_total must be a positive number, 'median' or None; got {normalize_total!r}.")
@@ -198,6 +200,7 @@ def preprocess(
     last = counts_key
     if normalize_total is not None:
         target = None if normalize_total == "median" else float(normalize_total)
+        warn_overwrite(adata, "layers", result_normed_key, fn="preprocess")
         adata.layers[result_normed_key] = sc.pp.normalize_total(
             adata, target_sum=target, layer=counts_key, inplace=False
         )["X"]
@@ -212,6 +215,7 @@ def preprocess(
             np.log1p(logged.data, out=logged.data)
         else:
             logged = np.log1p(np.asarray(src, dtype=np.float32))
+        warn_overwrite(adata, "layers", result_log1p_key, fn="preprocess")
         adata.layers[result_log1p_key] = logged
         last = result_log1p_key
         added.append(f"'{result_log1p_key}', log1p of normalised values (adata.layers)")

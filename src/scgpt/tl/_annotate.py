@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
-from .._anndata import actual_if_view, check_adata, record
+from .._anndata import check_adata, check_key_added, missing_values, record, warn_overwrite, writable
 from .._docs import doc_params
-from .._logging import logger
+from .._logging import logger, warn
 from ..model import CellRows, ScGPT, resolve_model, run_inference
 from ..model._training import label_codes
 
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
 UNKNOWN = "unknown"
+NO_PREDICTION = "(no prediction)"
 
 
 # ---------------------------------------------------------------------------- k-NN reference mapping
@@ -167,10 +168,9 @@ def annotate(
         raise ValueError(f"method must be 'finetune' or 'knn', got {method!r}.")
     if n_neighbors < 1:
         raise ValueError(f"n_neighbors must be at least 1, got {n_neighbors}.")
-    check_adata(adata, fn="annotate")
-    adata = adata.copy() if copy else adata
-    if not copy:
-        actual_if_view(adata, fn="annotate")
+    adata = writable(adata, fn="annotate", copy=copy)
+    check_key_added(key_added, reads=(labels_key,), slot="obs", fn="annotate")
+    check_key_added(f"{key_added}_confidence", reads=(labels_key,), slot="obs", fn="annotate")
     inference = {
         "gene_key": gene_key, "use_aliases": use_aliases, "layer": layer, "batch_size": batch_size, "seed": seed,
         "device": device, "dtype": dtype, "progress": progress,
@@ -228,6 +228,7 @@ def annotate(
         labels = np.where(low, unknown_label, labels)
         logger.info(f"    {int(low.sum())} cells below confidence {min_confidence} labelled {unknown_label!r}")
     order = classes + ([unknown_label] if min_confidence is not None and unknown_label not in classes else [])
+    warn_overwrite(adata, "obs", key_added, fn="annotate")
     adata.obs[key_added] = pd.Categorical(labels, categories=order)
     adata.obs[f"{key_added}_confidence"] = confidence.astype(np.float32)
     params = {
@@ -266,17 +267,27 @@ def evaluate_annotation(
     -------
     The metrics, also stored in ``adata.uns[key_added]``: ``accuracy``, ``macro_f1`` (over the true
     cell types; predictions of other labels, e.g. ``"unknown"``, count as errors), ``per_class``
-    (DataFrame: precision, recall, f1, support), ``confusion`` (DataFrame, true x predicted counts) and
-    ``n_cells``. Cells without a true label are left out.
+    (DataFrame: precision, recall, f1, support), ``confusion`` (DataFrame, true x predicted counts),
+    ``n_cells`` and ``n_missing_predictions``. Every cell with a true label counts: a missing prediction is
+    an error (column ``"(no prediction)"`` of the confusion matrix). Cells without a true label (missing,
+    or the strings "nan"/"None") are left out with a warning.
     """
     for key in (true_key, pred_key):
         if key not in adata.obs:
             raise KeyError(f"{key!r} is not a column of adata.obs.")
-    keep = adata.obs[true_key].notna().to_numpy() & adata.obs[pred_key].notna().to_numpy()
-    if not keep.any():
-        raise ValueError(f"No cell has both {true_key!r} and {pred_key!r}.")
+    if true_key == pred_key:
+        raise ValueError(f"true_key and pred_key are the same column ({true_key!r}); the score would be 1 by design.")
+    key_added = key_added or f"{pred_key}_evaluation"
+    no_truth = missing_values(adata.obs[true_key])
+    if no_truth.all():
+        raise ValueError(f"No cell has a true label in {true_key!r}.")
+    if no_truth.any():
+        first = adata.obs_names[np.flatnonzero(no_truth)[0]]
+        warn(f"{int(no_truth.sum())} cells have no true label in {true_key!r} (first: {first!r}); they are left out.")
+    keep = ~no_truth
     true = adata.obs[true_key].astype(str).to_numpy()[keep]
-    pred = adata.obs[pred_key].astype(str).to_numpy()[keep]
+    no_pred = missing_values(adata.obs[pred_key])[keep]
+    pred = np.where(no_pred, NO_PREDICTION, adata.obs[pred_key].astype(str).to_numpy()[keep])
     true_classes = sorted(set(true))
     all_labels = true_classes + sorted(set(pred) - set(true_classes))
     conf = pd.crosstab(
@@ -299,7 +310,12 @@ def evaluate_annotation(
         "per_class": per_class,
         "confusion": conf,
         "n_cells": int(keep.sum()),
+        "n_missing_predictions": int(no_pred.sum()),
     }
-    adata.uns[key_added or f"{pred_key}_evaluation"] = metrics
-    logger.info(f"accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f} on {metrics['n_cells']} cells")
+    warn_overwrite(adata, "uns", key_added, fn="evaluate_annotation")
+    adata.uns[key_added] = metrics
+    missing = f", {metrics['n_missing_predictions']} without a prediction (counted as errors)" if no_pred.any() else ""
+    logger.info(
+        f"accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f} on {metrics['n_cells']} cells{missing}"
+    )
     return metrics

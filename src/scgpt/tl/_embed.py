@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._anndata import record, resolve_target
+from .._anndata import record, resolve_target, warn_overwrite
 from .._docs import doc_params
 from .._logging import logger
 from ..model import CellRows, ScGPT, resolve_model, run_inference
+from ..model._engine import inference_options
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -92,17 +93,9 @@ def embed(
         model_obj,
         cells,
         CellRows(normalize=True),
-        gene_key=gene_key,
-        use_aliases=use_aliases,
-        layer=layer,
-        batch_key=batch_key,
-        max_length=max_length,
-        batch_size=batch_size,
-        seed=seed,
-        device=device,
-        dtype=dtype,
-        progress=progress,
+        **inference_options(locals()),
     )
+    warn_overwrite(cells, "obsm", key_added, fn="embed")
     added = target.write_obsm(key_added, res.output, "cell embeddings")
     if genes:
         gene_emb = np.full((cells.n_vars, model_obj.config.d_model), np.nan, dtype=np.float32)

@@ -15,6 +15,7 @@ _WHERE = {
     "ScGPTTrainingPlan": "._plan",
     "warmup_cosine": "._plan",
     "TrainRunner": "._runner",
+    "TrainingInterrupted": "._runner",
     **dict.fromkeys(["OBJECTIVES", "Objective", "Step", "check_recipe", "objective"], "._objectives"),
 }
 __getattr__, __dir__ = lazy_attributes(__name__, _WHERE)
@@ -24,6 +25,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._objectives import OBJECTIVES, Objective, Step, check_recipe, objective
     from ._plan import ScGPTTrainingPlan, warmup_cosine
     from ._recipes import Recipe
-    from ._runner import TrainRunner
+    from ._runner import TrainingInterrupted, TrainRunner
 
 __all__ = sorted(_WHERE)

@@ -7,13 +7,14 @@ It owns the optimiser and the schedule; it never builds a Trainer (that is
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch import Tensor
 
+from .._logging import warn
 from ..data._collate import CellBatch, _mix
 from ..data._random import splitmix64
 from ..nn import ScGPTNet
@@ -148,6 +149,16 @@ class ScGPTTrainingPlan(pl.LightningModule):
                 prog_bar=name == "loss",
                 batch_size=len(batch),
                 sync_dist=True,
+            )
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Warn when a run resumes with settings other than the checkpoint's (the result would differ)."""
+        saved = checkpoint.get("hyper_parameters", {})
+        changed = [f"{k}: {saved[k]!r} -> {v!r}" for k, v in self.hparams.items() if k in saved and saved[k] != v]
+        if changed:
+            warn(
+                "Resuming with settings that differ from the checkpoint's (" + "; ".join(changed) + "); the result "
+                "will not equal an uninterrupted run."
             )
 
     def transfer_batch_to_device(self, batch: CellBatch, device: torch.device, dataloader_idx: int) -> CellBatch:

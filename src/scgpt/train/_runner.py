@@ -9,8 +9,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
+import signal
 import tempfile
+import threading
 import warnings
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,8 +22,74 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from .._logging import warn
 
 LAST_CHECKPOINT = "last.ckpt"
+
+
+class TrainingInterrupted(RuntimeError):
+    """Training was stopped by a signal: SIGTERM (a cluster's preemption, ``kill``) or SIGINT (Ctrl-C).
+
+    Attributes
+    ----------
+    signal
+        The signal number.
+    step
+        Optimiser steps done.
+    checkpoint
+        The checkpoint to resume from (``None`` if none was written).
+    exit_code
+        The conventional exit status, ``128 + signal`` (143 for SIGTERM, 130 for SIGINT).
+    """
+
+    def __init__(self, signum: int, step: int, checkpoint: Path | None) -> None:
+        self.signal, self.step, self.checkpoint = signum, step, checkpoint
+        self.exit_code = 128 + signum
+        where = (
+            f"the checkpoint to resume from is {checkpoint}; continue with resume=True (scgpt: --resume)"
+            if checkpoint is not None
+            else "no checkpoint was written yet (set checkpoint_every_n_steps to save one more often)"
+        )
+        super().__init__(f"training stopped by {signal.Signals(signum).name} at step {step}; {where}")
+
+
+class _InterruptCallback(pl.Callback):
+    """Saves ``last.ckpt`` when SIGTERM stops training and remembers which signal did.
+
+    Lightning stops at the end of an optimiser step on SIGTERM, so the state is consistent and the
+    checkpoint resumes exactly. Ctrl-C can arrive mid-step: the last regular checkpoint is kept.
+    """
+
+    def __init__(self, checkpoint_dir: Path) -> None:
+        self.checkpoint_dir = checkpoint_dir
+        self.signal: int | None = None
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException):
+            self.signal = signal.SIGTERM
+            partial = self.checkpoint_dir / f".{LAST_CHECKPOINT}.partial"
+            trainer.save_checkpoint(partial)
+            if trainer.is_global_zero and partial.exists():
+                os.replace(partial, self.checkpoint_dir / LAST_CHECKPOINT)
+        elif isinstance(exception, KeyboardInterrupt):
+            self.signal = signal.SIGINT
+
+
+def check_checkpoint(path: Path) -> None:
+    """A clear error for a checkpoint file that is truncated or damaged (an interrupted write, a full disk)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            damaged = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        damaged = str(e)
+    if damaged is not None:
+        raise ValueError(
+            f"The checkpoint {path} cannot be read: it is truncated or damaged (e.g. written when the disk was full "
+            f"or the job was killed; {damaged}). Remove it to start over, or resume from another one (resume=PATH)."
+        )
+
 
 # Lightning messages that are expected with this package's loaders and are not actionable by users.
 _EXPECTED_WARNINGS = (
@@ -65,6 +135,14 @@ def quiet_lightning() -> Iterator[None]:
             lg.setLevel(level)
 
 
+RUNNER_OPTIONS = (
+    "max_epochs", "max_steps", "accelerator", "devices", "strategy", "num_nodes", "precision",
+    "accumulate_grad_batches", "gradient_clip_val", "checkpoint_dir", "checkpoint_every_n_steps", "early_stopping",
+    "early_stopping_patience", "log_every_n_steps", "progress",
+)  # fmt: skip
+"""The keyword options of :class:`TrainRunner` (``ScGPT.train`` passes its own of these names on)."""
+
+
 class TrainRunner:
     """Assembles a :class:`lightning.pytorch.Trainer` for a plan and its data, and fits.
 
@@ -79,8 +157,8 @@ class TrainRunner:
     accelerator, devices, strategy, num_nodes, precision, accumulate_grad_batches, gradient_clip_val
         Lightning settings; ``strategy="ddp"`` with several devices or nodes trains data-parallel.
     checkpoint_dir
-        Where ``last.ckpt`` and the per-step loss logs (``logs/version_<n>/metrics.csv``) go; a new
-        temporary folder when ``None``.
+        Where ``last.ckpt`` and the per-step loss logs (``logs/version_<n>/metrics.csv``) go; ``None``: a
+        temporary folder, removed after training that was not interrupted.
     checkpoint_every_n_steps
         Save ``last.ckpt`` every this many steps (default: at each epoch end).
     early_stopping, early_stopping_patience
@@ -116,13 +194,17 @@ class TrainRunner:
         **trainer_kwargs: Any,
     ) -> None:
         self.plan, self.datamodule = plan, datamodule
+        self.temporary = checkpoint_dir is None
         self.checkpoint_dir = (
-            Path(checkpoint_dir).expanduser()
-            if checkpoint_dir is not None
-            else Path(tempfile.mkdtemp(prefix="scgpt_train_"))
+            Path(tempfile.mkdtemp(prefix="scgpt_train_"))
+            if checkpoint_dir is None
+            else Path(checkpoint_dir).expanduser()
         )
+        if self.checkpoint_dir.exists() and not self.checkpoint_dir.is_dir():
+            raise ValueError(f"checkpoint_dir={str(checkpoint_dir)!r} is a file; give a folder for the checkpoints.")
         self.history = HistoryCallback()
-        callbacks: list = [self.history, *trainer_kwargs.pop("callbacks", [])]
+        self._interrupt = _InterruptCallback(self.checkpoint_dir)
+        callbacks: list = [self.history, self._interrupt, *trainer_kwargs.pop("callbacks", [])]
         every = {"every_n_train_steps": checkpoint_every_n_steps} if checkpoint_every_n_steps else {}
         callbacks.append(ModelCheckpoint(dirpath=self.checkpoint_dir, save_last=True, save_top_k=0, **every))
         has_val = getattr(datamodule, "val_indices", None) is not None
@@ -160,18 +242,43 @@ class TrainRunner:
         if not resume:
             return None
         if isinstance(resume, bool):
+            if self.temporary:
+                raise ValueError("resume=True needs checkpoint_dir=, the folder of the run to continue.")
             path = self.checkpoint_dir / LAST_CHECKPOINT
-            return path if path.is_file() else None
-        path = Path(resume).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"No checkpoint at {path}.")
+            if not path.is_file():
+                warn(f"resume=True but there is no {path} yet; training starts from the beginning.")
+                return None
+        else:
+            path = Path(resume).expanduser()
+            if not path.is_file():
+                raise FileNotFoundError(f"No checkpoint at {path}.")
+        check_checkpoint(path)
         return path
 
     def __call__(self, *, resume: bool | str | os.PathLike = False) -> pl.Trainer:
-        """Fit (continuing from a checkpoint with ``resume``); returns the Trainer."""
+        """Fit (continuing from a checkpoint with ``resume``); returns the Trainer.
+
+        Raises :class:`TrainingInterrupted` when SIGTERM or SIGINT stops training (after SIGTERM,
+        ``last.ckpt`` holds the step reached).
+        """
         ckpt_path = self.resume_path(resume)
-        with quiet_lightning(), warnings.catch_warnings():
-            for message in _EXPECTED_WARNINGS:
-                warnings.filterwarnings("ignore", message=message)
-            self.trainer.fit(self.plan, datamodule=self.datamodule, ckpt_path=ckpt_path)
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, signal.SIG_DFL) if main else None  # Lightning's handler alone
+        try:
+            with quiet_lightning(), warnings.catch_warnings():
+                for message in _EXPECTED_WARNINGS:
+                    warnings.filterwarnings("ignore", message=message)
+                self.trainer.fit(self.plan, datamodule=self.datamodule, ckpt_path=ckpt_path)
+        except SystemExit as e:  # SIGTERMException, or Lightning's exit after Ctrl-C
+            if self._interrupt.signal is None:
+                raise
+            last = self.checkpoint_dir / LAST_CHECKPOINT
+            raise TrainingInterrupted(
+                self._interrupt.signal, self.trainer.global_step, last if last.is_file() else None
+            ) from e
+        finally:
+            if main:
+                signal.signal(signal.SIGTERM, previous)
+        if self.temporary:  # nobody will resume from it: do not leave a model-sized file behind
+            shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
         return self.trainer
