@@ -27,19 +27,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SCGPT_SHARED", REPO.parent / "shared"))
 
-#: OneK1K donors held out as the annotation query (a seeded draw, ``default_rng(0).permutation``, fixed here).
-ONEK1K_QUERY_DONORS = ("SAMP4", "SAMP7", "SAMP9", "SAMP14", "SAMP15", "SAMP22", "SAMP27", "SAMP30", "SAMP33", "SAMP38")
-
-
-def onek1k():
-    """OneK1K: 5,734 PBMCs x 1,000 genes (Ensembl ids), raw counts; ``obs['indiv']``, ``obs['cell_type']``."""
-    import anndata as ad
-
-    return ad.read_h5ad(SHARED / "data" / "onek1k_pbmc_30donors.h5ad")
-
 
 def onek1k_split():
-    """(reference, query): 20 reference donors and the 10 ``ONEK1K_QUERY_DONORS``."""
+    """(reference, query): 20 reference donors and the 10 ``scgpt.datasets.ONEK1K_QUERY_DONORS``."""
+    from scgpt.datasets import ONEK1K_QUERY_DONORS, onek1k
+
     a = onek1k()
     query = a.obs["indiv"].isin(ONEK1K_QUERY_DONORS).to_numpy()
     return a[~query].copy(), a[query].copy()

@@ -47,9 +47,12 @@ def check_key_added(key: str, *, reads=(), slot: str, fn: str, param: str = "key
         )
 
 
-def warn_overwrite(adata: AnnData, slot: str, key: str, *, fn: str) -> None:
-    """Warn that ``adata.<slot>[key]`` exists and is about to be replaced (call it just before writing)."""
-    if key in getattr(adata, slot):
+def warn_overwrite(adata: AnnData, slot: str, key: str, *, fn: str, copy: bool = False) -> None:
+    """Warn that ``adata.<slot>[key]`` exists and is about to be replaced (call it just before writing).
+
+    Silent for ``copy=True`` calls: the entry replaced is in the copy, not in the caller's data.
+    """
+    if not copy and key in getattr(adata, slot):
         warn(f"{fn}: adata.{slot}[{key!r}] exists and is overwritten.")
 
 

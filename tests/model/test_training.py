@@ -77,12 +77,15 @@ def test_training_on_a_subset_uses_the_subset_labels(pbmc, tmp_path, tiny_model)
     np.testing.assert_array_equal(dm.obs["batch_labels"], np.ones(24, dtype=np.int64))
 
 
-def test_resume_after_a_crash_gives_the_same_weights(pbmc, tmp_path, tiny_model):
+@pytest.mark.parametrize(("length", "final"), [({"max_steps": 20}, 20), ({"max_epochs": 2}, 26)])
+def test_resume_after_a_crash_gives_the_same_weights(pbmc, tmp_path, tiny_model, length, final):
+    """Limited by steps or by epochs (cosine schedule over the whole run): the resumed run continues from the
+    saved position in the data, not from the first batch."""
     data = pbmc[:200].copy()
     ScGPT.setup_anndata(data)
     kw = dict(
         recipe="pretrain-masked",
-        max_steps=20,
+        **length,
         batch_size=16,
         lr=1e-3,
         max_length=64,
@@ -103,9 +106,11 @@ def test_resume_after_a_crash_gives_the_same_weights(pbmc, tmp_path, tiny_model)
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*resuming from a checkpoint that ended before the epoch ended.*")
         resumed.train(checkpoint_dir=tmp_path / "b", resume=True, callbacks=[start], **kw)
-    assert start.step == 7 and resumed.trainer_.global_step == 20
+    assert start.step == 7 and resumed.trainer_.global_step == final
     for (name, a), (_, b) in zip(straight.net.state_dict().items(), resumed.net.state_dict().items()):
         assert torch.equal(a, b), name
+    saved = torch.load(tmp_path / "b" / "last.ckpt", weights_only=False)
+    assert saved["global_step"] == final  # the final step is saved, not only every 7th
 
 
 def _official_keys(path):

@@ -107,8 +107,9 @@ def run(args: argparse.Namespace) -> None:
             model = model.adapt(**changes)
     if adata is None:
         recipe = task.recipe if args.max_length is None else task.recipe.replace(max_length=args.max_length)
-        datamodule = _lazy_datamodule(model, args, recipe)
-        train_and_save(functools.partial(model.train, recipe=task.name, datamodule=datamodule), args, out)
+        datamodule = _lazy_datamodule(model, args, recipe)  # tokenised with --max-length already
+        train = functools.partial(model.train, recipe=recipe, datamodule=datamodule)
+        train_and_save(train, args, out, max_length=None)
     else:
         model.setup_anndata(adata)
         train = functools.partial(model.train, adata, recipe=task.name, train_size=args.train_size)

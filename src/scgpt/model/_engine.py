@@ -30,7 +30,6 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from .._anndata import check_adata, check_values, get_matrix, iter_row_chunks, looks_like_counts, missing_values
 from .._logging import warn
@@ -340,6 +339,23 @@ class GenePairs(Accumulator):
 
 
 # ---------------------------------------------------------------------------- the run
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(total: int, desc: str, show: bool):
+    """A tqdm bar, or a stand-in when progress is off (tqdm.auto would still warn in notebooks without ipywidgets)."""
+    if not show:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="cell", desc=desc, leave=False)
+
+
 INFERENCE_OPTIONS = (
     "gene_key", "use_aliases", "layer", "batch_key", "max_length", "batch_size", "seed", "device", "dtype", "progress",
 )  # fmt: skip
@@ -455,13 +471,7 @@ def run_inference(
     chunk_size = max(2048, 16 * batch_size)
     what = f"layer {layer!r}" if layer else "adata.X"
     n_tokens = np.zeros(adata.n_obs, dtype=np.int64)
-    bar = tqdm(
-        total=adata.n_obs,
-        unit="cell",
-        desc=f"{fn}: cells",
-        disable=not (settings.progress if progress is None else progress),
-        leave=False,
-    )
+    bar = _progress_bar(adata.n_obs, f"{fn}: cells", settings.progress if progress is None else progress)
     was_training = model.net.training
     try:
         with torch.inference_mode():

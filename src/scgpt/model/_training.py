@@ -294,6 +294,12 @@ class TrainingMixin:
         check_recipe(self.config, rec)
         if max_epochs is None and max_steps == -1:
             max_epochs = 10
+        if datamodule is not None and changes:
+            raise ValueError(
+                f"{', '.join(changes)} set how cells are tokenised, which a ready data module has fixed already; pass "
+                "a recipe with them to make_datamodule (e.g. TASKS['pretrain'].recipe.replace(max_length=...)) and "
+                "the same recipe here."
+            )
         if datamodule is None:
             adata = self._resolve_adata(adata)
             datamodule = self._datamodule(

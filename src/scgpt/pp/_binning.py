@@ -90,7 +90,7 @@ def bin_values(
     n_empty = sum(int((np.diff(b.indptr) == 0).sum()) for b in blocks)
     if n_empty:
         logger.warning(f"    {n_empty} cells have no nonzero value; their bins are all 0")
-    warn_overwrite(adata, "layers", key_added, fn="bin_values")
+    warn_overwrite(adata, "layers", key_added, fn="bin_values", copy=copy)
     adata.layers[key_added] = sp.vstack(blocks, format="csr") if len(blocks) > 1 else blocks[0]
     params = {"n_bins": n_bins, "layer": layer, "gene_key": gene_key, "seed": seed}
     record(adata, key_added, params, start=start, added=[f"'{key_added}', bins (adata.layers)"])

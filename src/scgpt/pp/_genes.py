@@ -88,7 +88,7 @@ def align_vocab(
     voc, source = _vocabulary(model, vocab)
     logger.info(f"matching genes to the scGPT vocabulary ({len(voc):,} tokens)")
     match = match_adata(adata, voc, gene_key=gene_key, use_aliases=use_aliases, fn="align_vocab")
-    warn_overwrite(adata, "var", key_added, fn="align_vocab")
+    warn_overwrite(adata, "var", key_added, fn="align_vocab", copy=copy)
     adata.var[key_added] = match.ids
     report = match.report()
     logger.info(f"    {report['n_matched']} of {report['n_genes']} genes matched ({report['coverage']:.1%})")

@@ -200,7 +200,7 @@ def preprocess(
     last = counts_key
     if normalize_total is not None:
         target = None if normalize_total == "median" else float(normalize_total)
-        warn_overwrite(adata, "layers", result_normed_key, fn="preprocess")
+        warn_overwrite(adata, "layers", result_normed_key, fn="preprocess", copy=copy)
         adata.layers[result_normed_key] = sc.pp.normalize_total(
             adata, target_sum=target, layer=counts_key, inplace=False
         )["X"]
@@ -215,7 +215,7 @@ def preprocess(
             np.log1p(logged.data, out=logged.data)
         else:
             logged = np.log1p(np.asarray(src, dtype=np.float32))
-        warn_overwrite(adata, "layers", result_log1p_key, fn="preprocess")
+        warn_overwrite(adata, "layers", result_log1p_key, fn="preprocess", copy=copy)
         adata.layers[result_log1p_key] = logged
         last = result_log1p_key
         added.append(f"'{result_log1p_key}', log1p of normalised values (adata.layers)")

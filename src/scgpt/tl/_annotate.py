@@ -228,7 +228,7 @@ def annotate(
         labels = np.where(low, unknown_label, labels)
         logger.info(f"    {int(low.sum())} cells below confidence {min_confidence} labelled {unknown_label!r}")
     order = classes + ([unknown_label] if min_confidence is not None and unknown_label not in classes else [])
-    warn_overwrite(adata, "obs", key_added, fn="annotate")
+    warn_overwrite(adata, "obs", key_added, fn="annotate", copy=copy)
     adata.obs[key_added] = pd.Categorical(labels, categories=order)
     adata.obs[f"{key_added}_confidence"] = confidence.astype(np.float32)
     params = {

@@ -164,6 +164,25 @@ class ScGPTTrainingPlan(pl.LightningModule):
     def transfer_batch_to_device(self, batch: CellBatch, device: torch.device, dataloader_idx: int) -> CellBatch:
         return batch.to(device)
 
+    def _total_steps(self) -> int:
+        """Optimiser steps of the whole run, for the cosine schedule.
+
+        Counted from the data module's own loader rather than with ``trainer.estimated_stepping_batches``:
+        that property sets up Lightning's data before a checkpoint is restored, and Lightning then never
+        hands the loader its saved position, so a run limited by epochs would resume from the first batch.
+        """
+        t = self.trainer
+        datamodule = getattr(t, "datamodule", None)
+        if datamodule is None:
+            return int(t.estimated_stepping_batches)
+        per_epoch = math.ceil(len(datamodule.train_dataloader()) / t.accumulate_grad_batches)
+        limits = []
+        if t.max_steps is not None and t.max_steps >= 0:
+            limits.append(t.max_steps)
+        if t.max_epochs is not None and t.max_epochs >= 0:
+            limits.append(per_epoch * t.max_epochs)
+        return max(1, min(limits)) if limits else int(t.estimated_stepping_batches)
+
     def configure_optimizers(self):
         params = [p for p in self.net.parameters() if p.requires_grad]
         if self.weight_decay:
@@ -175,7 +194,7 @@ class ScGPTTrainingPlan(pl.LightningModule):
         if self.schedule == "step":
             sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=self.step_gamma)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
-        total = int(self.trainer.estimated_stepping_batches)
+        total = self._total_steps()
         warmup = min(self.warmup_steps, max(total - 1, 0))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup=warmup, total=total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

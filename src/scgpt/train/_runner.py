@@ -55,6 +55,28 @@ class TrainingInterrupted(RuntimeError):
         super().__init__(f"training stopped by {signal.Signals(signum).name} at step {step}; {where}")
 
 
+def _save_last(trainer: pl.Trainer, checkpoint_dir: Path) -> None:
+    """Write ``checkpoint_dir/last.ckpt`` of the current state, atomically (only rank 0 writes)."""
+    partial = checkpoint_dir / f".{LAST_CHECKPOINT}.partial"
+    trainer.save_checkpoint(partial)
+    if trainer.is_global_zero and partial.exists():
+        os.replace(partial, checkpoint_dir / LAST_CHECKPOINT)
+
+
+class _FinalCheckpoint(pl.Callback):
+    """Saves ``last.ckpt`` when training ends, so that it holds the final step.
+
+    With ``checkpoint_every_n_steps`` Lightning saves only every n steps, and resuming a finished run
+    would redo the last ones.
+    """
+
+    def __init__(self, checkpoint_dir: Path) -> None:
+        self.checkpoint_dir = checkpoint_dir
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        _save_last(trainer, self.checkpoint_dir)
+
+
 class _InterruptCallback(pl.Callback):
     """Saves ``last.ckpt`` when SIGTERM stops training and remembers which signal did.
 
@@ -69,10 +91,7 @@ class _InterruptCallback(pl.Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException):
             self.signal = signal.SIGTERM
-            partial = self.checkpoint_dir / f".{LAST_CHECKPOINT}.partial"
-            trainer.save_checkpoint(partial)
-            if trainer.is_global_zero and partial.exists():
-                os.replace(partial, self.checkpoint_dir / LAST_CHECKPOINT)
+            _save_last(trainer, self.checkpoint_dir)
         elif isinstance(exception, KeyboardInterrupt):
             self.signal = signal.SIGINT
 
@@ -205,6 +224,8 @@ class TrainRunner:
         self.history = HistoryCallback()
         self._interrupt = _InterruptCallback(self.checkpoint_dir)
         callbacks: list = [self.history, self._interrupt, *trainer_kwargs.pop("callbacks", [])]
+        if not self.temporary:
+            callbacks.append(_FinalCheckpoint(self.checkpoint_dir))
         every = {"every_n_train_steps": checkpoint_every_n_steps} if checkpoint_every_n_steps else {}
         callbacks.append(ModelCheckpoint(dirpath=self.checkpoint_dir, save_last=True, save_top_k=0, **every))
         has_val = getattr(datamodule, "val_indices", None) is not None

@@ -1,4 +1,4 @@
-"""Real single-cell data that ship inside installed packages (no download at run time)."""
+"""scanpy's bundled ``pbmc68k_reduced`` cells with their raw counts recovered exactly."""
 
 from __future__ import annotations
 
