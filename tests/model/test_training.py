@@ -176,3 +176,24 @@ def test_recipe_needs_matching_heads(pbmc, tiny_model):
     with pytest.raises(ValueError, match="not set up: call scgpt.model.ScGPT.setup_anndata"):
         fresh = ad.AnnData(pbmc.X.copy(), obs=pbmc.obs[[]].copy(), var=pbmc.var[[]].copy())
         tiny_model(pbmc).train(fresh, recipe="pretrain-masked", max_steps=1)
+
+
+def test_restore_best_ends_with_the_weights_of_the_best_epoch(pbmc, tmp_path, tiny_model):
+    """As the official tutorials' best_model: the final weights give the lowest validation loss of the run."""
+    data = pbmc[:200].copy()
+    ScGPT.setup_anndata(data)
+    model = tiny_model(data).train(
+        recipe="pretrain-masked",
+        max_epochs=3,
+        batch_size=16,
+        lr=3e-2,
+        schedule="constant",
+        max_length=64,
+        train_size=0.7,
+        restore_best=True,
+        checkpoint_dir=tmp_path,
+    )  # fmt: skip  (a high learning rate: the validation loss does not fall monotonically)
+    losses = model.history_["val_loss"]
+    assert losses.index(min(losses)) < len(losses) - 1  # the last epoch is not the best here
+    again = model.trainer_.validate(model.trainer_.lightning_module, datamodule=model.trainer_.datamodule)
+    assert again[0]["val_loss"] == pytest.approx(min(losses), rel=1e-6)

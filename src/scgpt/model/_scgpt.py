@@ -112,9 +112,14 @@ class ScGPT(InferenceMixin, TrainingMixin):
         c = self.config
         n = self.net.num_parameters()
         src = f", from {self.source_!r}" if self.source_ else ""
+        task = self.registry_.get("task")
+        if task is not None:
+            classes = self.registry_.get("label_categories")
+            src += f", fine-tuned for {task!r}" + (f" ({len(classes)} classes)" if classes else "")
+        size = f"{n / 1e6:.1f}M" if n >= 1e5 else f"{n:,}"
         return (
             f"ScGPT({c.n_layers} layers x {c.d_model} wide, {c.n_heads} heads, {len(self.vocab):,} tokens, "
-            f"{n / 1e6:.1f}M parameters{src})"
+            f"{size} parameters{src})"
         )
 
     # ------------------------------------------------------------------ loading and saving

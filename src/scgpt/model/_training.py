@@ -211,6 +211,7 @@ class TrainingMixin:
         validation_size: float | None = None,
         early_stopping: bool = False,
         early_stopping_patience: int = 3,
+        restore_best: bool = False,
         accelerator: str = "auto",
         devices: int | str | list[int] = "auto",
         strategy: str = "auto",
@@ -253,6 +254,9 @@ class TrainingMixin:
             Random split of the cells (validation: the rest by default).
         early_stopping, early_stopping_patience
             Stop when ``val_loss`` stops improving.
+        restore_best
+            End with the weights of the epoch with the lowest ``val_loss`` (the official tutorials' ``best_model``)
+            instead of the last epoch's; needs validation cells.
         accelerator, devices, strategy, num_nodes
             Lightning device settings; ``strategy="ddp"`` with several devices or nodes for distributed
             data-parallel training.
@@ -387,8 +391,9 @@ class TrainingMixin:
 
         Returns
         -------
-        The fine-tuned model. Its ``registry_`` records the task, the keys and the categories in output
-        order (``label_categories``, ``batch_categories``).
+        The fine-tuned model, with the weights of the epoch with the lowest validation loss when cells were
+        held out (the official tutorials' ``best_model``). Its ``registry_`` records the task, the keys and
+        the categories in output order (``label_categories``, ``batch_categories``).
 
         Examples
         --------
@@ -449,6 +454,7 @@ class TrainingMixin:
             f"fine-tuning for {t.name!r} on {len(split[0])} cells ({len(split[1])} for validation)"
             + "".join(f", {len(v)} {k}" for k, v in categories.items())
         )
+        train_kwargs.setdefault("restore_best", len(split[1]) > 0)  # the official best_model: lowest val_loss
         for key, default in (("eps", defaults.get("eps", 1e-8)), ("schedule", t.schedule)):
             if train_kwargs.get(key) is None:  # not given, or None from the command line: the task's
                 train_kwargs[key] = default

@@ -72,6 +72,7 @@ def confusion(
     ax.set_yticks(range(n_rows), [str(r) for r in conf.index])
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
+    ax.grid(False)  # a style's axes grid (e.g. scanpy's figure params) would cut through the cells
     if annotate:
         high = np.nanmax(values) if values.size else 1
         for i in range(n_rows):
@@ -83,7 +84,7 @@ def confusion(
                     text,
                     ha="center",
                     va="center",
-                    fontsize=7,
+                    fontsize="small",
                     color="white" if values[i, j] > 0.6 * high else "black",
                 )
     fig.colorbar(

@@ -77,6 +77,32 @@ class _FinalCheckpoint(pl.Callback):
         _save_last(trainer, self.checkpoint_dir)
 
 
+class BestWeights(pl.Callback):
+    """Keeps the network's weights of the epoch with the lowest ``val_loss``, to restore when training ends.
+
+    The official fine-tuning tutorials evaluate ``best_model``, the epoch with the lowest validation loss,
+    not the last epoch. The kept weights travel in the checkpoints, so a resumed run keeps the same best.
+    """
+
+    def __init__(self) -> None:
+        self.best: float | None = None
+        self.weights: dict | None = None
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        loss = trainer.callback_metrics.get("val_loss")
+        if trainer.sanity_checking or loss is None:
+            return
+        if self.best is None or float(loss) < self.best:
+            self.best = float(loss)
+            self.weights = {k: v.detach().cpu().clone() for k, v in pl_module.net.state_dict().items()}
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "weights": self.weights}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.best, self.weights = state_dict.get("best"), state_dict.get("weights")
+
+
 class _InterruptCallback(pl.Callback):
     """Saves ``last.ckpt`` when SIGTERM stops training and remembers which signal did.
 
@@ -157,7 +183,7 @@ def quiet_lightning() -> Iterator[None]:
 RUNNER_OPTIONS = (
     "max_epochs", "max_steps", "accelerator", "devices", "strategy", "num_nodes", "precision",
     "accumulate_grad_batches", "gradient_clip_val", "checkpoint_dir", "checkpoint_every_n_steps", "early_stopping",
-    "early_stopping_patience", "log_every_n_steps", "progress",
+    "early_stopping_patience", "restore_best", "log_every_n_steps", "progress",
 )  # fmt: skip
 """The keyword options of :class:`TrainRunner` (``ScGPT.train`` passes its own of these names on)."""
 
@@ -182,6 +208,9 @@ class TrainRunner:
         Save ``last.ckpt`` every this many steps (default: at each epoch end).
     early_stopping, early_stopping_patience
         Stop when ``val_loss`` stops improving (needs validation cells).
+    restore_best
+        End with the weights of the epoch with the lowest ``val_loss`` (needs validation cells), as the
+        official fine-tuning tutorials do, instead of the last epoch's.
     log_every_n_steps
         Logging interval.
     progress
@@ -208,6 +237,7 @@ class TrainRunner:
         checkpoint_every_n_steps: int | None = None,
         early_stopping: bool = False,
         early_stopping_patience: int = 3,
+        restore_best: bool = False,
         log_every_n_steps: int = 10,
         progress: bool = True,
         **trainer_kwargs: Any,
@@ -229,6 +259,11 @@ class TrainRunner:
         every = {"every_n_train_steps": checkpoint_every_n_steps} if checkpoint_every_n_steps else {}
         callbacks.append(ModelCheckpoint(dirpath=self.checkpoint_dir, save_last=True, save_top_k=0, **every))
         has_val = getattr(datamodule, "val_indices", None) is not None
+        self.best = BestWeights() if restore_best else None
+        if restore_best:
+            if not has_val:
+                raise ValueError("restore_best needs validation cells (train_size < 1 or validation_size > 0).")
+            callbacks.append(self.best)
         if early_stopping:
             if not has_val:
                 raise ValueError("early_stopping needs validation cells (train_size < 1).")
@@ -300,6 +335,8 @@ class TrainRunner:
         finally:
             if main:
                 signal.signal(signal.SIGTERM, previous)
+        if self.best is not None and self.best.weights is not None:
+            self.plan.net.load_state_dict(self.best.weights)
         if self.temporary:  # nobody will resume from it: do not leave a model-sized file behind
             shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
         return self.trainer
