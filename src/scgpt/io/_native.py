@@ -51,20 +51,8 @@ def write_native(ckpt: NativeCheckpoint, target: Path) -> None:
     torch_save(payload, target)
 
 
-def save_native(path: str | os.PathLike, ckpt: NativeCheckpoint, *, overwrite: bool = False) -> Path:
-    """Write ``path/model.pt``, atomically.
-
-    A model already in the folder, in either format, is replaced with ``overwrite=True``.
-    """
-    from ._folder import model_folder
-
-    with model_folder(path, (MODEL_FILE,), overwrite=overwrite) as (tmp,):
-        write_native(ckpt, tmp)
-    return Path(path).expanduser() / MODEL_FILE
-
-
 def is_native(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a folder written by :func:`save_native`."""
+    """Whether ``path`` is a folder holding this package's ``model.pt`` (written by ``ScGPT.save``)."""
     return (Path(path).expanduser() / MODEL_FILE).is_file()
 
 
