@@ -88,3 +88,32 @@ def test_loader_slices_global_batches_and_resumes(setup):
     assert [b.cells.tolist() for b in resumed] == single[3:]
     assert resumed.epoch == 1  # a finished pass moves to the next epoch, with a new order
     assert [b.cells.tolist() for b in resumed][0] != single[0]
+
+
+def test_per_batch_minibatches_hold_one_group_each(setup):
+    """The official integration recipe: every global batch holds cells of one experimental batch."""
+    _, source, collator = setup
+    c = collator(masking="masked")
+    idx = np.arange(100)
+    groups = np.where(np.arange(source.n_obs) % 3 == 0, 0, 1)  # a third of the cells in group 0
+    obs = {"batch_labels": groups}
+    loader = CellLoader(source, idx, c, batch_size=8, seed=1, obs=obs, group_by="batch_labels")
+    batches = [b.cells.tolist() for b in loader]
+    assert all(len({groups[i] for i in b}) == 1 for b in batches)
+    assert sorted(i for b in batches for i in b) == list(range(100))  # every cell once (drop_last off: 1 process)
+    assert len(batches) == len(loader) == 5 + 9  # ceil(34 / 8) + ceil(66 / 8)
+    ranks = [
+        [
+            b.cells.tolist()
+            for b in CellLoader(
+                source, idx, c, batch_size=4, seed=1, rank=r, world_size=2, obs=obs, group_by="batch_labels"
+            )
+        ]
+        for r in (0, 1)
+    ]
+    joined = [sorted(a + b) for a, b in zip(*ranks)]
+    whole = [sorted(b.cells.tolist()) for b in CellLoader(source, idx, c, batch_size=8, seed=1, obs=obs, group_by="batch_labels",
+                                           drop_last=True)]  # fmt: skip
+    assert joined == whole  # the same global batches whatever the number of processes
+    with pytest.raises(ValueError, match="group_by='batch' needs obs"):
+        CellLoader(source, idx, c, batch_size=8, obs=obs, group_by="batch")

@@ -11,7 +11,7 @@ from scgpt.train import OBJECTIVES
 
 
 def test_registry_holds_the_official_recipes():
-    assert set(TASKS) == {"pretrain", "pretrain-masked", "annotation", "integration"}
+    assert set(TASKS) == {"pretrain", "pretrain-masked", "annotation", "integration", "multiomic"}
     for name, task in TASKS.items():
         assert task.name == name and task.recipe.name == name
         assert set(task.recipe.active) <= set(OBJECTIVES)
@@ -22,6 +22,9 @@ def test_registry_holds_the_official_recipes():
     assert integ.recipe.active == {"mlm": 1, "mlm_zero": 1, "mvc": 1, "mvc_zero": 1, "ecs": 10, "dab": 1}
     assert integ.recipe.mask_ratio == 0.4 and integ.recipe.ecs_threshold == 0.8 and integ.recipe.include_zero_genes
     assert integ.requires == ("batch_key",) and integ.defaults["eps"] == 1e-4
+    multi = TASKS["multiomic"]
+    assert multi.recipe.active == {"mlm": 1, "mvc": 1, "dab": 1} and multi.recipe.include_zero_genes
+    assert multi.multiomic and multi.requires == () and multi.optional == ("batch_key",)
     assert TASKS["pretrain"].recipe.masking == "generative" and TASKS["pretrain"].recipe.mask_ratio == (0.25, 0.5, 0.75)
     with pytest.raises(ValueError, match=r"Unknown task 'segmentation'; available: \['annotation', "):
         get_task("segmentation")

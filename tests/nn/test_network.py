@@ -147,3 +147,25 @@ def test_variants_run_and_backpropagate(kw):
 def test_nn_does_not_import_anndata():
     code = "import sys, scgpt.nn; assert 'anndata' not in sys.modules and 'lightning' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_average_batch_slot_for_unseen_batches():
+    torch.manual_seed(0)
+    net = ScGPTNet(tiny(n_batch_labels=3, use_batch_labels=True, batch_norm="dsbn", dab=True)).eval()
+    for i, bn in enumerate(net.dsbn.bns):  # distinct statistics per batch
+        bn.running_mean.fill_(float(i))
+        bn.running_var.fill_(1.0 + i)
+    wide = net.with_average_batch()
+    assert wide.config.n_batch_labels == 4
+    torch.testing.assert_close(wide.dsbn.bns[3].running_mean, torch.full((16,), 1.0))
+    torch.testing.assert_close(wide.dsbn.bns[3].running_var, torch.full((16,), 2.0))
+    emb = net.batch_encoder.embedding.weight
+    torch.testing.assert_close(wide.batch_encoder.embedding.weight[3], emb.mean(0))
+    genes, values = torch.tensor([[1, 2, 3, 4]]), torch.tensor([[-2.0, 3.0, 1.0, 5.0]])
+    with torch.no_grad():  # known batches are unchanged
+        for b in range(3):
+            label = torch.tensor([b])
+            torch.testing.assert_close(
+                wide.cell_embedding(genes, values, batch_labels=label),
+                net.cell_embedding(genes, values, batch_labels=label),
+            )

@@ -136,6 +136,11 @@ class Collator:
         pretraining: 0.25, 0.5, 0.75).
     seed
         Seed.
+    token_modality
+        Modality id of every vocabulary token, specials included (multi-omic models): values are binned per
+        cell and modality, and minibatches carry ``mod_types``; ``None`` for single-modality models.
+    binary_modalities
+        Modalities whose nonzero values all become the top bin (binarised chromatin accessibility).
     """
 
     token_ids: np.ndarray
@@ -151,6 +156,8 @@ class Collator:
     masking: Masking = "masked"
     mask_ratio: float | tuple[float, ...] = 0.4
     seed: int = 0
+    token_modality: np.ndarray | None = None
+    binary_modalities: tuple[int, ...] = ()
 
     def ratio_for(self, epoch: int, batch_index: int) -> float:
         """The mask ratio of a minibatch (fixed, or drawn from the tuple by a keyed choice)."""
@@ -173,6 +180,8 @@ class Collator:
             n_bins=self.n_bins,
             seed=seed,
             include_zero_genes=self.include_zero_genes,
+            groups=None if self.token_modality is None else self.token_modality[np.maximum(self.token_ids, 0)],
+            binary_groups=self.binary_modalities,
         )
 
     def collate(
@@ -216,6 +225,7 @@ class Collator:
             gen_mask=gen,
             batch_labels=as_long(batch_labels),
             labels=as_long(labels),
+            mod_types=None if self.token_modality is None else torch.from_numpy(self.token_modality[genes]),
             cells=as_long(index),
             epoch=epoch,
             index=batch_index,

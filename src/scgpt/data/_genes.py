@@ -52,6 +52,13 @@ class GeneMatch:
         """Boolean mask of matched genes."""
         return self.ids >= 0
 
+    def restricted_to(self, ids: np.ndarray, *, fn: str) -> GeneMatch:
+        """The same match with only the genes whose token is among ``ids`` kept (the others unmatched)."""
+        keep = np.isin(self.ids, ids[ids >= 0]) & self.matched
+        if not keep.any():
+            raise ValueError(f"{fn}: none of the genes is in the model's gene panel ({int((ids >= 0).sum())} genes).")
+        return GeneMatch(np.where(keep, self.ids, -1), np.where(keep, self.kinds, ""), self.names)
+
     def report(self, n_examples: int = 10) -> dict:
         """Coverage summary (JSON-friendly)."""
         n = len(self.ids)

@@ -32,6 +32,21 @@ def bucket_by_length(order: np.ndarray, lengths: np.ndarray, global_batch: int, 
     return out
 
 
+def group_batches(order: np.ndarray, groups: np.ndarray, global_batch: int, *, drop_last: bool, seed: int) -> list:
+    """Global batches that each hold cells of one group (e.g. one experimental batch, for domain-specific BatchNorm).
+
+    The cells of each group keep their (shuffled) order in ``order`` and are cut into global batches;
+    the batches of all groups are then shuffled together. ``groups`` is indexed like ``order``'s values.
+    """
+    out = []
+    for g in np.unique(groups[order]):
+        cells = order[groups[order] == g]
+        n = len(cells) // global_batch if drop_last else -(-len(cells) // global_batch)
+        out += [cells[i * global_batch : (i + 1) * global_batch] for i in range(n)]
+    perm = np.random.default_rng(seed).permutation(len(out))
+    return [out[i] for i in perm]
+
+
 def epoch_order(indices: np.ndarray, *, seed: int, epoch: int, shuffle: bool, chunk_size: int = 1) -> np.ndarray:
     """Order of ``indices`` in an epoch.
 
@@ -89,6 +104,9 @@ class CellLoader:
     bucket_window
         Length bucketing: sort cells by length inside windows of this many global batches, so
         batches need little padding (0 disables; needs ``source.lengths()``).
+    group_by
+        Name of an ``obs`` array (e.g. ``"batch_labels"``): every global batch then holds cells of one group,
+        as the official integration recipe trains domain-specific BatchNorm (no length bucketing).
     """
 
     def __init__(
@@ -107,6 +125,7 @@ class CellLoader:
         obs: dict[str, np.ndarray] | None = None,
         fixed_epoch: bool = False,
         bucket_window: int = 50,
+        group_by: str | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}.")
@@ -121,29 +140,42 @@ class CellLoader:
         lengths = source.lengths() if bucket_window else None
         self._lengths = None if lengths is None else np.asarray(lengths)
         self.bucket_window = bucket_window
+        if group_by is not None and group_by not in self.obs:
+            raise ValueError(f"group_by={group_by!r} needs obs[{group_by!r}] (per-cell codes).")
+        self._groups = None if group_by is None else np.asarray(self.obs[group_by])
         self.epoch = 0
         self._marked = False
         self._done = 0  # batches of the current epoch already consumed (see mark_consumed)
 
     def _global_batches(self) -> int:
         g = self.batch_size * self.world_size
+        if self._groups is not None:
+            sizes = np.bincount(self._groups[self.indices])
+            return int(sum((n // g if self.drop_last else -(-n // g)) for n in sizes if n))
         n = len(self.indices)
         return n // g if self.drop_last else -(-n // g)
 
     def __len__(self) -> int:
         return self._global_batches()
 
+    def _epoch_batches(self, epoch: int) -> list:
+        """The global batches of an epoch, in order."""
+        order = epoch_order(self.indices, seed=self.seed, epoch=epoch, shuffle=self.shuffle, chunk_size=self.chunk_size)
+        g = self.batch_size * self.world_size
+        if self._groups is not None:
+            return group_batches(order, self._groups, g, drop_last=self.drop_last, seed=_mix(self.seed, epoch, 303))
+        if self._lengths is not None and self.bucket_window > 1:
+            order = bucket_by_length(order, self._lengths, g, self.bucket_window, seed=_mix(self.seed, epoch, 202))
+        return [order[b * g : (b + 1) * g] for b in range(self._global_batches())]
+
     def __iter__(self) -> Iterator[CellBatch]:
         if self._done >= self._global_batches():
             self.epoch, self._done = self.epoch + 1, 0
         epoch = 0 if self.fixed_epoch else self.epoch
         self._marked = False
-        order = epoch_order(self.indices, seed=self.seed, epoch=epoch, shuffle=self.shuffle, chunk_size=self.chunk_size)
-        g = self.batch_size * self.world_size
-        if self._lengths is not None and self.bucket_window > 1:
-            order = bucket_by_length(order, self._lengths, g, self.bucket_window, seed=_mix(self.seed, epoch, 202))
-        for b in range(self._done, self._global_batches()):
-            glob = order[b * g : (b + 1) * g]
+        batches = self._epoch_batches(epoch)
+        for b in range(self._done, len(batches)):
+            glob = batches[b]
             per = -(-len(glob) // self.world_size)
             mine = glob[self.rank * per : (self.rank + 1) * per]
             if len(mine) == 0:

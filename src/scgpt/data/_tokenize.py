@@ -79,6 +79,8 @@ def tokenize(
     n_bins: int | None = 51,
     seed: int = 0,
     include_zero_genes: bool = False,
+    groups: np.ndarray | None = None,
+    binary_groups: tuple[int, ...] = (),
 ) -> TokenizedCells:
     """Tokenise the rows of a cells x genes matrix.
 
@@ -101,6 +103,11 @@ def tokenize(
     include_zero_genes
         Also keep the in-vocabulary genes a cell does not express (value 0), as the official
         fine-tuning recipes do on highly variable genes.
+    groups
+        Group (modality) of each column: values are binned per cell and group (the official
+        multi-omic recipe bins RNA and proteins separately); ``None``: one group.
+    binary_groups
+        Groups whose nonzero values all become the top bin (``n_bins - 1``; binarised chromatin accessibility).
     """
     X = sp.csr_matrix(X) if not sp.isspmatrix_csr(X) else X
     X = X.copy() if not X.has_canonical_format else X
@@ -112,7 +119,9 @@ def tokenize(
     nz_indptr = np.concatenate([[0], np.cumsum(np.bincount(nz_rows, minlength=X.shape[0]))])
     nz_keys = gene_key[nz_cols]
     ckey = cell_keys(nz_indptr, nz_keys, nz_data, seed)  # from the expressed genes only
-    if n_bins:
+    if n_bins and groups is not None:
+        nz_vals = _bin_per_group(nz_rows, groups[nz_cols], nz_data, nz_keys, ckey, n_bins, binary_groups)
+    elif n_bins:
         nz_vals = bin_csr(nz_indptr, nz_data, nz_keys, ckey, n_bins).astype(np.float32)
     else:
         nz_vals = nz_data.astype(np.float32)
@@ -139,6 +148,30 @@ def tokenize(
         indptr = np.concatenate([[0], np.cumsum(np.minimum(n_input, max_genes))])
     order = np.lexsort((toks, rows))  # vocabulary order within each cell
     return TokenizedCells(indptr, toks[order], vals[order], n_input, ckey, keys[order])
+
+
+def _bin_per_group(
+    rows: np.ndarray,
+    group: np.ndarray,
+    data: np.ndarray,
+    keys: np.ndarray,
+    cell_key: np.ndarray,
+    n_bins: int,
+    binary_groups: tuple[int, ...],
+) -> np.ndarray:
+    """Bins of nonzero entries computed within each (cell, group): every group of a cell is a row of its own."""
+    group = np.asarray(group, dtype=np.int64)
+    codes, group = np.unique(group, return_inverse=True)
+    n_groups = len(codes)
+    virtual = rows * n_groups + group
+    order = np.argsort(virtual, kind="stable")
+    counts = np.bincount(virtual, minlength=len(cell_key) * n_groups)
+    indptr = np.concatenate([[0], np.cumsum(counts)])
+    out = np.empty(len(data), dtype=np.float32)
+    out[order] = bin_csr(indptr, data[order], keys[order], np.repeat(cell_key, n_groups), n_bins)
+    if binary_groups:
+        out[np.isin(codes[group], binary_groups)] = n_bins - 1
+    return out
 
 
 def rank_in_row(priority: np.ndarray, indptr: np.ndarray) -> np.ndarray:

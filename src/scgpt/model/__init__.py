@@ -17,6 +17,7 @@ _WHERE = {
     "resolve_model": "._resolve",
     "resolve_device": "._device",
     "resolve_dtype": "._device",
+    **dict.fromkeys(["with_modalities", "feature_token", "modality_names"], "._multiomic"),
     **dict.fromkeys(
         ["Accumulator", "CellRows", "GenePairs", "GeneValues", "InferenceResult", "run_inference"], "._engine"
     ),
@@ -26,6 +27,7 @@ __getattr__, __dir__ = lazy_attributes(__name__, _WHERE)
 if TYPE_CHECKING:  # pragma: no cover
     from ._device import resolve_device, resolve_dtype
     from ._engine import Accumulator, CellRows, GenePairs, GeneValues, InferenceResult, run_inference
+    from ._multiomic import feature_token, modality_names, with_modalities
     from ._resolve import resolve_model
     from ._scgpt import ScGPT
     from ._tasks import TASKS, Task, get_task

@@ -38,6 +38,7 @@ from ..data._collate import CellBatch, Collator
 from ..data._genes import GeneMatch, match_adata
 from ..nn import Encoded, ScGPTNet
 from ._device import resolve_device, resolve_dtype
+from ._multiomic import binary_modalities, token_modality
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -74,13 +75,17 @@ def length_batches(lengths: np.ndarray, max_cells: int, max_tokens: int | None) 
         i += n
 
 
-def batch_label_codes(model: ScGPT, adata: AnnData, batch_key: str | None) -> np.ndarray | None:
-    """Integer batch labels for models conditioned on batches, with the categories the model was trained on."""
+def batch_label_codes(model: ScGPT, adata: AnnData, batch_key: str | None) -> tuple[np.ndarray | None, list[str]]:
+    """Integer batch labels for models conditioned on batches, in the categories the model was trained on.
+
+    Returns the codes and the batches the model never saw; their cells get code ``n_batch_labels``, the
+    averaged batch of :meth:`scgpt.nn.ScGPTNet.with_average_batch` (with a warning naming them).
+    """
     c = model.config
     if not c.batch_conditioned:
         if batch_key is not None:
             warn("batch_key is ignored: this model is not conditioned on batches.")
-        return None
+        return None, []
     if batch_key is None:
         raise ValueError(
             f"This model is conditioned on {c.n_batch_labels} batches (batch encoder or DSBN); pass `batch_key=`, "
@@ -94,15 +99,19 @@ def batch_label_codes(model: ScGPT, adata: AnnData, batch_key: str | None) -> np
         first = adata.obs_names[np.flatnonzero(missing)[0]]
         raise ValueError(f"obs[{batch_key!r}] has {int(missing.sum())} cells without a batch (first: {first!r}).")
     values = adata.obs[batch_key].astype(str).to_numpy()
-    if known is None:
+    if known is None:  # an official checkpoint: its batches are known only by number
         known = sorted(set(values))
+        if len(known) > c.n_batch_labels:
+            raise ValueError(f"batch_key={batch_key!r} has more batches than the {c.n_batch_labels} the model knows.")
     codes = pd.Index(known).get_indexer(values).astype(np.int64)
-    if (codes < 0).any():
-        unknown = sorted(set(values[codes < 0]))
-        raise ValueError(f"Batches {unknown[:5]} were not seen by the model (known: {list(known)[:10]}).")
-    if codes.max(initial=0) >= c.n_batch_labels:
-        raise ValueError(f"batch_key={batch_key!r} has more batches than the {c.n_batch_labels} the model knows.")
-    return codes
+    unseen = sorted(set(values[codes < 0]))
+    if unseen:
+        warn(
+            f"{len(unseen)} batches were not seen in training ({unseen[:5]}); their cells are normalised with the "
+            f"average of the {c.n_batch_labels} known batches' statistics (known: {list(known)[:5]})."
+        )
+        codes[codes < 0] = c.n_batch_labels
+    return codes, unseen
 
 
 # ---------------------------------------------------------------------------- accumulators
@@ -409,6 +418,7 @@ def run_inference(
     n_bins: int | None | Literal["model"] = "model",
     expect_counts: bool = True,
     max_tokens: int | None = None,
+    tokens: Sequence[str] | None = None,
     fn: str = "embed",
 ) -> InferenceResult:
     """Run ``model`` over the cells of ``adata`` (in memory or backed) and feed every minibatch to ``accumulator``.
@@ -433,6 +443,9 @@ def run_inference(
         Warn when the values do not look like counts.
     max_tokens
         Padded tokens per forward pass; default: 2-4k on CPU, unlimited on GPU.
+    tokens
+        Use only the genes matched to these vocabulary tokens (e.g. the gene panel a model was fine-tuned
+        on, with ``include_zero_genes``); ``None``: every matched gene.
     fn
         Name used in messages.
     """
@@ -443,12 +456,14 @@ def run_inference(
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
     get_matrix(adata, layer)  # clear error for a missing layer before any work
     match = match_adata(adata, model.vocab, gene_key=gene_key, use_aliases=use_aliases, fn=fn)
+    if tokens is not None:
+        match = match.restricted_to(model.vocab.lookup(tokens), fn=fn)
     keys = np.zeros(adata.n_vars, dtype=np.uint64)
     keys[match.matched] = model.vocab.gene_keys()[match.ids[match.matched]]
-    labels = batch_label_codes(model, adata, batch_key)
+    labels, unseen = batch_label_codes(model, adata, batch_key)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    net = inference_net(model.net, dev, dt)
+    net = inference_net(model.net.with_average_batch() if unseen else model.net, dev, dt)
     c = net.config
     collator = Collator(
         token_ids=match.ids,
@@ -462,6 +477,8 @@ def run_inference(
         include_zero_genes=include_zero_genes,
         masking="none",
         seed=seed,
+        token_modality=token_modality(model),
+        binary_modalities=binary_modalities(model),
     )
     token_to_gene = torch.full((len(model.vocab),), -1, dtype=torch.long)
     token_to_gene[torch.from_numpy(match.ids[match.matched])] = torch.from_numpy(np.flatnonzero(match.matched))

@@ -410,16 +410,21 @@ class TrainingMixin:
         missing = [k for k in t.requires if keys[k] is None]
         if missing:
             raise ValueError(f"finetune({t.name!r}) needs {', '.join(f'{k}=' for k in missing)} (an obs column).")
-        unused = [k for k, v in keys.items() if v is not None and k not in t.requires]
+        unused = [k for k, v in keys.items() if v is not None and k not in t.requires + t.optional]
         if unused:
             warn(f"finetune({t.name!r}) does not use {', '.join(unused)}; ignored.")
+        if t.multiomic and self.mod_vocab is None:
+            raise ValueError(
+                f"finetune({t.name!r}) needs a multi-omic model: use scgpt.tl.integrate(mdata, model, modalities=...) "
+                "or scgpt.model.with_modalities(model, {'prot': [...]})."
+            )
         keep = np.ones(adata.n_obs, dtype=bool)
         obs: dict[str, np.ndarray] = {}
         categories: dict[str, list[str]] = {}
         if "labels_key" in t.requires:
             keep, obs["labels"], categories["labels"] = label_codes(adata, labels_key)
         cells = adata if keep.all() else adata[keep]
-        if "batch_key" in t.requires:
+        if batch_key is not None and "batch_key" in t.requires + t.optional:
             obs["batch_labels"], categories["batches"] = batch_codes(cells, batch_key)
 
         torch.manual_seed(seed)
@@ -433,6 +438,8 @@ class TrainingMixin:
 
         defaults = t.defaults
         recipe = t.recipe if max_length is None else t.recipe.replace(max_length=max_length)
+        if "batches" not in categories and "dab" in recipe.objectives:  # an optional batch_key not given
+            recipe = recipe.replace(objectives={k: w for k, w in recipe.objectives.items() if k != "dab"})
         stop = defaults.get("early_stopping", False) if early_stopping is None else early_stopping
         if validation_size is None:  # by default, cells are held out only to stop early
             validation_size = defaults.get("validation_size", 0.1) if stop else 0.0
@@ -446,6 +453,8 @@ class TrainingMixin:
         size = defaults.get("batch_size", 32) if batch_size is None else batch_size
         dm = new.make_datamodule(source, recipe, batch_size=size, seed=seed, obs=obs, split=split)
         new.registry_["task"] = t.name
+        if recipe.include_zero_genes:  # every gene of the panel is a token of every cell: the panel is the model's
+            new.registry_["tokens"] = new.vocab.lookup_tokens(source.present_tokens())
         if "labels" in categories:
             new.registry_.update(label_categories=categories["labels"], labels_key=labels_key)
         if "batches" in categories:
@@ -512,6 +521,7 @@ class TrainingMixin:
         """
         from ..data._collate import Collator
         from ..train import ScGPTDataModule
+        from ._multiomic import binary_modalities, token_modality
 
         rec, _ = resolve_recipe(recipe)
         c = self.config
@@ -531,11 +541,22 @@ class TrainingMixin:
             masking=rec.masking,
             mask_ratio=rec.mask_ratio,
             seed=seed,
+            token_modality=token_modality(self),
+            binary_modalities=binary_modalities(self),
         )
         if split is None:
             split = random_split(source.n_obs, train_size, validation_size, seed=seed)
+        group_by = "batch_labels" if rec.per_batch_minibatches and obs and "batch_labels" in obs else None
         return ScGPTDataModule(
-            source, collator, split[0], split[1], batch_size=batch_size, seed=seed, obs=obs, chunk_size=chunk_size
+            source,
+            collator,
+            split[0],
+            split[1],
+            batch_size=batch_size,
+            seed=seed,
+            obs=obs,
+            chunk_size=chunk_size,
+            group_by=group_by,
         )
 
     def _datamodule(self, adata: AnnData, recipe: Recipe, *, batch_size, train_size, validation_size, seed):

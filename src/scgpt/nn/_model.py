@@ -403,6 +403,39 @@ class ScGPTNet(nn.Module):
             out["dab_output"] = self.discriminate(enc)
         return out
 
+    def with_average_batch(self) -> ScGPTNet:
+        """A copy with one more batch label, the average of the known ones, for cells of unseen batches.
+
+        The new label's domain-specific BatchNorm statistics (and affine parameters), batch-label
+        embedding and discriminator output are the means over the ``n_batch_labels`` known batches;
+        everything else is copied. Cells of a batch the network never saw are then normalised with
+        statistics that no single training batch dominates.
+        """
+        c = self.config
+        if not c.batch_conditioned:
+            raise RuntimeError("This network is not conditioned on batches.")
+        n = c.n_batch_labels
+        param = next(self.parameters())
+        new = ScGPTNet(c.replace(n_batch_labels=n + 1)).to(device=param.device, dtype=param.dtype)
+        state = self.state_dict()
+        target = new.state_dict()
+        for key, value in target.items():
+            if key in state and state[key].shape == value.shape:
+                target[key] = state[key]
+        if c.batch_norm == "dsbn":
+            for name in ("running_mean", "running_var", "weight", "bias"):
+                parts = [state[f"dsbn.bns.{i}.{name}"] for i in range(n) if f"dsbn.bns.{i}.{name}" in state]
+                if parts:
+                    target[f"dsbn.bns.{n}.{name}"] = torch.stack(parts).mean(0)
+        for key in ("batch_encoder.embedding.weight", "grad_reverse_discriminator.out_layer.weight"):
+            if key in state:
+                target[key] = torch.cat([state[key], state[key].mean(0, keepdim=True)])
+        if "grad_reverse_discriminator.out_layer.bias" in state:
+            bias = state["grad_reverse_discriminator.out_layer.bias"]
+            target["grad_reverse_discriminator.out_layer.bias"] = torch.cat([bias, bias.mean(0, keepdim=True)])
+        new.load_state_dict(target)
+        return new.train(self.training)
+
     def num_parameters(self, *, exclude_embeddings: bool = False) -> int:
         """Number of parameters (optionally without the gene embedding table)."""
         n = sum(p.numel() for p in self.parameters())

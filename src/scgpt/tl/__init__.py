@@ -1,6 +1,8 @@
-"""Tools: embeddings, annotation and other scGPT tasks on AnnData / MuData."""
+"""Tools: embeddings, annotation, integration and other scGPT tasks on AnnData / MuData."""
 
 from ._annotate import annotate, evaluate_annotation
+from ._benchmark import benchmark_integration
 from ._embed import embed
+from ._integrate import integrate
 
-__all__ = ["annotate", "embed", "evaluate_annotation"]
+__all__ = ["annotate", "benchmark_integration", "embed", "evaluate_annotation", "integrate"]

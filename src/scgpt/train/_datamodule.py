@@ -32,6 +32,8 @@ class ScGPTDataModule(pl.LightningDataModule):
         Per-cell ``batch_labels`` / ``labels`` codes.
     chunk_size
         Chunked shuffling (on-disk sources).
+    group_by
+        An ``obs`` key (``"batch_labels"``): every global batch then holds cells of one group.
     """
 
     def __init__(
@@ -45,6 +47,7 @@ class ScGPTDataModule(pl.LightningDataModule):
         seed: int = 0,
         obs: dict[str, np.ndarray] | None = None,
         chunk_size: int = 1,
+        group_by: str | None = None,
     ) -> None:
         super().__init__()
         self.source, self.collator = source, collator
@@ -53,6 +56,7 @@ class ScGPTDataModule(pl.LightningDataModule):
             None if val_indices is None or len(val_indices) == 0 else np.asarray(val_indices, dtype=np.int64)
         )
         self.batch_size, self.seed, self.obs, self.chunk_size = batch_size, seed, obs or {}, chunk_size
+        self.group_by = group_by
         self._train: CellLoader | None = None
 
     def _rank_world(self) -> tuple[int, int]:
@@ -73,6 +77,7 @@ class ScGPTDataModule(pl.LightningDataModule):
                 world_size=world,
                 obs=self.obs,
                 chunk_size=self.chunk_size,
+                group_by=self.group_by,
             )
         return self._train
 
@@ -92,4 +97,5 @@ class ScGPTDataModule(pl.LightningDataModule):
             drop_last=False,
             obs=self.obs,
             fixed_epoch=True,
+            group_by=self.group_by,
         )

@@ -43,6 +43,9 @@ class Recipe:
         Keep unexpressed genes as tokens (value 0).
     max_length
         Tokens per cell including ``<cls>``.
+    per_batch_minibatches
+        Every minibatch holds cells of one experimental batch (the official integration recipe, so that
+        domain-specific BatchNorm sees whole minibatches of its batch).
     """
 
     name: str
@@ -56,6 +59,7 @@ class Recipe:
     mask_value: float = -1.0
     include_zero_genes: bool = False
     max_length: int = 1200
+    per_batch_minibatches: bool = False
 
     def __post_init__(self) -> None:
         problems = []

@@ -180,6 +180,15 @@ def quiet_lightning() -> Iterator[None]:
             lg.setLevel(level)
 
 
+@contextlib.contextmanager
+def quiet_training() -> Iterator[None]:
+    """Lightning without its INFO chatter and without the warnings that are expected here and not actionable."""
+    with quiet_lightning(), warnings.catch_warnings():
+        for message in _EXPECTED_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
+        yield
+
+
 RUNNER_OPTIONS = (
     "max_epochs", "max_steps", "accelerator", "devices", "strategy", "num_nodes", "precision",
     "accumulate_grad_batches", "gradient_clip_val", "checkpoint_dir", "checkpoint_every_n_steps", "early_stopping",
@@ -321,9 +330,7 @@ class TrainRunner:
         main = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, signal.SIG_DFL) if main else None  # Lightning's handler alone
         try:
-            with quiet_lightning(), warnings.catch_warnings():
-                for message in _EXPECTED_WARNINGS:
-                    warnings.filterwarnings("ignore", message=message)
+            with quiet_training():
                 self.trainer.fit(self.plan, datamodule=self.datamodule, ckpt_path=ckpt_path)
         except SystemExit as e:  # SIGTERMException, or Lightning's exit after Ctrl-C
             if self._interrupt.signal is None:

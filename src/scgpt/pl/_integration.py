@@ -1,0 +1,81 @@
+"""``scgpt.pl.benchmark_integration``: the scib-metrics table of :func:`scgpt.tl.benchmark_integration`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from ._utils import finish, new_axes
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+AGGREGATES = ("Bio conservation", "Batch correction", "Total", "AvgBIO", "AvgBATCH")
+
+
+def benchmark_integration(
+    data: AnnData | pd.DataFrame,
+    key: str = "scgpt_integration_benchmark",
+    *,
+    cmap: str = "viridis",
+    title: str | None = None,
+    ax: Axes | None = None,
+    show: bool | None = None,
+    return_fig: bool = False,
+) -> Figure | Axes | None:
+    """The integration benchmark as a table: one row per embedding (best total first), one column per metric.
+
+    Each column is coloured from its lowest to its highest value, so the best method of every metric
+    stands out; the aggregate scores sit right of a vertical line. Values are written in the cells.
+
+    Parameters
+    ----------
+    data
+        An AnnData holding ``uns[key]['results']``, or the table returned by :func:`scgpt.tl.benchmark_integration`.
+    key
+        ``uns`` entry written by :func:`scgpt.tl.benchmark_integration`.
+    cmap
+        Colour map.
+    title
+        Axes title.
+    ax
+        Axes to draw into.
+    show
+        Show the plot (default: when the backend is interactive).
+    return_fig
+        Return the figure.
+
+    Returns
+    -------
+    The figure with ``return_fig=True``; ``None`` if shown; else the axes.
+    """
+    if isinstance(data, pd.DataFrame):
+        table = data
+    else:
+        if key not in data.uns or "results" not in data.uns[key]:
+            raise KeyError(f"adata.uns[{key!r}] has no results; run scgpt.tl.benchmark_integration first.")
+        table = data.uns[key]["results"]
+    table = table.sort_values("Total", ascending=False) if "Total" in table else table
+    metrics = [c for c in table.columns if c not in AGGREGATES] + [c for c in AGGREGATES if c in table.columns]
+    values = table[metrics].to_numpy(dtype=float)
+    low, high = np.nanmin(values, 0), np.nanmax(values, 0)
+    shade = (values - low) / np.where(high > low, high - low, 1.0)
+    n_rows, n_cols = values.shape
+    fig, ax = new_axes(ax, (1.2 + 0.85 * n_cols, 0.9 + 0.45 * n_rows))
+    ax.imshow(shade, cmap=cmap, vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(n_cols), metrics, rotation=45, ha="right")
+    ax.set_yticks(range(n_rows), [str(i) for i in table.index])
+    ax.grid(False)
+    for i in range(n_rows):
+        for j in range(n_cols):
+            ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize="small",
+                    color="black" if shade[i, j] > 0.5 else "white")  # fmt: skip
+    first_aggregate = next((j for j, m in enumerate(metrics) if m in AGGREGATES), None)
+    if first_aggregate:
+        ax.axvline(first_aggregate - 0.5, color="white", linewidth=3)
+    ax.set_title(title if title is not None else "integration benchmark (scib-metrics)")
+    return finish(fig, ax, show=show, return_fig=return_fig)

@@ -1,0 +1,199 @@
+"""``scgpt.tl.benchmark_integration``: an integration next to PCA, Harmony and scVI in one scib-metrics table."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import pandas as pd
+
+from .._anndata import check_adata, get_matrix, record, warn_overwrite
+from .._logging import logger
+from .._settings import settings
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+BASELINES = {"pca": "X_pca", "harmony": "X_pca_harmony", "scvi": "X_scVI"}
+"""The baselines and the ``obsm`` keys they are written to (the keys scanpy and scvi-tools use)."""
+
+AVG_BIO = ("KMeans NMI", "KMeans ARI", "Silhouette label")
+AVG_BATCH = ("BRAS", "Graph connectivity")
+
+
+def _need(module: str, extra: str = "eval"):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(
+            f"benchmark_integration needs {module.split('.')[0]}: pip install 'scgpt-scverse[{extra}]' "
+            "(scib-metrics and harmonypy)."
+        ) from e
+
+
+def _log_normalised_hvg(adata: AnnData, *, layer: str | None, batch_key: str, n_top_genes: int) -> AnnData:
+    """A log-normalised copy restricted to ``n_top_genes`` highly variable genes.
+
+    Genes are ranked by seurat_v3 on the counts, per batch; the counts stay in ``layers['counts']``.
+    """
+    import anndata as ad
+    import scanpy as sc
+
+    counts = get_matrix(adata, layer)
+    tmp = ad.AnnData(X=counts.copy(), obs=adata.obs[[batch_key]].copy(), var=pd.DataFrame(index=adata.var_names))
+    n_top = min(n_top_genes, tmp.n_vars)
+    sc.pp.highly_variable_genes(tmp, n_top_genes=n_top, flavor="seurat_v3", batch_key=batch_key, subset=True)
+    tmp.layers["counts"] = tmp.X.copy()
+    sc.pp.normalize_total(tmp, target_sum=1e4)
+    sc.pp.log1p(tmp)
+    return tmp
+
+
+def benchmark_integration(
+    adata: AnnData,
+    *,
+    batch_key: str,
+    label_key: str,
+    obsm_keys: Sequence[str] | None = None,
+    baselines: Sequence[Literal["pca", "harmony", "scvi"]] = ("pca", "harmony", "scvi"),
+    layer: str | None = None,
+    n_top_genes: int = 2000,
+    n_comps: int = 50,
+    scvi_max_epochs: int | None = None,
+    seed: int = 0,
+    key_added: str = "scgpt_integration_benchmark",
+    progress: bool | None = None,
+) -> pd.DataFrame:
+    """Score integrated embeddings with scib-metrics, next to the baselines computed in the same call.
+
+    The baselines missing from ``adata.obsm`` are computed on log-normalised highly variable genes:
+    unintegrated PCA (``X_pca``), Harmony on it (``X_pca_harmony``, harmonypy as in
+    :func:`scanpy.external.pp.harmony_integrate`)
+    and scVI on the counts (``X_scVI``, scvi-tools). Then scib-metrics' ``Benchmarker`` scores every embedding
+    (bio conservation: isolated labels, k-means NMI/ARI, label silhouette, cLISI; batch correction: BRAS, iLISI,
+    kBET, graph connectivity, PCR comparison against the PCA), and the scGPT paper's AvgBIO (mean of NMI,
+    ARI and label silhouette) and AvgBATCH (mean of the batch silhouette — BRAS in scib-metrics 0.5 — and
+    graph connectivity) are added, so numbers compare with the paper.
+
+    Needs the ``eval`` extra: ``pip install 'scgpt-scverse[eval]'`` (scib-metrics, harmonypy).
+
+    Parameters
+    ----------
+    adata
+        Cells with raw counts (``X`` or ``layer``) and the embeddings to score in ``obsm``.
+    batch_key
+        ``obs`` column with batches.
+    label_key
+        ``obs`` column with cell types (the biology to keep).
+    obsm_keys
+        Embeddings to score besides the baselines, e.g. ``["X_scGPT_integrated", "X_scGPT"]`` (default: every
+        ``obsm`` key starting with ``X_scGPT``).
+    baselines
+        Which baselines to include (computed when missing from ``obsm``).
+    layer
+        Layer with raw counts; ``None`` uses ``adata.X``.
+    n_top_genes, n_comps
+        Highly variable genes and principal components of the baselines.
+    scvi_max_epochs
+        Training length of scVI (default: scvi-tools' own, by data size).
+    seed
+        Seed of Harmony, scVI and the k-means clusterings.
+    key_added
+        ``uns`` entry written.
+    progress
+        Show progress bars (default: ``scgpt.settings.progress``).
+
+    Returns
+    -------
+    The results: one row per embedding, one column per metric, the aggregates (``Batch correction``,
+    ``Bio conservation``, ``Total``), ``AvgBIO`` and ``AvgBATCH``; also stored in
+    ``adata.uns[key_added]['results']`` with the ``params``. Baselines computed here are written to
+    ``adata.obsm`` (``X_pca``, ``X_pca_harmony``, ``X_scVI``).
+    """
+    start = time.perf_counter()
+    check_adata(adata, fn="benchmark_integration")
+    for key, what in ((batch_key, "batch_key"), (label_key, "label_key")):
+        if key not in adata.obs:
+            raise KeyError(f"{what}={key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)}).")
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown:
+        raise ValueError(f"Unknown baselines {unknown}; choose from {sorted(BASELINES)}.")
+    keys = list(obsm_keys) if obsm_keys is not None else [k for k in adata.obsm if k.startswith("X_scGPT")]
+    missing = [k for k in keys if k not in adata.obsm]
+    if missing:
+        raise KeyError(f"{missing} are not in adata.obsm (keys: {list(adata.obsm)}).")
+    show = settings.progress if progress is None else progress
+    scib = _need("scib_metrics.benchmark")
+    todo = [b for b in dict.fromkeys(("pca", *baselines)) if BASELINES[b] not in adata.obsm]
+    if todo:
+        tmp = _log_normalised_hvg(adata, layer=layer, batch_key=batch_key, n_top_genes=n_top_genes)
+        import scanpy as sc
+
+        n_comps = min(n_comps, tmp.n_vars - 1, tmp.n_obs - 1)
+        if "pca" in todo:
+            logger.info(f"unintegrated PCA ({n_comps} components of {tmp.n_vars} highly variable genes)")
+            sc.pp.pca(tmp, n_comps=n_comps, random_state=seed)
+            adata.obsm["X_pca"] = tmp.obsm["X_pca"]
+        tmp.obsm["X_pca"] = np.asarray(adata.obsm["X_pca"])
+        if "harmony" in todo:
+            harmonypy = _need("harmonypy")
+            logger.info("Harmony on the PCA")
+            pcs = np.asarray(tmp.obsm["X_pca"], dtype=np.float64)
+            out = harmonypy.run_harmony(pcs, tmp.obs, batch_key, random_state=seed, verbose=False)
+            corrected = np.asarray(out.Z_corr)  # (dims, cells) up to harmonypy 0.0.x, (cells, dims) from 2.0
+            adata.obsm["X_pca_harmony"] = (corrected if corrected.shape[0] == tmp.n_obs else corrected.T).astype(
+                np.float32
+            )
+        if "scvi" in todo:
+            import scvi
+
+            logger.info("scVI on the counts of the highly variable genes")
+            scvi.settings.seed = seed
+            counts = tmp.copy()
+            counts.X = counts.layers["counts"]
+            scvi.model.SCVI.setup_anndata(counts, batch_key=batch_key)
+            from ..train._runner import quiet_training
+
+            vae = scvi.model.SCVI(counts, n_latent=30)
+            with quiet_training():
+                vae.train(max_epochs=scvi_max_epochs, accelerator="cpu", enable_progress_bar=show)
+            adata.obsm["X_scVI"] = vae.get_latent_representation().astype(np.float32)
+    embeddings = list(dict.fromkeys(["X_pca", *(BASELINES[b] for b in baselines), *keys]))  # PCA: the reference
+    logger.info(f"scib-metrics on {len(embeddings)} embeddings of {adata.n_obs} cells")
+    import anndata as ad
+
+    view = ad.AnnData(obs=adata.obs[[batch_key, label_key]].astype(str).astype("category"))
+    for k in embeddings:
+        view.obsm[k] = np.array(adata.obsm[k], dtype=np.float32)  # a copy: scib-metrics works on it in place
+    bench = scib.Benchmarker(
+        view,
+        batch_key=batch_key,
+        label_key=label_key,
+        embedding_obsm_keys=embeddings,
+        pre_integrated_embedding_obsm_key="X_pca",
+        n_jobs=1,
+        progress_bar=show,
+    )
+    bench.benchmark()
+    table = bench.get_results(min_max_scale=False)
+    table = table.drop(index="Metric Type", errors="ignore").apply(pd.to_numeric)
+    table["AvgBIO"] = table[list(AVG_BIO)].mean(1)
+    table["AvgBATCH"] = table[list(AVG_BATCH)].mean(1)
+    table.index.name = "embedding"
+    warn_overwrite(adata, "uns", key_added, fn="benchmark_integration")
+    params = {
+        "batch_key": batch_key,
+        "label_key": label_key,
+        "embeddings": embeddings,
+        "baselines": list(baselines),
+        "n_top_genes": n_top_genes,
+        "n_comps": n_comps,
+        "seed": seed,
+    }
+    added = [f"'{BASELINES[b]}', baseline embedding (adata.obsm)" for b in todo]
+    record(adata, key_added, params, start=start, added=added, results=table)
+    return table
