@@ -63,7 +63,12 @@ def binary_modalities(model: ScGPT) -> tuple[int, ...]:
 
 
 def with_modalities(
-    model: ScGPT, features: Mapping[str, Sequence[str]], *, first: str = "rna", binary: Sequence[str] = ()
+    model: ScGPT,
+    features: Mapping[str, Sequence[str]],
+    *,
+    first: str = "rna",
+    binary: Sequence[str] = (),
+    seed: int = 0,
 ) -> ScGPT:
     """A copy of ``model`` that reads the features of other modalities as new tokens.
 
@@ -78,6 +83,8 @@ def with_modalities(
         Name of the first (RNA) modality, whose features are the pretrained gene tokens.
     binary
         Modalities whose values are binarised (chromatin accessibility).
+    seed
+        Seed of the new parts' initialisation (the global random state is left as it was).
 
     Returns
     -------
@@ -106,8 +113,17 @@ def with_modalities(
             return model
     mod_vocab = GeneVocab([*names, *SPECIAL_TOKENS]) if model.mod_vocab is None else model.mod_vocab
     vocab = GeneVocab([*model.vocab.itos, *new_tokens])
-    config = model.config.replace(n_tokens=len(vocab), n_modalities=len(mod_vocab), mod_pad_id=mod_vocab.pad_id)
-    net = ScGPTNet(config)
+    config = model.config.replace(  # the official multi-omic MVC decoder joins the modality to its gene queries
+        n_tokens=len(vocab),
+        n_modalities=len(mod_vocab),
+        mod_pad_id=mod_vocab.pad_id,
+        mvc_conditioned_query=model.config.mvc_style is not None,
+    )
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = ScGPTNet(config)
     own, old = net.state_dict(), model.net.state_dict()
     keep = {k: v for k, v in old.items() if k in own and own[k].shape == v.shape}
     emb = "encoder.embedding.weight"

@@ -4,49 +4,64 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from .._anndata import check_key_added, missing_values, record, resolve_target, warn_overwrite
 from .._docs import doc_params
 from .._logging import logger
-from ..data._genes import match_adata
-from ..model import TASKS, CellRows, ScGPT, resolve_model, run_inference
+from ..data._genes import GeneMatch, match_adata
+from ..model import TASKS, CellRows, ScGPT, modality_names, resolve_model, run_inference, with_modalities
 
 if TYPE_CHECKING:
     from anndata import AnnData
     from mudata import MuData
 
 
-def _check_batches(adata: AnnData, batch_key: str | None, *, training: bool) -> pd.Series:
-    if batch_key is None:
-        raise ValueError("integrate needs `batch_key=`, the obs column holding each cell's batch (donor, run, ...).")
-    if batch_key not in adata.obs:
-        raise KeyError(f"batch_key={batch_key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)}).")
-    values = adata.obs[batch_key]
+def _check_batches(values: pd.Series, batch_key: str, *, training: bool, where: str = "obs") -> None:
+    """Every cell has a batch; to train, at least two batches and none with a single cell."""
     missing = missing_values(values)
     if missing.any():
-        first = adata.obs_names[np.flatnonzero(missing)[0]]
-        raise ValueError(f"obs[{batch_key!r}] has {int(missing.sum())} cells without a batch (first: {first!r}).")
+        first = values.index[np.flatnonzero(missing)[0]]
+        raise ValueError(f"{where}[{batch_key!r}] has {int(missing.sum())} cells without a batch (first: {first!r}).")
     counts = values.astype(str).value_counts()
     if not training:  # embedding with a model fine-tuned already: any batches, known or not
-        return values
+        return
     if len(counts) < 2:
         raise ValueError(
-            f"obs[{batch_key!r}] holds a single batch ({counts.index[0]!r}); there is nothing to integrate."
+            f"{where}[{batch_key!r}] holds a single batch ({counts.index[0]!r}); there is nothing to integrate."
         )
     single = counts[counts < 2]
     if len(single):
         raise ValueError(
-            f"obs[{batch_key!r}] has batches with a single cell ({list(single.index[:5])}); batch normalisation per "
-            "batch needs at least two cells. Drop them or merge them into another batch."
+            f"{where}[{batch_key!r}] has batches with a single cell ({list(single.index[:5])}); batch normalisation "
+            "per batch needs at least two cells. Drop them or merge them into another batch."
         )
-    return values
 
 
-def _panel(adata: AnnData, model: ScGPT, *, n_top_genes: int | None, batch_key: str, layer, gene_key, use_aliases):
+def _batch_column(adata: AnnData, batch_key: str | None) -> pd.Series:
+    if batch_key is None:
+        raise ValueError("integrate needs `batch_key=`, the obs column holding each cell's batch (donor, run, ...).")
+    if batch_key not in adata.obs:
+        raise KeyError(f"batch_key={batch_key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)}).")
+    return adata.obs[batch_key]
+
+
+def _panel(
+    adata: AnnData,
+    model: ScGPT,
+    *,
+    n_top_genes: int | None,
+    batches: pd.Series | None,
+    layer: str | None,
+    gene_key: str | None = None,
+    use_aliases: bool = True,
+    match: GeneMatch | None = None,
+) -> np.ndarray:
     """Columns of the genes to fine-tune on.
 
     The ``n_top_genes`` most variable (seurat_v3 on counts, per batch) among those the model knows, as the
@@ -54,16 +69,25 @@ def _panel(adata: AnnData, model: ScGPT, *, n_top_genes: int | None, batch_key: 
     """
     import scanpy as sc
 
-    match = match_adata(adata, model.vocab, gene_key=gene_key, use_aliases=use_aliases, fn="integrate")
+    if match is None:
+        match = match_adata(adata, model.vocab, gene_key=gene_key, use_aliases=use_aliases, fn="integrate")
     known = np.flatnonzero(match.matched)
     if n_top_genes is None or n_top_genes >= len(known):
         return known
     view = adata[:, known]
-    tmp = sc.AnnData(X=view.layers[layer] if layer else view.X, obs=adata.obs[[batch_key]].copy())
+    obs = pd.DataFrame({"batch": np.asarray(batches.astype(str))} if batches is not None else {}, index=adata.obs_names)
+    tmp = sc.AnnData(X=view.layers[layer] if layer else view.X, obs=obs)
     tmp.var_names = adata.var_names[known]
-    hvg = sc.pp.highly_variable_genes(
-        tmp, n_top_genes=n_top_genes, flavor="seurat_v3", batch_key=batch_key, inplace=False
-    )
+    try:
+        hvg = sc.pp.highly_variable_genes(
+            tmp, n_top_genes=n_top_genes, flavor="seurat_v3", batch_key="batch" if batches is not None else None,
+            inplace=False,
+        )  # fmt: skip
+    except ValueError as e:  # seurat_v3's loess fit fails on very few cells
+        logger.info(f"    seurat_v3 failed ({e}); genes ranked by the variance of log1p counts instead")
+        from ._multiomic import most_variable
+
+        return known[most_variable(sp.csr_matrix(tmp.X), n_top_genes, binary=False)]
     return known[np.flatnonzero(hvg["highly_variable"].to_numpy())]
 
 
@@ -79,22 +103,26 @@ def integrate(
     model: ScGPT | str | os.PathLike | None = None,
     *,
     batch_key: str | None = None,
+    modalities: Sequence[str] | None = None,
     mode: Literal["finetune", "zero_shot"] = "finetune",
     n_top_genes: int | None = 1200,
+    binary: Sequence[str] | None = None,
+    max_length: int | None = None,
     key_added: str = "X_scGPT_integrated",
     gene_key: str | None = None,
     use_aliases: bool = True,
     layer: str | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     seed: int = 0,
     device: str | None = None,
     dtype: str | None = None,
     progress: bool | None = None,
     mod: str = "rna",
     copy: bool = False,
+    return_model: bool = False,
     **finetune_kwargs: Any,
 ) -> AnnData | MuData | None:
-    """Integrate batches with scGPT: an embedding in which cells group by type, not by batch.
+    """Integrate batches (AnnData) or modalities (MuData) with scGPT: cells group by type, not by batch.
 
     - ``mode="finetune"`` (default): the official integration recipe (``scgpt.model.TASKS["integration"]``):
       the ``n_top_genes`` most variable genes with unexpressed genes included, masked-value prediction from
@@ -105,6 +133,16 @@ def integrate(
       normalisation statistics, with a warning).
     - ``mode="zero_shot"``: the pretrained model's cell embeddings (:func:`scgpt.tl.embed`), no training —
       the baseline independent evaluations compare with.
+    - MuData with ``modalities=("rna", "prot")`` (any names the MuData uses; RNA first): a joint embedding
+      (``TASKS["multiomic"]``, the official multi-omic recipe). The features of the other modalities become
+      new tokens named ``"<modality>:<feature>"`` (so the protein ``CD4`` and the gene ``CD4`` stay distinct)
+      with a modality id, appended to the pretrained vocabulary; values are binned per modality; chromatin
+      peaks are binarised and the most variable kept within the token budget (``max_length``). The model is
+      fine-tuned (masked-value prediction from tokens and cell embedding; with ``batch_key``, batch labels
+      join the decoders and an adversarial discriminator removes batch from the cell embedding) and the
+      joint embedding is written to ``mdata.obsm[key_added]``; the modalities are left untouched. Every cell
+      must be measured in every modality. Unlike the official tutorial, which trains a new transformer from
+      the pretrained gene embeddings, the whole pretrained model is fine-tuned.
 
     Parameters
     ----------
@@ -112,17 +150,30 @@ def integrate(
         Cells x genes with raw counts, or a MuData whose ``mod`` modality holds them.
     {model}
     batch_key
-        ``obs`` column with each cell's batch (required).
+        ``obs`` column with each cell's batch (required for AnnData). For a MuData, a column of ``mdata.obs``
+        or ``"<modality>:<column>"`` (read from that modality's ``obs``); optional.
+    modalities
+        MuData modalities to embed jointly, RNA first (``None``: batch integration of the RNA, ``mod``).
     mode
         ``"finetune"`` or ``"zero_shot"``.
     n_top_genes
         Highly variable genes (among those the model knows) to fine-tune on (official: 1,200; ``None``: all).
+    binary
+        Modalities whose values are binarised (default: those named ``atac``/``peaks`` or whose
+        ``var['feature_types']`` are ``"Peaks"``).
+    max_length
+        Tokens per cell including ``<cls>`` (multi-omic default: 1,601, i.e. 1,200 genes plus 400 features of
+        the other modalities).
     key_added
         ``obsm`` (and ``uns``) key written.
     {gene_key}
     {use_aliases}
-    {layer}
-    {batch_size}
+    layer
+        Layer with raw counts (of the RNA modality for a MuData; the other modalities are read from ``X``);
+        ``None`` uses ``X``.
+    batch_size
+        Cells per fine-tuning minibatch (default: the task's, 64 for integration, 32 multi-omic); embedding
+        runs in minibatches of 64.
     seed
         Seed of the fine-tuning (heads, split, order, masks) and of the tokenisation.
     {device}
@@ -131,6 +182,9 @@ def integrate(
     mod
         Modality to integrate when ``adata`` is a MuData (its RNA).
     {copy}
+    return_model
+        Also return the fine-tuned model (to save it, or to embed new cells with ``integrate(new, model, ...)``
+        without training again).
     **finetune_kwargs
         Passed to :meth:`scgpt.model.ScGPT.finetune` (``max_epochs``, ``lr``, ``batch_size``, ``checkpoint_dir``, ...).
 
@@ -143,34 +197,47 @@ def integrate(
     ``adata.uns[key_added]`` : dict
         ``params``, the number of genes used (``n_genes``) and the batches.
 
+    For a MuData with ``modalities``: ``mdata.obsm[key_added]`` (the joint embedding) and
+    ``mdata.uns[key_added]`` (``params``, ``n_features`` per modality, ``batches``). With
+    ``return_model=True`` the fine-tuned model is returned as well (alone, or ``(copy, model)``).
+
     Examples
     --------
     >>> scgpt.tl.integrate(adata, "path/to/scGPT_human", batch_key="donor")  # doctest: +SKIP
     >>> tuned = model.finetune("integration", adata, batch_key="donor")  # doctest: +SKIP
     >>> scgpt.tl.integrate(new_cells, tuned, batch_key="donor")  # embeds with the fine-tuned model  # doctest: +SKIP
+    >>> scgpt.tl.integrate(mdata, "demo", modalities=("rna", "prot"), batch_key="run")  # doctest: +SKIP
     """
     start = time.perf_counter()
     if mode not in ("finetune", "zero_shot"):
         raise ValueError(f"mode must be 'finetune' or 'zero_shot', got {mode!r}.")
-    if type(adata).__name__ == "MuData" and mod != "rna":
-        raise ValueError(
-            f"mod={mod!r}: integrate embeds the RNA of a MuData; joint multi-omic models are not here yet."
-        )
+    is_mudata = type(adata).__name__ == "MuData"
+    if modalities is not None:
+        if not is_mudata:
+            raise TypeError(f"modalities={modalities!r} needs a MuData; got {type(adata).__name__}.")
+        return _integrate_modalities(
+            adata, model, modalities=modalities, batch_key=batch_key, mode=mode, n_top_genes=n_top_genes,
+            binary=binary, max_length=max_length, key_added=key_added, gene_key=gene_key, use_aliases=use_aliases,
+            layer=layer, batch_size=batch_size, seed=seed, device=device, dtype=dtype, progress=progress, copy=copy,
+            start=start, finetune_kwargs=finetune_kwargs, return_model=return_model,
+        )  # fmt: skip
     target = resolve_target(adata, mod=mod, fn="integrate", copy=copy)
     cells = target.adata
     check_key_added(key_added, slot="obsm", fn="integrate")
     model_obj, model_name = resolve_model(model)
-    batches = _check_batches(
-        cells, batch_key, training=mode == "finetune" and model_obj.registry_.get("task") != "integration"
-    )
+    batches = _batch_column(cells, batch_key)
+    _check_batches(batches, batch_key, training=mode == "finetune" and model_obj.registry_.get("task") != "integration")
     inference = {
-        "gene_key": gene_key, "use_aliases": use_aliases, "layer": layer, "batch_size": batch_size, "seed": seed,
+        "gene_key": gene_key, "use_aliases": use_aliases, "layer": layer, "batch_size": 64, "seed": seed,
         "device": device, "dtype": dtype, "progress": progress,
     }  # fmt: skip
+    training = dict(finetune_kwargs)  # batch_size alone is harmless without training
+    if batch_size is not None:
+        finetune_kwargs["batch_size"] = batch_size
     tuned = model_obj
     if mode == "zero_shot":
-        if finetune_kwargs:
-            raise TypeError(f"mode='zero_shot' takes no training options: {sorted(finetune_kwargs)}")
+        if training:
+            raise TypeError(f"mode='zero_shot' takes no training options: {sorted(training)}")
         logger.info(f"embedding {cells.n_obs} cells zero-shot (no fine-tuning)")
         conditioned = model_obj.config.batch_conditioned
         res = run_inference(
@@ -180,7 +247,7 @@ def integrate(
     else:
         if model_obj.registry_.get("task") != "integration":
             panel = _panel(
-                cells, model_obj, n_top_genes=n_top_genes, batch_key=batch_key, layer=layer, gene_key=gene_key,
+                cells, model_obj, n_top_genes=n_top_genes, batches=batches, layer=layer, gene_key=gene_key,
                 use_aliases=use_aliases,
             )  # fmt: skip
             logger.info(
@@ -190,14 +257,12 @@ def integrate(
                 "integration", cells[:, panel], batch_key=batch_key, gene_key=gene_key, use_aliases=use_aliases,
                 layer=layer, seed=seed, progress=progress, **finetune_kwargs,
             )  # fmt: skip
-        elif finetune_kwargs:
-            raise TypeError(
-                f"The model is fine-tuned for integration already; training options: {sorted(finetune_kwargs)}"
-            )
+        elif training:
+            raise TypeError(f"The model is fine-tuned for integration already; training options: {sorted(training)}")
         recipe = TASKS["integration"].recipe
         res = run_inference(
             tuned, cells, CellRows(normalize=True), batch_key=batch_key, include_zero_genes=True, cls_value=0.0,
-            max_length=int(tuned.registry_.get("last_recipe", {}).get("max_length", recipe.max_length)),
+            max_length=max_length or int(tuned.registry_.get("last_recipe", {}).get("max_length", recipe.max_length)),
             tokens=tuned.registry_.get("tokens"), expect_counts=True, fn="integrate", **inference,
         )  # fmt: skip
     warn_overwrite(cells, "obsm", key_added, fn="integrate", copy=copy)
@@ -220,4 +285,124 @@ def integrate(
         batches=[str(b) for b in pd.unique(batches.astype(str))],
     )
     target.write_uns(key_added)
-    return target.returned if copy else None
+    return _returned(target.returned if copy else None, tuned if return_model else None)
+
+
+def _integrate_modalities(
+    mdata: MuData,
+    model: ScGPT | str | os.PathLike | None,
+    *,
+    modalities: Sequence[str],
+    batch_key: str | None,
+    mode: str,
+    n_top_genes: int | None,
+    binary: Sequence[str] | None,
+    max_length: int | None,
+    key_added: str,
+    gene_key: str | None,
+    use_aliases: bool,
+    layer: str | None,
+    batch_size: int | None,
+    seed: int,
+    device: str | None,
+    dtype: str | None,
+    progress: bool | None,
+    copy: bool,
+    return_model: bool,
+    start: float,
+    finetune_kwargs: dict[str, Any],
+) -> MuData | None:
+    """The joint multi-omic embedding of a MuData (see :func:`integrate`)."""
+    training = dict(finetune_kwargs)
+    if batch_size is not None:
+        finetune_kwargs["batch_size"] = batch_size
+    from ._multiomic import batch_values, check_modalities, is_binary_modality, joint_cells
+
+    if mode != "finetune":
+        raise ValueError(
+            "A joint embedding needs a model fine-tuned on the modalities (mode='finetune'); for a zero-shot "
+            "embedding of the RNA, leave modalities=None (mod='rna')."
+        )
+    mods = check_modalities(mdata, modalities)
+    check_key_added(key_added, slot="obsm", fn="integrate")
+    model_obj, model_name = resolve_model(model)
+    tuned_already = model_obj.registry_.get("task") == "multiomic"
+    if tuned_already:
+        known = modality_names(model_obj)
+        if mods[0] != known[0] or set(mods) - set(known):
+            raise ValueError(f"The model was fine-tuned on modalities {known}; got {mods}.")
+        tuned_batch = model_obj.registry_.get("batch_key")
+        if tuned_batch is not None and batch_key is None:
+            raise ValueError(
+                f"The model was fine-tuned with batch_key={tuned_batch!r} (batch labels join its decoders): pass "
+                "batch_key= with each cell's batch."
+            )
+    obs = pd.DataFrame(index=mdata.obs_names)
+    batches = None
+    if batch_key is not None:
+        batches = batch_values(mdata, batch_key)
+        _check_batches(batches, batch_key, training=not tuned_already, where="mdata.obs")
+        obs["batch"] = np.asarray(batches.astype(str))
+    if binary is None:
+        binary = [m for m in mods[1:] if is_binary_modality(m, mdata.mod[m])]
+    options = {"gene_key": gene_key, "use_aliases": use_aliases, "layer": layer, "obs": obs, "binary": binary}
+    if tuned_already:
+        if training:
+            raise TypeError(f"The model is fine-tuned for 'multiomic' already; options {sorted(training)}")
+        tuned = model_obj
+        length = max_length or int(tuned.registry_.get("last_recipe", {}).get("max_length", 1601))
+        joint, features = joint_cells(
+            mdata, tuned, mods, tokens=tuned.registry_["tokens"], rna_panel=None, max_length=length, **options
+        )
+    else:
+        length = max_length or TASKS["multiomic"].recipe.max_length
+        rna = mdata.mod[mods[0]]
+        rna_batches = None if batches is None else batches.reindex(rna.obs_names)
+        match = match_adata(rna, model_obj.vocab, gene_key=gene_key, use_aliases=use_aliases, fn="integrate")
+        panel = _panel(rna, model_obj, n_top_genes=n_top_genes, batches=rna_batches, layer=layer, match=match)
+        joint, features = joint_cells(
+            mdata, model_obj, mods, tokens=None, rna_panel=panel, max_length=length, match=match, **options
+        )
+        length = joint.n_vars + 1
+        multi = with_modalities(model_obj, features, first=mods[0], binary=binary, seed=seed)
+        logger.info(
+            f"fine-tuning a multi-omic model on {joint.n_obs} cells: {joint.n_vars - sum(map(len, features.values()))} "
+            f"{mods[0]} genes + " + ", ".join(f"{len(v)} {m} features" for m, v in features.items())
+        )
+        tuned = multi.finetune(
+            "multiomic", joint, batch_key="batch" if batches is not None else None, use_aliases=False,
+            max_length=length, seed=seed, progress=progress, **finetune_kwargs,
+        )  # fmt: skip
+        if batches is not None:
+            tuned.registry_["batch_key"] = batch_key
+    res = run_inference(
+        tuned, joint, CellRows(normalize=True), batch_key="batch" if tuned.config.batch_conditioned else None,
+        include_zero_genes=True, cls_value=0.0, max_length=length, tokens=tuned.registry_["tokens"], use_aliases=False,
+        batch_size=64, seed=seed, device=device, dtype=dtype, progress=progress, fn="integrate",
+    )  # fmt: skip
+    out = mdata.copy() if copy else mdata
+    warn_overwrite(out, "obsm", key_added, fn="integrate", copy=copy)
+    out.obsm[key_added] = res.output
+    params = {
+        "mode": mode,
+        "model": model_name,
+        "modalities": mods,
+        "batch_key": batch_key,
+        "n_top_genes": n_top_genes,
+        "binary": list(binary),
+        "seed": seed,
+        "finetune": {k: v for k, v in finetune_kwargs.items() if isinstance(v, int | float | str | bool)},
+    }
+    n_features = {mods[0]: joint.n_vars - sum(map(len, features.values())), **{m: len(v) for m, v in features.items()}}
+    record(
+        out, key_added, params, start=start, added=[f"'{key_added}', joint cell embeddings (mdata.obsm)"],
+        n_features=n_features, batches=[] if batches is None else [str(b) for b in pd.unique(batches.astype(str))],
+    )  # fmt: skip
+    return _returned(out if copy else None, tuned if return_model else None)
+
+
+def _returned(data: Any, model: ScGPT | None) -> Any:
+    """What :func:`integrate` returns: the copy, the model, both (a tuple) or ``None``."""
+    if model is None:
+        return data
+    return model if data is None else (data, model)
