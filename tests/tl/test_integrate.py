@@ -87,3 +87,17 @@ def test_clear_errors(batched, base_model):
         scgpt.tl.integrate(batched, base_model, batch_key="lonely")
     with pytest.raises(ValueError, match="mode must be"):
         scgpt.tl.integrate(batched, base_model, batch_key="batch", mode="harmony")
+
+
+def test_return_model_and_training_settings(batched, tiny_model, tmp_path):
+    out, model = scgpt.tl.integrate(
+        batched, tiny_model(), batch_key="batch", n_top_genes=100, max_steps=2, batch_size=16, copy=True,
+        return_model=True, checkpoint_dir=tmp_path,
+    )  # fmt: skip
+    assert "X_scGPT_integrated" in out.obsm and "X_scGPT_integrated" not in batched.obsm
+    assert model.registry_["task"] == "integration" and len(model.registry_["tokens"]) == 100
+    assert model.trainer_.datamodule.batch_size == 16  # batch_size is the fine-tuning minibatch
+    assert model.registry_["last_recipe"]["max_length"] == 101  # every gene of the panel, plus <cls>
+    assert scgpt.tl.integrate(batched, model, batch_key="batch", return_model=True) is model
+    zero = scgpt.tl.integrate(batched, tiny_model(), batch_key="batch", mode="zero_shot", batch_size=7, copy=True)
+    assert zero.obsm["X_scGPT_integrated"].shape == (700, 32)  # batch_size alone is no training option

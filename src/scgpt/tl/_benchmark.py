@@ -8,10 +8,12 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from .._anndata import check_adata, get_matrix, record, warn_overwrite
 from .._logging import logger
 from .._settings import settings
+from ._hvg import variable_genes
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -44,9 +46,12 @@ def _log_normalised_hvg(adata: AnnData, *, layer: str | None, batch_key: str, n_
     import scanpy as sc
 
     counts = get_matrix(adata, layer)
-    tmp = ad.AnnData(X=counts.copy(), obs=adata.obs[[batch_key]].copy(), var=pd.DataFrame(index=adata.var_names))
-    n_top = min(n_top_genes, tmp.n_vars)
-    sc.pp.highly_variable_genes(tmp, n_top_genes=n_top, flavor="seurat_v3", batch_key=batch_key, subset=True)
+    cols = variable_genes(counts, n_top_genes, adata.obs[batch_key].to_numpy())
+    tmp = ad.AnnData(
+        X=sp.csr_matrix(counts[:, cols], dtype=np.float32),
+        obs=adata.obs[[batch_key]].copy(),
+        var=pd.DataFrame(index=adata.var_names[cols]),
+    )
     tmp.layers["counts"] = tmp.X.copy()
     sc.pp.normalize_total(tmp, target_sum=1e4)
     sc.pp.log1p(tmp)

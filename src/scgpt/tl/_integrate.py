@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
 from .._anndata import check_key_added, missing_values, record, resolve_target, warn_overwrite
 from .._docs import doc_params
 from .._logging import logger
 from ..data._genes import GeneMatch, match_adata
 from ..model import TASKS, CellRows, ScGPT, modality_names, resolve_model, run_inference, with_modalities
+from ._hvg import variable_genes
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -67,28 +67,13 @@ def _panel(
     The ``n_top_genes`` most variable (seurat_v3 on counts, per batch) among those the model knows, as the
     official integration tutorial (1,200 highly variable genes).
     """
-    import scanpy as sc
-
     if match is None:
         match = match_adata(adata, model.vocab, gene_key=gene_key, use_aliases=use_aliases, fn="integrate")
     known = np.flatnonzero(match.matched)
     if n_top_genes is None or n_top_genes >= len(known):
         return known
     view = adata[:, known]
-    obs = pd.DataFrame({"batch": np.asarray(batches.astype(str))} if batches is not None else {}, index=adata.obs_names)
-    tmp = sc.AnnData(X=view.layers[layer] if layer else view.X, obs=obs)
-    tmp.var_names = adata.var_names[known]
-    try:
-        hvg = sc.pp.highly_variable_genes(
-            tmp, n_top_genes=n_top_genes, flavor="seurat_v3", batch_key="batch" if batches is not None else None,
-            inplace=False,
-        )  # fmt: skip
-    except ValueError as e:  # seurat_v3's loess fit fails on very few cells
-        logger.info(f"    seurat_v3 failed ({e}); genes ranked by the variance of log1p counts instead")
-        from ._multiomic import most_variable
-
-        return known[most_variable(sp.csr_matrix(tmp.X), n_top_genes, binary=False)]
-    return known[np.flatnonzero(hvg["highly_variable"].to_numpy())]
+    return known[variable_genes(view.layers[layer] if layer else view.X, n_top_genes, batches)]
 
 
 @doc_params(
@@ -162,8 +147,8 @@ def integrate(
         Modalities whose values are binarised (default: those named ``atac``/``peaks`` or whose
         ``var['feature_types']`` are ``"Peaks"``).
     max_length
-        Tokens per cell including ``<cls>`` (multi-omic default: 1,601, i.e. 1,200 genes plus 400 features of
-        the other modalities).
+        Tokens per cell including ``<cls>`` (default: every gene of the panel plus ``<cls>`` when fine-tuning, 1,200
+        zero-shot; multi-omic: at most 1,601, i.e. 1,200 genes plus 400 features of the other modalities).
     key_added
         ``obsm`` (and ``uns``) key written.
     {gene_key}
@@ -242,7 +227,7 @@ def integrate(
         conditioned = model_obj.config.batch_conditioned
         res = run_inference(
             model_obj, cells, CellRows(normalize=True), batch_key=batch_key if conditioned else None,
-            fn="integrate", **inference,
+            max_length=max_length or 1200, fn="integrate", **inference,
         )  # fmt: skip
     else:
         if model_obj.registry_.get("task") != "integration":
@@ -255,7 +240,8 @@ def integrate(
             )
             tuned = model_obj.finetune(
                 "integration", cells[:, panel], batch_key=batch_key, gene_key=gene_key, use_aliases=use_aliases,
-                layer=layer, seed=seed, progress=progress, **finetune_kwargs,
+                layer=layer, seed=seed, progress=progress, max_length=max_length or len(panel) + 1,
+                **finetune_kwargs,
             )  # fmt: skip
         elif training:
             raise TypeError(f"The model is fine-tuned for integration already; training options: {sorted(training)}")

@@ -18,6 +18,7 @@ from .._anndata import get_matrix
 from .._logging import logger
 from ..data._genes import GeneMatch, match_adata
 from ..model import ScGPT, feature_token
+from ._hvg import log1p_variance_rank
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -72,15 +73,6 @@ def _values(adata: AnnData, layer: str | None, cells: pd.Index) -> sp.csr_matrix
     X = sp.csr_matrix(X) if not sp.issparse(X) else X.tocsr()
     order = adata.obs_names.get_indexer(cells)
     return X[order] if not np.array_equal(order, np.arange(adata.n_obs)) else X
-
-
-def most_variable(X: sp.csr_matrix, n: int, *, binary: bool) -> np.ndarray:
-    """Columns of the ``n`` most variable features (of binarised values, or of log1p values), in column order."""
-    Y = X.copy()
-    Y.data = (Y.data > 0).astype(np.float64) if binary else np.log1p(Y.data.astype(np.float64))
-    mean = np.asarray(Y.mean(0)).ravel()
-    var = np.asarray(Y.multiply(Y).mean(0)).ravel() - mean**2
-    return np.sort(np.argsort(-var, kind="stable")[:n])
 
 
 def is_binary_modality(name: str, adata: AnnData) -> bool:
@@ -147,7 +139,7 @@ def joint_cells(
             idx = np.arange(len(feats))
             share = max(budget // max(len(others) - others.index(m), 1), 0)
             if len(idx) > share:
-                idx = most_variable(X, share, binary=m in binary)
+                idx = log1p_variance_rank(X, share, binary=m in binary)
                 logger.info(f"    {m}: the {share} most variable of {len(feats)} features fit the token budget")
         if not len(idx):
             raise ValueError(
