@@ -98,6 +98,11 @@ def test_fine_tuning_is_deterministic_and_the_tuned_model_is_reused(cite, joint,
     scgpt.tl.integrate(new, model, modalities=("rna", "prot"), batch_key="run")  # embeds, no training
     assert calls == []
     np.testing.assert_allclose(new.obsm["X_scGPT_integrated"], m.obsm["X_scGPT_integrated"][::2], atol=1e-6)
+    from_rna = cite[::2].copy()
+    from_rna.obs = from_rna.obs.drop(columns="run")  # the batch read from a modality's obs, never pulled
+    scgpt.tl.integrate(from_rna, model, modalities=("rna", "prot"), batch_key="rna:run")
+    np.testing.assert_array_equal(from_rna.obsm["X_scGPT_integrated"], new.obsm["X_scGPT_integrated"])
+    assert "run" not in from_rna.obs
     with pytest.raises(ValueError, match="fine-tuned with batch_key='run'"):
         scgpt.tl.integrate(new, model, modalities=("rna", "prot"))
 
