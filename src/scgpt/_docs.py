@@ -69,6 +69,16 @@ doc_copy = """\
 copy
     Return a modified copy instead of writing to the input."""
 
+doc_plot = """\
+ax
+    Axes to draw into.
+show
+    Show the plot (default: when the backend is interactive).
+return_fig
+    Return the figure."""
+
+doc_plot_returns = """The figure with ``return_fig=True``; ``None`` if shown; else the axes."""
+
 doc_inference = "\n".join(
     [doc_gene_key, doc_use_aliases, doc_layer, doc_batch_key, doc_max_length, doc_batch_size, doc_seed, doc_device]
     + [doc_dtype, doc_progress]

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from .._docs import doc_params
 from ._utils import finish, new_axes
 
 if TYPE_CHECKING:
@@ -14,6 +15,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
+@doc_params()
 def confusion(
     adata: AnnData,
     key: str = "scgpt_celltype_evaluation",
@@ -43,16 +45,11 @@ def confusion(
         Write the value in each cell.
     title
         Axes title (default: accuracy and macro-F1).
-    ax
-        Axes to draw into.
-    show
-        Show the plot (default: when the backend is interactive).
-    return_fig
-        Return the figure.
+    {plot}
 
     Returns
     -------
-    The figure with ``return_fig=True``; ``None`` if shown; else the axes.
+    {plot_returns}
     """
     if key not in adata.uns or "confusion" not in adata.uns[key]:
         raise KeyError(f"adata.uns[{key!r}] has no confusion matrix; run scgpt.tl.evaluate_annotation first.")

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from .._docs import doc_params
 from ._utils import finish, new_axes
 
 if TYPE_CHECKING:
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
 AGGREGATES = ("Bio conservation", "Batch correction", "Total", "AvgBIO", "AvgBATCH")
 
 
+@doc_params()
 def benchmark_integration(
     data: AnnData | pd.DataFrame,
     key: str = "scgpt_integration_benchmark",
@@ -42,16 +44,11 @@ def benchmark_integration(
         Colour map.
     title
         Axes title.
-    ax
-        Axes to draw into.
-    show
-        Show the plot (default: when the backend is interactive).
-    return_fig
-        Return the figure.
+    {plot}
 
     Returns
     -------
-    The figure with ``return_fig=True``; ``None`` if shown; else the axes.
+    {plot_returns}
     """
     if isinstance(data, pd.DataFrame):
         table = data
