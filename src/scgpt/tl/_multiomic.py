@@ -98,7 +98,7 @@ def joint_cells(
     obs: pd.DataFrame,
     match: GeneMatch | None = None,
 ) -> tuple[AnnData, dict[str, list[str]]]:
-    """The cells x tokens AnnData of a MuData (values: counts; peaks binarised) and the features per modality.
+    """The cells x tokens AnnData of a MuData (counts) and the features per modality.
 
     ``tokens``: the token panel of a fine-tuned multi-omic model (features outside it are left out);
     ``None``: a new panel (``rna_panel`` columns of the RNA, every feature of the other modalities, the most
@@ -148,10 +148,7 @@ def joint_cells(
             )
         budget -= len(idx)
         X = X[:, idx]
-        if m in binary:
-            X = X.copy()
-            X.data = (X.data > 0).astype(X.dtype)
-        blocks.append(X)
+        blocks.append(X)  # counts: the model's collator puts every open peak of a binary modality in the top bin
         names += list(toks[idx])
         features[m] = list(feats[idx])
     joint = ad.AnnData(
