@@ -19,14 +19,15 @@ _WHERE = {
     "resolve_dtype": "._device",
     **dict.fromkeys(["with_modalities", "feature_token", "modality_names"], "._multiomic"),
     **dict.fromkeys(
-        ["Accumulator", "CellRows", "GenePairs", "GeneValues", "InferenceResult", "run_inference"], "._engine"
+        ["Accumulator", "CellRows", "GenePairs", "GeneValues", "InferenceResult", "rank_normalize", "run_inference"],
+        "._engine",
     ),
 }
 __getattr__, __dir__ = lazy_attributes(__name__, _WHERE)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._device import resolve_device, resolve_dtype
-    from ._engine import Accumulator, CellRows, GenePairs, GeneValues, InferenceResult, run_inference
+    from ._engine import Accumulator, CellRows, GenePairs, GeneValues, InferenceResult, rank_normalize, run_inference
     from ._multiomic import feature_token, modality_names, with_modalities
     from ._resolve import resolve_model
     from ._scgpt import ScGPT

@@ -257,11 +257,29 @@ class GeneValues(Accumulator):
         return mean.view(-1, self.run.n_genes).float().numpy()
 
 
+def rank_normalize(maps: Tensor, is_gene: Tensor) -> Tensor:
+    """The official attention-GRN normalisation: ranks within each row, then within each column, over gene tokens.
+
+    Each cell's map (per head) is restricted to its gene tokens (``n`` of them); every row is replaced by the
+    ranks of its values divided by ``n`` (``argsort(argsort(row)) / n``: 0 for the smallest, ``(n - 1) / n`` for
+    the largest; ties in index order), then every column of the result likewise. Entries outside gene tokens
+    are 0. ``maps``: ``(B, H, L, L)``; ``is_gene``: ``(B, L)``.
+    """
+    pair = is_gene[:, None, :, None] & is_gene[:, None, None, :]
+    n = is_gene.sum(1).clamp(min=1).to(maps.dtype)[:, None, None, None]
+    for dim in (-1, -2):
+        # non-gene entries sort first (-inf), so gene entries take ranks (L - n) ... (L - 1)
+        filled = maps.masked_fill(~pair, float("-inf"))
+        ranks = filled.argsort(dim=dim, stable=True).argsort(dim=dim, stable=True).to(maps.dtype)
+        maps = torch.where(pair, (ranks - (maps.shape[dim] - n)) / n, torch.zeros_like(maps))
+    return maps
+
+
 class GenePairs(Accumulator):
     """Gene x gene sums of attention maps per group of cells, from the explicit attention path.
 
     For each cell, the attention weights of the chosen ``layers`` (averaged over them) and ``heads``
-    (averaged, or one head) between its gene tokens are optionally transformed per cell, then added to
+    between its gene tokens are optionally transformed per cell and head, averaged over the heads, then added to
     its group's ``(n_genes, n_genes)`` sum, row = query gene, column = key gene. ``<cls>``, padding and
     genes outside the input are left out. The result is a dict: ``sums`` ``(n_groups, n_genes, n_genes)``
     float64, ``counts`` of the cells in which both genes were tokens (same shape, int64), and
@@ -278,8 +296,9 @@ class GenePairs(Accumulator):
     groups
         Group code of each cell, ``(n_obs,)`` (``-1``: left out); ``None``: one group of all cells.
     per_cell
-        Maps one minibatch's maps ``(B, L, L)`` and its token mask ``(B, L)`` (``True`` at gene tokens) to
-        transformed maps, e.g. the official rank normalisation.
+        Maps one minibatch's per-head maps ``(B, H, L, L)`` (``H`` chosen heads, averaged over ``layers``)
+        and its token mask ``(B, L)`` (``True`` at gene tokens) to transformed maps of the same shape, before
+        the heads are averaged; e.g. the official rank normalisation (:func:`rank_normalize`).
     query_chunk
         Query genes per block of the explicit attention (bounds memory at ``B x heads x query_chunk x L``).
     """
@@ -315,7 +334,9 @@ class GenePairs(Accumulator):
         bad = [h for h in head_idx if not 0 <= h < n_heads]
         if bad:
             raise IndexError(f"Head indices {bad} are out of range for a model with {n_heads} heads.")
-        maps = torch.zeros(B, L, L, dtype=torch.float32, device=batch.genes.device)
+        per_head = self.per_cell is not None  # keep the head axis only when a transform needs it
+        shape = (B, len(head_idx), L, L) if per_head else (B, L, L)
+        maps = torch.zeros(shape, dtype=torch.float32, device=batch.genes.device)
         blocks = net.attention(
             batch.genes,
             batch.values,
@@ -326,11 +347,15 @@ class GenePairs(Accumulator):
         )
         n_layers = len({i % net.config.n_layers for i in self.layers})
         for _, rows, weights in blocks:  # (B, h, q, L)
-            maps[:, rows] += weights[:, head_idx].float().mean(1) / n_layers
+            chosen = weights[:, head_idx].float()
+            if per_head:
+                maps[:, :, rows] += chosen / n_layers
+            else:
+                maps[:, rows] += chosen.mean(1) / n_layers
         cols = self.run.token_to_gene[batch.genes]  # (B, L)
         is_gene = cols >= 0
-        if self.per_cell is not None:
-            maps = self.per_cell(maps, is_gene)
+        if per_head:
+            maps = self.per_cell(maps, is_gene).mean(1)
         group = torch.from_numpy(self.rows[batch.cells.cpu().numpy()]).to(cols.device)
         pair = is_gene[:, :, None] & is_gene[:, None, :] & (group >= 0)[:, None, None]
         G = self.run.n_genes

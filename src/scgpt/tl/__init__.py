@@ -3,6 +3,16 @@
 from ._annotate import annotate, evaluate_annotation
 from ._benchmark import benchmark_integration
 from ._embed import embed
+from ._grn import gene_programs, infer_grn, program_scores
 from ._integrate import integrate
 
-__all__ = ["annotate", "benchmark_integration", "embed", "evaluate_annotation", "integrate"]
+__all__ = [
+    "annotate",
+    "benchmark_integration",
+    "embed",
+    "evaluate_annotation",
+    "gene_programs",
+    "infer_grn",
+    "integrate",
+    "program_scores",
+]
