@@ -1,6 +1,7 @@
 """Plots (matplotlib; ``show``/``ax``/``return_fig`` as in scanpy)."""
 
 from ._annotation import confusion
+from ._grn import attention, gene_embedding, gene_programs, grn
 from ._integration import benchmark_integration
 
-__all__ = ["benchmark_integration", "confusion"]
+__all__ = ["attention", "benchmark_integration", "confusion", "gene_embedding", "gene_programs", "grn"]
