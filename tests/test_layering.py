@@ -32,7 +32,7 @@ LAYER = {
     "_docs": -1,
 }
 # same-layer imports that are part of the design (the vocabulary is data; the face functions may share)
-ALLOWED_SIDEWAYS = {("io", "data"), ("train", "data"), ("tl", "pp"), ("pp", "tl")}
+ALLOWED_SIDEWAYS = {("io", "data"), ("train", "data"), ("tl", "pp"), ("pp", "tl"), ("tl", "datasets")}
 
 
 def _unit(path: Path) -> str:

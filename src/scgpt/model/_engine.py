@@ -257,22 +257,44 @@ class GeneValues(Accumulator):
         return mean.view(-1, self.run.n_genes).float().numpy()
 
 
+def _ranks(x: Tensor, dim: int) -> Tensor:
+    """0-based ranks of the values along ``dim`` (``argsort(argsort(x))``, the second sort done as a scatter).
+
+    On CPU numpy's default sort does the work (several times faster than torch's); ties get an order fixed by
+    the values, as the official code's ``numpy.argsort``.
+    """
+    n = x.shape[dim]
+    if x.device.type == "cpu":
+        a = np.moveaxis(x.numpy(), dim, -1)
+        order = np.argsort(a, axis=-1)
+        ranks = np.empty_like(order)
+        np.put_along_axis(ranks, order, np.broadcast_to(np.arange(n), order.shape), axis=-1)
+        return torch.from_numpy(np.moveaxis(ranks, -1, dim))
+    order = x.argsort(dim=dim, stable=True)
+    shape = [1] * x.dim()
+    shape[dim] = n
+    return torch.empty_like(order).scatter_(dim, order, torch.arange(n, device=x.device).view(shape).expand_as(order))
+
+
 def rank_normalize(maps: Tensor, is_gene: Tensor) -> Tensor:
     """The official attention-GRN normalisation: ranks within each row, then within each column, over gene tokens.
 
     Each cell's map (per head) is restricted to its gene tokens (``n`` of them); every row is replaced by the
     ranks of its values divided by ``n`` (``argsort(argsort(row)) / n``: 0 for the smallest, ``(n - 1) / n`` for
-    the largest; ties in index order), then every column of the result likewise. Entries outside gene tokens
-    are 0. ``maps``: ``(B, H, L, L)``; ``is_gene``: ``(B, L)``.
+    the largest), then every column of the result likewise; the column step breaks ties (equal row ranks) by
+    row order, as a stable sort. Entries outside gene tokens are 0. ``maps``: ``(B, H, L, L)``; ``is_gene``:
+    ``(B, L)``.
     """
+    L = maps.shape[-1]
     pair = is_gene[:, None, :, None] & is_gene[:, None, None, :]
-    n = is_gene.sum(1).clamp(min=1).to(maps.dtype)[:, None, None, None]
-    for dim in (-1, -2):
-        # non-gene entries sort first (-inf), so gene entries take ranks (L - n) ... (L - 1)
-        filled = maps.masked_fill(~pair, float("-inf"))
-        ranks = filled.argsort(dim=dim, stable=True).argsort(dim=dim, stable=True).to(maps.dtype)
-        maps = torch.where(pair, (ranks - (maps.shape[dim] - n)) / n, torch.zeros_like(maps))
-    return maps
+    n = is_gene.sum(1)[:, None, None, None]
+    # rows: non-gene entries sort first (-inf), so gene entries take ranks L - n ... L - 1
+    rows = _ranks(maps.masked_fill(~pair, float("-inf")), -1) - (L - n)
+    # columns: sort unique integer keys (row rank, then row index), non-gene rows first
+    row_index = torch.arange(L, device=maps.device).view(1, 1, L, 1)
+    key = torch.where(pair, rows + 1, 0) * L + row_index
+    cols = _ranks(key, -2) - (L - n)
+    return torch.where(pair, cols.to(maps.dtype) / n.clamp(min=1).to(maps.dtype), torch.zeros_like(maps))
 
 
 class GenePairs(Accumulator):

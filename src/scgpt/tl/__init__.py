@@ -4,13 +4,16 @@ from ._annotate import annotate, evaluate_annotation
 from ._benchmark import benchmark_integration
 from ._embed import embed
 from ._grn import gene_programs, infer_grn, program_scores
+from ._grn_eval import enrich_programs, evaluate_grn
 from ._integrate import integrate
 
 __all__ = [
     "annotate",
     "benchmark_integration",
     "embed",
+    "enrich_programs",
     "evaluate_annotation",
+    "evaluate_grn",
     "gene_programs",
     "infer_grn",
     "integrate",
