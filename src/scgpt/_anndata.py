@@ -131,6 +131,24 @@ def looks_like_counts(X: sp.csr_matrix) -> bool:
     return bool(np.all(np.abs(data - np.round(data)) < 1e-3)) if len(data) else True
 
 
+def as_csr(X) -> sp.csr_matrix:
+    """A matrix (dense, sparse or backed) as an in-memory CSR of float32 or float64."""
+    if hasattr(X, "to_memory"):
+        X = X.to_memory()
+    X = X.tocsr() if sp.issparse(X) else sp.csr_matrix(np.asarray(X))
+    return X if X.dtype in (np.float32, np.float64) else X.astype(np.float32)
+
+
+def log_normalize_counts(counts, *, target_sum: float = 1e4) -> sp.csr_matrix:
+    """``log1p(counts / total * target_sum)`` per cell (CSR float64; cells with no counts stay 0)."""
+    X = as_csr(counts).astype(np.float64)
+    totals = np.asarray(X.sum(1)).ravel()
+    scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
+    X = sp.csr_matrix(sp.diags(scale) @ X)
+    X.data = np.log1p(X.data)
+    return X
+
+
 # ---------------------------------------------------------------------------- the tail of a face function
 def record(adata: AnnData, key: str, params: dict[str, Any], *, start: float, added: list[str], **extra: Any) -> None:
     """Write ``adata.uns[key] = {"params": params, **extra}`` and log every field added (scanpy's ``finished`` line).

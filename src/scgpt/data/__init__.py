@@ -10,6 +10,14 @@ from typing import TYPE_CHECKING
 
 from .._lazy import lazy_attributes
 from ._genes import GeneMatch, match_genes
+from ._perturbation import (
+    PerturbationSplit,
+    from_gears,
+    parse_perturbation,
+    perturbation_label,
+    split_perturbations,
+    to_gears,
+)
 from ._sources import AnnDataSource, CellSource, H5adCollection, SomaSource
 from ._vocab import GeneVocab
 
@@ -31,6 +39,12 @@ __all__ = [
     "GeneMatch",
     "GeneVocab",
     "H5adCollection",
+    "PerturbationSplit",
     "SomaSource",
+    "from_gears",
     "match_genes",
+    "parse_perturbation",
+    "perturbation_label",
+    "split_perturbations",
+    "to_gears",
 ]

@@ -4,6 +4,7 @@ from ._grn import collectri, hallmark, read_gmt, transcription_factors
 from ._integration import pbmc_cite_seq, pbmc_two_sources
 from ._onek1k import ONEK1K_QUERY_DONORS, onek1k
 from ._pbmc68k import pbmc68k_counts
+from ._perturbation import simulate_perturbations
 
 __all__ = [
     "ONEK1K_QUERY_DONORS",
@@ -14,5 +15,6 @@ __all__ = [
     "pbmc_cite_seq",
     "pbmc_two_sources",
     "read_gmt",
+    "simulate_perturbations",
     "transcription_factors",
 ]

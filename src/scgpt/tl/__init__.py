@@ -5,7 +5,9 @@ from ._benchmark import benchmark_integration
 from ._embed import embed
 from ._grn import gene_programs, infer_grn, program_scores
 from ._grn_eval import enrich_programs, evaluate_grn
+from ._evaluate_perturbation import evaluate_perturbation, perturbation_de_genes
 from ._integrate import integrate
+from ._perturbation_baselines import perturbation_baseline
 
 __all__ = [
     "annotate",
@@ -14,8 +16,11 @@ __all__ = [
     "enrich_programs",
     "evaluate_annotation",
     "evaluate_grn",
+    "evaluate_perturbation",
     "gene_programs",
     "infer_grn",
     "integrate",
+    "perturbation_baseline",
+    "perturbation_de_genes",
     "program_scores",
 ]
