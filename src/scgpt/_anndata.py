@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import scipy.sparse as sp
 
-from ._logging import log_added, warn
+from ._logging import log_added, logger, warn
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -147,6 +147,39 @@ def log_normalize_counts(counts, *, target_sum: float = 1e4) -> sp.csr_matrix:
     X = sp.csr_matrix(sp.diags(scale) @ X)
     X.data = np.log1p(X.data)
     return X
+
+
+def log_normalized(adata: AnnData, layer: str | None = None, *, fn: str = "log_normalized") -> sp.csr_matrix:
+    """``log1p(normalize_total(counts, 1e4))`` of every cell (CSR, float64).
+
+    Parameters
+    ----------
+    adata
+        Cells with counts (or log1p data marked by ``uns["log1p"]``).
+    layer
+        Layer with the counts; ``None`` uses ``adata.X``.
+    fn
+        Name of the calling function, for messages.
+
+    Notes
+    -----
+    Counts (non-negative integers) are normalised here. A non-integer matrix is accepted only when
+    ``adata.uns["log1p"]`` marks it as already log-transformed (scanpy's ``sc.pp.log1p`` and
+    :func:`scgpt.data.from_gears` write that marker): it is used as it is. Anything else is an error:
+    scaled, centred or normalised-but-not-logged values would give meaningless profiles.
+    """
+    X = as_csr(get_matrix(adata, layer))
+    check_values(X, what=f"{fn}: the expression matrix")
+    if looks_like_counts(X):
+        return log_normalize_counts(X)
+    if "log1p" in adata.uns:
+        logger.info(f"{fn}: the matrix holds non-integer values and adata.uns['log1p'] is set: used as log1p data")
+        return X.astype(np.float64)
+    raise ValueError(
+        f"{fn} expects raw counts (non-negative integers) and the matrix holds non-integer values. Pass the counts "
+        "(layer= naming the layer that holds them); if the matrix already holds log1p(normalize_total) values, "
+        "mark it with adata.uns['log1p'] = {'base': None} (as sc.pp.log1p does)."
+    )
 
 
 # ---------------------------------------------------------------------------- the tail of a face function

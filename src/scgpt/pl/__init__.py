@@ -3,5 +3,15 @@
 from ._annotation import confusion
 from ._grn import attention, gene_embedding, gene_programs, grn
 from ._integration import benchmark_integration
+from ._perturbation import perturbation, perturbation_metrics
 
-__all__ = ["attention", "benchmark_integration", "confusion", "gene_embedding", "gene_programs", "grn"]
+__all__ = [
+    "attention",
+    "benchmark_integration",
+    "confusion",
+    "gene_embedding",
+    "gene_programs",
+    "grn",
+    "perturbation",
+    "perturbation_metrics",
+]

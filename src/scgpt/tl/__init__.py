@@ -3,9 +3,9 @@
 from ._annotate import annotate, evaluate_annotation
 from ._benchmark import benchmark_integration
 from ._embed import embed
+from ._evaluate_perturbation import evaluate_perturbation, perturbation_de_genes
 from ._grn import gene_programs, infer_grn, program_scores
 from ._grn_eval import enrich_programs, evaluate_grn
-from ._evaluate_perturbation import evaluate_perturbation, perturbation_de_genes
 from ._integrate import integrate
 from ._perturbation_baselines import perturbation_baseline
 

@@ -22,13 +22,12 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .._anndata import actual_if_view, check_adata, missing_values, record, warn_overwrite
+from .._anndata import actual_if_view, check_adata, log_normalized, missing_values, record, warn_overwrite
 from .._docs import doc_params
 from .._logging import logger
 from ..data import match_genes
 from ..data._genes import gene_names
 from ..model import GenePairs, rank_normalize, resolve_model, run_inference
-from ._expression import log_normalized
 from ._hvg import variable_genes
 
 if TYPE_CHECKING:

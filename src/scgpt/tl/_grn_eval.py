@@ -444,7 +444,7 @@ def _coexpression(
     adata: AnnData, genes: pd.Index, sources: pd.Index, *, layer: str | None, methods: Sequence[str]
 ) -> dict[str, np.ndarray]:
     """Pearson / Spearman correlation (sources x genes) of log-normalised expression over the cells."""
-    from ._expression import log_normalized
+    from .._anndata import log_normalized
 
     logger.info(f"    co-expression baselines ({', '.join(methods)}) over {adata.n_obs} cells")
     X = log_normalized(adata, layer)[:, adata.var_names.get_indexer(genes)].tocsc()

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
+from .._anndata import log_normalized
 from .._logging import logger, warn
 from ..data._perturbation import parse_perturbation, perturbation_label, perturbation_labels
-from ._expression import log_normalized
 
 if TYPE_CHECKING:
     from anndata import AnnData
