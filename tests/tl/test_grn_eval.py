@@ -171,7 +171,7 @@ SOME_EDGES = _net({("TF1", "G3"): 1.0, ("TF2", "G1"): 0.5})
 
 
 def test_coexpression_recovers_the_planted_pairs(counts):
-    res = evaluate_grn(SOME_EDGES, counts, CO_REF, genes=NET_GENES)
+    res = evaluate_grn(SOME_EDGES, CO_REF, adata=counts, genes=NET_GENES)
     assert list(res.index) == ["scGPT", "random", "pearson", "spearman", EXPECTED_RANDOM]
     for method in ("pearson", "spearman"):
         row = res.loc[method]
@@ -190,8 +190,8 @@ def test_coexpression_matches_numpy_and_scipy(lognorm):
 
 
 def test_counts_and_log_normalised_input_give_the_same_baselines(counts, lognorm):
-    a = evaluate_grn(SOME_EDGES, counts, CO_REF, genes=NET_GENES)
-    b = evaluate_grn(SOME_EDGES, lognorm, CO_REF, genes=NET_GENES)
+    a = evaluate_grn(SOME_EDGES, CO_REF, adata=counts, genes=NET_GENES)
+    b = evaluate_grn(SOME_EDGES, CO_REF, adata=lognorm, genes=NET_GENES)
     pd.testing.assert_frame_equal(a, b)
     genes, sources = pd.Index(NET_GENES), pd.Index(["TF1", "TF2"])
     ca = _coexpression(counts, genes, sources, layer=None, methods=["pearson", "spearman"])
@@ -202,7 +202,7 @@ def test_counts_and_log_normalised_input_give_the_same_baselines(counts, lognorm
     dense = counts.copy()
     dense.layers["counts"] = dense.X.toarray()
     dense.X = None
-    c = evaluate_grn(SOME_EDGES, dense, CO_REF, genes=NET_GENES, layer="counts")
+    c = evaluate_grn(SOME_EDGES, CO_REF, adata=dense, genes=NET_GENES, layer="counts")
     pd.testing.assert_frame_equal(a, c)
 
 
@@ -226,13 +226,13 @@ def test_sparse_ranks_are_shifted_ranks():
 
 def test_genes_missing_from_adata_are_left_out_with_a_warning(counts):
     with pytest.warns(UserWarning, match=r"1 of 7 genes are not in adata.var_names \(NOPE\)"):
-        res = evaluate_grn(SOME_EDGES, counts, CO_REF, genes=[*NET_GENES, "NOPE"])
+        res = evaluate_grn(SOME_EDGES, CO_REF, adata=counts, genes=[*NET_GENES, "NOPE"])
     assert res.loc["pearson", "n_edges"] == 10
 
 
 def test_key_added_stores_results_and_params(counts):
     adata = counts.copy()
-    res = evaluate_grn(SOME_EDGES, adata, CO_REF, genes=NET_GENES, baselines=["pearson"], key_added="grn_eval")
+    res = evaluate_grn(SOME_EDGES, CO_REF, adata=adata, genes=NET_GENES, baselines=["pearson"], key_added="grn_eval")
     entry = adata.uns["grn_eval"]
     pd.testing.assert_frame_equal(entry["results"], res)
     assert entry["params"]["baselines"] == ["pearson"] and entry["params"]["tfs_only"] is True

@@ -480,7 +480,7 @@ def infer_grn(
     Examples
     --------
     >>> scgpt.tl.infer_grn(adata, "demo", method="attention", tfs=["SPI1", "CEBPB"])  # doctest: +SKIP
-    >>> scgpt.tl.evaluate_grn(adata.uns["scgpt_grn"]["edges"], adata)  # doctest: +SKIP
+    >>> scgpt.tl.evaluate_grn(adata.uns["scgpt_grn"]["edges"], adata=adata)  # doctest: +SKIP
     """
     start = time.perf_counter()
     fn = "infer_grn"

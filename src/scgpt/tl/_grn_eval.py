@@ -36,9 +36,9 @@ METRICS = ("n_edges", "n_true", "density", "auprc", "auprc_ratio", "auroc", "epr
 # ------------------------------------------------------------------------------------------------ evaluate_grn
 def evaluate_grn(
     edges: pd.DataFrame,
-    adata: AnnData | None = None,
     reference: pd.DataFrame | Literal["collectri"] = "collectri",
     *,
+    adata: AnnData | None = None,
     tfs_only: bool = True,
     baselines: Sequence[Literal["random", "pearson", "spearman"]] | None = None,
     group: str | None = None,
@@ -78,9 +78,9 @@ def evaluate_grn(
       exact expected average precision ``(H_N + (R - 1)(N - H_N) / (N - 1)) / N`` for ``R`` true pairs
       among ``N`` (``H_N`` the harmonic number), whose ratio to the density is above 1 when ``R`` is small.
     - ``"pearson"``, ``"spearman"``: absolute Pearson / Spearman correlation of source and target over the
-      cells of ``adata``, on ``log1p(normalize_total(counts, 1e4))`` (values that are not integers are taken
-      as log-normalised already and used as they are). Genes that do not vary get 0. Spearman is Pearson of
-      the ranks of each gene over the cells, ties averaged.
+      cells of ``adata``, on ``log1p(normalize_total(counts, 1e4))`` (log-normalised values marked by
+      ``uns['log1p']``, as ``sc.pp.log1p`` leaves them, are used as they are). Genes that do not vary get 0.
+      Spearman is Pearson of the ranks of each gene over the cells, ties averaged.
 
     scGPT networks (attention and embedding similarity alike) mostly recover co-expression (Kendiukhov,
     arXiv 2602.17532, 2026): compare with the ``pearson`` row before reading the edges as regulation.
@@ -92,12 +92,12 @@ def evaluate_grn(
         geneRNIB's format, as :func:`scgpt.tl.infer_grn` writes to ``adata.uns[key]['edges']``), optionally
         ``group``. Attention networks are directed (source = key, target = query); embedding-similarity
         networks are undirected and list both directions. Each (source, target) pair may appear once.
+    reference
+        The true edges: a DataFrame with ``source`` and ``target`` columns (``weight`` is ignored), or
+        ``"collectri"`` for the bundled CollecTRI network (:func:`scgpt.datasets.collectri`).
     adata
         Cells x genes with counts (or log-normalised values) in ``X`` or ``layer``: needed for the
         ``pearson`` and ``spearman`` baselines and for ``key_added``.
-    reference
-        The true edges: a DataFrame with ``source`` and ``target`` columns (``weight`` is ignored), or
-        ``"collectri"`` for the bundled CollecTRI network (:func:`scgpt.datasets._grn.collectri`).
     tfs_only
         Sources restricted to the reference's sources (its transcription factors), as BEELINE and geneRNIB
         do; ``False``: every gene of the gene set may be a source.
