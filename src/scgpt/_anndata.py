@@ -98,15 +98,41 @@ def iter_row_chunks(adata: AnnData, layer: str | None, chunk_size: int) -> Itera
         raise ValueError(f"chunk_size must be positive, got {chunk_size}.")
     X = get_matrix(adata, layer)
     for start in range(0, adata.n_obs, chunk_size):
-        block = X[start : start + chunk_size]
-        if hasattr(block, "to_memory"):  # backed sparse dataset
-            block = block.to_memory()
-        if sp.issparse(block):
-            block = block.tocsr()
-        else:
-            dense = np.asarray(block)
-            block = sp.csr_matrix(dense if dense.dtype in (np.float32, np.float64) else dense.astype(np.float32))
-        yield start, block if block.dtype in (np.float32, np.float64) else block.astype(np.float32)
+        yield start, read_rows(X, start, start + chunk_size)
+
+
+def read_rows(X, start: int, stop: int) -> sp.csr_matrix:
+    """Rows ``start:stop`` of a matrix (in memory or backed, sparse or dense) as CSR, float32 or float64.
+
+    A backed matrix is read from disk for these rows only.
+    """
+    block = X[start:stop]
+    if hasattr(block, "to_memory"):  # backed sparse dataset
+        block = block.to_memory()
+    if sp.issparse(block):
+        block = block.tocsr()
+    else:
+        dense = np.asarray(block)
+        block = sp.csr_matrix(dense if dense.dtype in (np.float32, np.float64) else dense.astype(np.float32))
+    return block if block.dtype in (np.float32, np.float64) else block.astype(np.float32)
+
+
+def stored_per_row(adata: AnnData, layer: str | None) -> np.ndarray:
+    """Stored entries per row (expressed genes of a sparse matrix; all genes of a dense one), without the values.
+
+    Read from the row pointers alone for CSR matrices in memory or on disk.
+    """
+    X = get_matrix(adata, layer)
+    group = getattr(X, "group", None)  # backed sparse dataset
+    if group is not None and "indptr" in group and getattr(X, "format", "csr") == "csr":
+        return np.diff(np.asarray(group["indptr"][:])).astype(np.int64)
+    if sp.issparse(X):
+        return np.asarray(X.getnnz(axis=1), dtype=np.int64) if X.format != "csr" else np.diff(X.indptr).astype(np.int64)
+    if group is not None:  # a backed CSC matrix: count per row chunk by chunk
+        return np.concatenate(
+            [np.diff(read_rows(X, s, s + 4096).indptr) for s in range(0, adata.n_obs, 4096)] or [np.zeros(0, np.int64)]
+        ).astype(np.int64)
+    return np.full(adata.n_obs, adata.n_vars, dtype=np.int64)
 
 
 def check_values(X: sp.csr_matrix, *, what: str = "the expression matrix", start: int = 0) -> None:
@@ -133,10 +159,7 @@ def looks_like_counts(X: sp.csr_matrix) -> bool:
 
 def as_csr(X) -> sp.csr_matrix:
     """A matrix (dense, sparse or backed) as an in-memory CSR of float32 or float64."""
-    if hasattr(X, "to_memory"):
-        X = X.to_memory()
-    X = X.tocsr() if sp.issparse(X) else sp.csr_matrix(np.asarray(X))
-    return X if X.dtype in (np.float32, np.float64) else X.astype(np.float32)
+    return read_rows(X, 0, X.shape[0])
 
 
 def log_normalize_counts(counts, *, target_sum: float = 1e4) -> sp.csr_matrix:

@@ -9,7 +9,18 @@ from typing import TYPE_CHECKING
 from .._files import atomic_path
 from .._logging import logger
 from .._settings import settings
-from ._common import PBMC68K, CLIError, HelpFormatter, add_common, add_data, check_input, check_model, read_h5ad
+from ._common import (
+    PBMC68K,
+    CLIError,
+    HelpFormatter,
+    Interrupted,
+    _devices,
+    add_common,
+    add_data,
+    check_input,
+    check_model,
+    read_h5ad,
+)
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -24,7 +35,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description="Compute zero-shot scGPT cell embeddings and write them to obsm[KEY_ADDED] of a new .h5ad.\n\n"
         "The input is read into memory and written back whole with the embeddings added. With --backed it is\n"
         "streamed from disk instead (bounded memory) and OUTPUT holds obs, var, obsm and uns only (no expression\n"
-        "matrix); join it to the input by obs_names.",
+        "matrix); join it to the input by obs_names. With --backed the embeddings are also written as they are\n"
+        "computed, CHUNK_SIZE cells at a time, into the folder OUTPUT.parts, and copied into OUTPUT at the end\n"
+        "(neither the matrix nor all embeddings are held in memory). An interrupted run resumes from the chunks\n"
+        "written when the same command is run again.\n\n"
+        "--devices N runs N processes per machine (GPUs, or CPU processes with --device cpu) with Lightning\n"
+        "DDP: started by this command, or by torchrun/srun (then pass the processes per node they start).",
     )
     p.add_argument(
         "--model",
@@ -42,6 +58,19 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, metavar="N", help="cells per forward pass")
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: the best available)")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="precision")
+    g = p.add_argument_group("several processes and out-of-core output")
+    g.add_argument(
+        "--devices", type=_devices, metavar="N", help="processes per machine (Lightning DDP; default: this one alone)"
+    )
+    g.add_argument("--num-nodes", type=int, default=1, metavar="M", help="machines (multi-node, under srun/torchrun)")
+    g.add_argument("--strategy", default="ddp", help="Lightning strategy with --devices (ddp)")
+    g.add_argument(
+        "--chunk-size",
+        type=int,
+        default=2048,
+        metavar="N",
+        help="with --backed: cells per chunk written to OUTPUT.parts (the unit of resuming)",
+    )
     g = p.add_argument_group("figure")
     g.add_argument(
         "--figure",
@@ -68,13 +97,18 @@ def run(args: argparse.Namespace) -> None:
     out_path = Path(args.output).expanduser()
     if args.backed and args.input != PBMC68K and out_path.resolve() == Path(args.input).expanduser().resolve():
         raise CLIError("with --backed, --output must differ from --input")
-    import anndata as ad
-
+    if args.chunk_size < 1:
+        raise CLIError(f"--chunk-size must be positive, got {args.chunk_size}")
     from ..model import resolve_device
+    from ..model._distributed import global_rank
     from ..tl import embed
 
     device = resolve_device(args.device)  # a clear error before any reading
+    if args.devices is not None:
+        device = args.device or device.type  # the kind of device; the GPUs are chosen by --devices
     adata = read_h5ad(args.input, backed=args.backed)
+    if args.backed:
+        return _run_out_of_core(args, model, adata, device, out_path)
     embed(
         adata,
         model,
@@ -88,7 +122,97 @@ def run(args: argparse.Namespace) -> None:
         seed=args.seed,
         device=device,
         dtype=args.dtype,
+        **_distributed_options(args),
     )
+    if global_rank() != 0:  # rank 0 writes the result
+        return
+    _finish(args, adata, out_path)
+
+
+def _distributed_options(args: argparse.Namespace) -> dict:
+    if args.devices is None:
+        return {}
+    return {"devices": args.devices, "num_nodes": args.num_nodes, "strategy": args.strategy}
+
+
+def _run_out_of_core(args: argparse.Namespace, model_name: str, adata: AnnData, device, out_path: Path) -> None:
+    """``--backed``: embeddings into the chunk folder OUTPUT.parts (resuming from it), then into OUTPUT."""
+    import time
+
+    import anndata as ad
+
+    from ..model._outofcore import embed_to_store, input_identity, mean_tokens, read_embeddings, write_h5ad
+    from ..model._resolve import resolve_model
+
+    start = time.perf_counter()
+    model, name = resolve_model(model_name)
+    parts = out_path.with_name(out_path.name + ".parts")
+    options = {
+        "gene_key": args.gene_key,
+        "use_aliases": not args.no_aliases,
+        "layer": args.layer,
+        "batch_key": args.batch_key,
+        "max_length": args.max_length,
+        "seed": args.seed,
+        "dtype": args.dtype,
+    }
+    identity = {"input": input_identity(args.input), **options}
+    logger.info(f"computing scGPT embeddings of {adata.n_obs:,} cells chunk by chunk into {parts}")
+    try:
+        run = embed_to_store(
+            model,
+            adata,
+            parts,
+            identity=identity,
+            chunk_size=args.chunk_size,
+            device=device,
+            batch_size=args.batch_size,
+            **options,
+            **_distributed_options(args),
+        )
+    except (Interrupted, KeyboardInterrupt) as e:
+        from ..model._outofcore import ChunkStore
+
+        store = ChunkStore(parts)
+        n_done = len(list(parts.glob("chunk_*.npz"))) if parts.is_dir() else 0
+        signum = e.signal if isinstance(e, Interrupted) else 2
+        raise Interrupted(
+            signum,
+            f"{n_done} chunks are written in {store.folder}; run the same command again to resume from them",
+        ) from None
+    if run.rank != 0:  # rank 0 writes the result
+        adata.file.close()
+        return
+    rep = run.match.report()
+    params = {
+        "model": name,
+        **options,
+        "batch_size": args.batch_size,
+        "genes": False,
+    }
+    uns = {
+        "params": params,
+        "n_genes_matched": rep["n_matched"],
+        "n_genes": rep["n_genes"],
+        "mean_tokens_per_cell": mean_tokens(run.store),
+    }
+    if args.figure:  # the UMAP needs every embedding in memory
+        result = ad.AnnData(obs=adata.obs.copy(), var=adata.var.copy(), uns={args.key_added: uns})
+        result.obsm[args.key_added] = read_embeddings(run.store)
+        adata.file.close()
+        _finish(args, result, out_path)
+    else:
+        n, d = write_h5ad(adata, run.store, out_path, key=args.key_added, uns=uns)
+        adata.file.close()
+        logger.info(f"    finished ({time.perf_counter() - start:.1f}s)")
+        print(f"scgpt embed: {n:,} cells -> {out_path} (obsm[{args.key_added!r}], {d} dims)")
+    run.store.remove()
+
+
+def _finish(args: argparse.Namespace, adata: AnnData, out_path: Path) -> None:
+    """Write the result (with a UMAP figure on request) and print a summary."""
+    import anndata as ad
+
     if adata.isbacked:  # the expression matrix stays in the input file
         result = ad.AnnData(obs=adata.obs.copy(), var=adata.var.copy(), obsm=dict(adata.obsm), uns=dict(adata.uns))
         adata.file.close()

@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from .._anndata import check_adata, check_values, get_matrix, iter_row_chunks, looks_like_counts, missing_values
+from .._anndata import check_adata, check_values, get_matrix, looks_like_counts, missing_values, read_rows
 from .._logging import warn
 from .._settings import settings
 from ..data._collate import CellBatch, Collator
@@ -44,6 +44,19 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
     from ._scgpt import ScGPT
+
+
+def default_chunk_size(batch_size: int) -> int:
+    """Cells read (and tokenised) at a time by :func:`run_inference` when no ``chunks`` are given."""
+    return max(2048, 16 * batch_size)
+
+
+def chunk_grid(n_obs: int, chunk_size: int) -> list[tuple[int, int]]:
+    """Consecutive ``(start, stop)`` row ranges of ``chunk_size`` cells (the last one shorter) covering ``n_obs``."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}.")
+    return [(s, min(s + chunk_size, n_obs)) for s in range(0, n_obs, chunk_size)]
+
 
 #: Tokens per forward pass on CPU: small enough for activations to stay in cache (measured
 #: fastest on a 2-core x86 CPU at 1-4k tokens), large enough to keep the matrix units busy.
@@ -149,6 +162,12 @@ class Accumulator:
     def add(self, net: ScGPTNet, batch: CellBatch) -> None:  # pragma: no cover - abstract
         """Process one minibatch; ``batch.cells`` holds the cells' row indices in the input."""
         raise NotImplementedError
+
+    def end_chunk(self, start: int, stop: int) -> None:
+        """Called once every cell of the chunk of rows ``start:stop`` was added (default: nothing to do).
+
+        Accumulators that write results as they go (e.g. out-of-core embeddings) override it.
+        """
 
     def result(self) -> Any:  # pragma: no cover - abstract
         """The output, once every cell was added."""
@@ -466,6 +485,7 @@ def run_inference(
     expect_counts: bool = True,
     max_tokens: int | None = None,
     tokens: Sequence[str] | None = None,
+    chunks: Sequence[tuple[int, int]] | None = None,
     fn: str = "embed",
 ) -> InferenceResult:
     """Run ``model`` over the cells of ``adata`` (in memory or backed) and feed every minibatch to ``accumulator``.
@@ -493,6 +513,11 @@ def run_inference(
     tokens
         Use only the genes matched to these vocabulary tokens (e.g. the gene panel a model was fine-tuned
         on, with ``include_zero_genes``); ``None``: every matched gene.
+    chunks
+        Run only these ``(start, stop)`` row ranges, each read and tokenised at once (its cells sorted by
+        length into minibatches), in this order; the accumulator's :meth:`~Accumulator.end_chunk` follows
+        each. Default: all cells, in chunks of :func:`default_chunk_size`. Cells outside them are not read
+        (their ``n_tokens`` stay 0). Used to share cells between processes and to resume out-of-core runs.
     fn
         Name used in messages.
     """
@@ -532,16 +557,26 @@ def run_inference(
     accumulator.begin(Run(adata.n_obs, adata.n_vars, token_to_gene.to(dev), dev, dt))
     if max_tokens is None and dev.type == "cpu":
         max_tokens = CPU_TOKENS.get(dt, 2048)
-    chunk_size = max(2048, 16 * batch_size)
+    if chunks is None:
+        chunks = chunk_grid(adata.n_obs, default_chunk_size(batch_size))
+    chunks = [(int(a), int(b)) for a, b in chunks]
+    bad = [(a, b) for a, b in chunks if not 0 <= a < b <= adata.n_obs]
+    if bad:
+        raise ValueError(
+            f"chunks must be row ranges (start, stop) with 0 <= start < stop <= {adata.n_obs}; got {bad[0]}."
+        )
     what = f"layer {layer!r}" if layer else "adata.X"
+    matrix = get_matrix(adata, layer)
     n_tokens = np.zeros(adata.n_obs, dtype=np.int64)
-    bar = _progress_bar(adata.n_obs, f"{fn}: cells", settings.progress if progress is None else progress)
+    total = sum(b - a for a, b in chunks)
+    bar = _progress_bar(total, f"{fn}: cells", settings.progress if progress is None else progress)
     was_training = model.net.training
     try:
         with torch.inference_mode():
-            for start, X in iter_row_chunks(adata, layer, chunk_size):
+            for i, (start, stop) in enumerate(chunks):
+                X = read_rows(matrix, start, stop)
                 check_values(X, what=what, start=start)
-                if start == 0 and expect_counts and not looks_like_counts(X):
+                if i == 0 and expect_counts and not looks_like_counts(X):
                     warn(
                         "The expression values do not look like raw counts; scGPT's zero-shot embedding expects raw "
                         "counts (pass `layer=` if counts are in a layer). Results from normalised values differ only "
@@ -558,6 +593,7 @@ def run_inference(
                     batch.values = batch.values.to(dt)
                     accumulator.add(net, batch)
                     bar.update(len(idx))
+                accumulator.end_chunk(start, stop)
     finally:
         bar.close()
         model.net.train(was_training)

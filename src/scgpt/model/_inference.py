@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import torch
 
 from .._docs import doc_params
+from ._distributed import doc_distributed, run_sharded
 from ._engine import CellRows, inference_options, run_inference
 
 if TYPE_CHECKING:
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
 class InferenceMixin:
     """``get_latent_representation``, ``predict_proba`` and ``get_gene_embeddings`` for :class:`~scgpt.model.ScGPT`."""
 
-    @doc_params()
+    @doc_params(distributed=doc_distributed)
     def get_latent_representation(
         self,
         adata: AnnData | None = None,
@@ -33,6 +34,9 @@ class InferenceMixin:
         device: str | torch.device | None = None,
         dtype: str | None = None,
         progress: bool | None = None,
+        devices: int | str | list[int] | None = None,
+        num_nodes: int = 1,
+        strategy: str | Any | None = None,
     ) -> np.ndarray:
         """Zero-shot cell embeddings, ``(n_obs, d_model)`` float32, L2-normalised (see :func:`scgpt.tl.embed`).
 
@@ -41,17 +45,25 @@ class InferenceMixin:
         adata
             Cells to embed (raw counts); default: the bound AnnData.
         {inference}
+        {distributed}
 
         Returns
         -------
-        The embeddings, in the order of ``adata.obs_names``.
+        The embeddings, in the order of ``adata.obs_names`` (on every process when ``devices`` is given).
         """
+        adata = self._resolve_adata(adata)
+        if devices is not None:
+            return run_sharded(
+                self,
+                adata,
+                devices=devices,
+                num_nodes=num_nodes,
+                strategy=strategy,
+                **inference_options(locals()),
+                fn="get_latent_representation",
+            ).output
         return run_inference(
-            self,
-            self._resolve_adata(adata),
-            CellRows(normalize=True),
-            **inference_options(locals()),
-            fn="get_latent_representation",
+            self, adata, CellRows(normalize=True), **inference_options(locals()), fn="get_latent_representation"
         ).output
 
     @doc_params()

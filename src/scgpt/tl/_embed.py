@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -12,6 +12,7 @@ from .._anndata import record, resolve_target, warn_overwrite
 from .._docs import doc_params
 from .._logging import logger
 from ..model import CellRows, ScGPT, resolve_model, run_inference
+from ..model._distributed import doc_distributed, run_sharded
 from ..model._engine import inference_options
 
 if TYPE_CHECKING:
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
     from mudata import MuData
 
 
-@doc_params()
+@doc_params(distributed=doc_distributed)
 def embed(
     adata: AnnData | MuData,
     model: ScGPT | str | os.PathLike | None = None,
@@ -34,6 +35,9 @@ def embed(
     device: str | None = None,
     dtype: str | None = None,
     progress: bool | None = None,
+    devices: int | str | list[int] | None = None,
+    num_nodes: int = 1,
+    strategy: str | Any | None = None,
     key_added: str = "X_scGPT",
     genes: bool = False,
     mod: str = "rna",
@@ -56,6 +60,7 @@ def embed(
         Cells x genes with raw counts (in memory or backed), or a MuData whose ``mod`` modality holds them.
     {model}
     {inference}
+    {distributed}
     key_added
         Key of the ``obsm`` (and ``varm``, ``uns``) entries written.
     genes
@@ -90,12 +95,12 @@ def embed(
     cells = target.adata
     model_obj, model_name = resolve_model(model)
     logger.info(f"computing scGPT embeddings of {cells.n_obs} cells")
-    res = run_inference(
-        model_obj,
-        cells,
-        CellRows(normalize=True),
-        **inference_options(locals()),
-    )
+    if devices is None:
+        res = run_inference(model_obj, cells, CellRows(normalize=True), **inference_options(locals()))
+    else:
+        res = run_sharded(
+            model_obj, cells, devices=devices, num_nodes=num_nodes, strategy=strategy, **inference_options(locals())
+        )
     warn_overwrite(cells, "obsm", key_added, fn="embed", copy=copy)
     added = target.write_obsm(key_added, res.output, "cell embeddings")
     if genes:

@@ -1,0 +1,199 @@
+#!/usr/bin/env python
+"""Atlas-scale embedding, part (a): a backed ``.h5ad`` of 1,000,000 cells, one process vs several.
+
+1. Writes a synthetic raw-count ``.h5ad`` chunk by chunk (``_cells.write_backed_h5ad``; never whole in
+   memory) over the genes of the demo model's vocabulary: each cell expresses a uniform number of
+   distinct genes in ``--genes-per-cell`` (default 300-2,500, a 10x-like range; cells above
+   ``--max-length`` tokens are subsampled as usual), Zipf-like gene frequencies, negative-binomial counts.
+2. For each entry of ``--processes`` runs ``scgpt embed --model demo --backed --device cpu
+   [--devices N]`` (the out-of-core path: each process reads its share of the rows, writes its chunks to
+   ``OUTPUT.parts``; rank 0 streams them into the output) in a fresh process tree. Every rank reports its
+   own peak RSS (``ru_maxrss``) and the run's wall time gives cells/s (end to end: start-up, model load,
+   reading, embedding, writing the result).
+3. Checks that the outputs of the runs agree (max absolute difference of the embeddings, read in blocks).
+
+Prints a markdown table and writes ``--out-json``. Scale down with ``--cells`` (e.g. 20,000); the full
+1M run needs about 4 GB of disk for the input. Timing needs a quiet machine.
+
+    python benchmarks/atlas.py --cells 20000 --processes 1,2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cells", type=int, default=1_000_000, help="cells in the backed .h5ad")
+    ap.add_argument("--genes-per-cell", type=int, nargs=2, default=(300, 2500), metavar=("LO", "HI"))
+    ap.add_argument("--processes", default="1,2", help="comma-separated numbers of processes to compare")
+    ap.add_argument("--max-length", type=int, default=1200)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--chunk-size", type=int, default=2048, help="cells per chunk file (scgpt embed --chunk-size)")
+    ap.add_argument("--work", type=Path, default=HERE / "results" / "atlas_work", help="folder for data and outputs")
+    ap.add_argument("--out-json", type=Path, default=None, help="default: results/atlas_<cells>.json")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--threads-per-process",
+        type=int,
+        default=None,
+        help="torch threads of each process (OMP_NUM_THREADS); default: all cores for 1 process, cores / N for N "
+        "(Lightning's choice). On a shared machine 1 gives comparable numbers.",
+    )
+    return ap.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- one rank (run by Lightning's launcher)
+def rank_main(report_dir: str, cli_args: list[str]) -> int:
+    """``scgpt embed`` in this process, then this rank's peak RSS into ``report_dir/rank<r>.json``.
+
+    Lightning's DDP launcher starts the other ranks by running this script again with the same
+    arguments, so each rank goes through here.
+    """
+    from scgpt.cli import main
+
+    t0 = time.perf_counter()
+    status = main(cli_args)
+    import torch.distributed as dist
+
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    info = {
+        "rank": rank,
+        "pid": os.getpid(),
+        "status": status,
+        "seconds": time.perf_counter() - t0,
+        "peak_rss_MiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+    }
+    Path(report_dir, f"rank{rank}.json").write_text(json.dumps(info))
+    return status
+
+
+# ----------------------------------------------------------------------------- the benchmark
+def demo_genes() -> list[str]:
+    from scgpt.model import ScGPT
+
+    vocab = ScGPT.from_pretrained("demo").vocab
+    return [t for t in vocab.itos if not (t.startswith("<") and t.endswith(">"))]
+
+
+def ensure_input(args: argparse.Namespace) -> tuple[Path, dict]:
+    import _cells
+
+    lo, hi = args.genes_per_cell
+    path = args.work / f"atlas_{args.cells}_{lo}-{hi}_seed{args.seed}.h5ad"
+    meta = path.with_suffix(".json")
+    if path.is_file() and meta.is_file():
+        return path, json.loads(meta.read_text())
+    info = _cells.write_backed_h5ad(path, demo_genes(), args.cells, genes_per_cell=(lo, hi), seed=args.seed)
+    meta.write_text(json.dumps(info))
+    return path, info
+
+
+def run_embed(args: argparse.Namespace, data: Path, n_proc: int) -> dict:
+    out = args.work / f"emb_{data.stem}_p{n_proc}.h5ad"
+    report = args.work / f"report_p{n_proc}"
+    report.mkdir(parents=True, exist_ok=True)
+    for f in report.glob("rank*.json"):
+        f.unlink()
+    out.unlink(missing_ok=True)
+    cli = ["embed", "--model", "demo", "--input", str(data), "--output", str(out), "--backed", "--device", "cpu"]
+    cli += ["--max-length", str(args.max_length), "--batch-size", str(args.batch_size)]
+    cli += ["--chunk-size", str(args.chunk_size), "--seed", str(args.seed), "-q"]
+    if n_proc > 1:
+        cli += ["--devices", str(n_proc)]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env.pop("OMP_NUM_THREADS", None)  # Lightning gives each of the N processes cores / N threads
+    if args.threads_per_process:
+        env["OMP_NUM_THREADS"] = str(args.threads_per_process)
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--rank-main", str(report), "--", *cli],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{n_proc} processes failed:\n{proc.stderr[-4000:]}")
+    ranks = sorted((json.loads(f.read_text()) for f in report.glob("rank*.json")), key=lambda r: r["rank"])
+    return {
+        "processes": n_proc,
+        "wall_s": wall,
+        "cells_per_s": args.cells / wall,
+        "peak_rss_MiB_per_rank": [round(r["peak_rss_MiB"], 1) for r in ranks],
+        "command_s_per_rank": [round(r["seconds"], 1) for r in ranks],  # scgpt embed itself, after imports
+        "output": str(out),
+    }
+
+
+def max_difference(a: Path, b: Path, key: str = "X_scGPT", block: int = 65_536) -> float:
+    import h5py
+
+    worst = 0.0
+    with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
+        da, db = fa["obsm"][key], fb["obsm"][key]
+        assert da.shape == db.shape, (da.shape, db.shape)
+        for s in range(0, da.shape[0], block):
+            worst = max(worst, float(np.abs(da[s : s + block] - db[s : s + block]).max()))
+        same_order = bool((fa["obs"]["_index"][:] == fb["obs"]["_index"][:]).all())
+    if not same_order:
+        raise AssertionError("the outputs list the cells in different orders")
+    return worst
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    data, info = ensure_input(args)
+    print(f"input: {data} ({info.get('n_cells', args.cells):,} cells; written in {time.perf_counter() - t0:.0f}s)")
+    runs = []
+    for n in (int(x) for x in args.processes.split(",")):
+        r = run_embed(args, data, n)
+        print(
+            f"  {n} process(es): {r['wall_s']:.1f}s, {r['cells_per_s']:.0f} cells/s, RSS {r['peak_rss_MiB_per_rank']}"
+        )
+        runs.append(r)
+    for r in runs[1:]:
+        r["max_abs_diff_vs_first"] = max_difference(Path(runs[0]["output"]), Path(r["output"]))
+    result = {
+        "cells": args.cells,
+        "genes_per_cell": list(args.genes_per_cell),
+        "max_length": args.max_length,
+        "batch_size": args.batch_size,
+        "chunk_size": args.chunk_size,
+        "threads_per_process": args.threads_per_process,
+        "input": info,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_avg_start": os.getloadavg()},
+        "runs": runs,
+    }
+    out_json = args.out_json or HERE / "results" / f"atlas_{args.cells}.json"
+    out_json.write_text(json.dumps(result, indent=1) + "\n")
+    print("\n| processes | wall (s) | cells/s | peak RSS per process (MiB) | max abs diff vs 1 process |")
+    print("|---|---|---|---|---|")
+    for r in runs:
+        diff = r.get("max_abs_diff_vs_first")
+        rss = ", ".join(f"{x:.0f}" for x in r["peak_rss_MiB_per_rank"])
+        diff_text = "-" if diff is None else f"{diff:.1e}"
+        print(f"| {r['processes']} | {r['wall_s']:.1f} | {r['cells_per_s']:.0f} | {rss} | {diff_text} |")
+    print(f"\nwrote {out_json}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "--rank-main":
+        sys.exit(rank_main(sys.argv[2], sys.argv[sys.argv.index("--") + 1 :]))
+    main()
