@@ -52,6 +52,7 @@ PUBLIC = [
     scgpt.pl.perturbation_metrics,
     scgpt.tl.perturbation_baseline,
     scgpt.tl.evaluate_perturbation,
+    scgpt.tl.predict_perturbation,
     scgpt.pp.align_vocab,
     scgpt.pp.bin_values,
     scgpt.pp.preprocess,

@@ -11,7 +11,7 @@ from scgpt.train import OBJECTIVES
 
 
 def test_registry_holds_the_official_recipes():
-    assert set(TASKS) == {"pretrain", "pretrain-masked", "annotation", "integration", "multiomic"}
+    assert set(TASKS) == {"pretrain", "pretrain-masked", "annotation", "integration", "multiomic", "perturbation"}
     for name, task in TASKS.items():
         assert task.name == name and task.recipe.name == name
         assert set(task.recipe.active) <= set(OBJECTIVES)

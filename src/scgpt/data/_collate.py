@@ -47,6 +47,10 @@ class CellBatch:
         ``(B, L)`` modality id of every token (multi-omic models), else ``None``.
     pert_flags
         ``(B, L)`` perturbation flag of every token (perturbation models), else ``None``.
+    control_mean, observed_mean
+        ``(L,)`` mean control and mean perturbed expression at each token, for validation batches of
+        perturbation models that hold one perturbation and the same tokens in every row (the Pearson-delta
+        of the batch's mean prediction is then computed); else ``None``.
     cells
         ``(B,)`` indices of the cells in their dataset.
     epoch, index
@@ -63,6 +67,8 @@ class CellBatch:
     labels: Tensor | None = None
     mod_types: Tensor | None = None
     pert_flags: Tensor | None = None
+    control_mean: Tensor | None = None
+    observed_mean: Tensor | None = None
     cells: Tensor | None = None
     epoch: int = 0
     index: int = 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -292,6 +293,11 @@ class TrainingMixin:
         from ..train._runner import RUNNER_OPTIONS
 
         rec, task = resolve_recipe(recipe)
+        if task is not None and task.paired and datamodule is None:
+            raise ValueError(
+                f"recipe={task.name!r} trains on pairs of a perturbation screen, not on single cells: use "
+                f"model.finetune({task.name!r}, adata, perturbation_key=..., control=...)."
+            )
         changes = {k: v for k, v in (("max_length", max_length), ("mask_ratio", mask_ratio)) if v is not None}
         if changes:
             rec = rec.replace(**changes)
@@ -340,6 +346,10 @@ class TrainingMixin:
         *,
         labels_key: str | None = None,
         batch_key: str | None = None,
+        perturbation_key: str | None = None,
+        control: str | None = None,
+        train_perturbations: Sequence[str] | None = None,
+        val_perturbations: Sequence[str] | None = None,
         layer: str | None = None,
         gene_key: str | None = None,
         use_aliases: bool = True,
@@ -362,14 +372,22 @@ class TrainingMixin:
         Parameters
         ----------
         task
-            ``"annotation"``, ``"integration"`` (or ``"pretrain"``/``"pretrain-masked"`` to continue
-            pretraining), or a :class:`~scgpt.model.Task`.
+            ``"annotation"``, ``"integration"``, ``"multiomic"``, ``"perturbation"`` (or
+            ``"pretrain"``/``"pretrain-masked"`` to continue pretraining), or a :class:`~scgpt.model.Task`.
         adata
             Cells x genes with raw counts; need not be set up.
         labels_key
             ``obs`` column with cell types (``"annotation"``). Unlabelled cells are left out with a warning.
         batch_key
             ``obs`` column with batches (``"integration"``).
+        perturbation_key, control
+            ``"perturbation"``: the ``obs`` column with each cell's target gene(s) (``"JAK2"``, ``"JAK2+STAT1"``;
+            default ``"perturbation"``) and the label of control cells (default ``"control"``).
+        train_perturbations, val_perturbations
+            ``"perturbation"``: the labels to train on (default: every non-control label not in
+            ``val_perturbations``) and to validate on (default: a seeded ``validation_size`` share of the
+            target genes, held out whole with :func:`scgpt.data.split_perturbations`). See
+            :func:`scgpt.model._perturbation.finetune_perturbation`.
         layer
             Layer with raw counts; ``None`` uses ``adata.X``.
         gene_key
@@ -379,9 +397,11 @@ class TrainingMixin:
         max_epochs, batch_size, lr, max_length
             Training settings; ``None`` takes the task's (annotation: 10 epochs, batch 32, lr 1e-4, 3001 tokens).
         validation_size
-            Share of cells held out for validation (stratified by label when there are labels).
+            Share of cells held out for validation (stratified by label when there are labels);
+            ``"perturbation"``: share of target genes held out.
         early_stopping
-            Stop when the validation loss stops improving (annotation: yes).
+            Stop when the validation loss stops improving (annotation: yes; perturbation: yes, on the
+            validation Pearson-delta).
         freeze_layers
             Keep the gene/value encoders and the first ``freeze_layers`` transformer layers fixed (0: train all).
         seed
@@ -392,13 +412,16 @@ class TrainingMixin:
         Returns
         -------
         The fine-tuned model, with the weights of the epoch with the lowest validation loss when cells were
-        held out (the official tutorials' ``best_model``). Its ``registry_`` records the task, the keys and
-        the categories in output order (``label_categories``, ``batch_categories``).
+        held out (the official tutorials' ``best_model``; perturbation: the highest validation Pearson-delta).
+        Its ``registry_`` records the task, the keys and the categories in output order (``label_categories``,
+        ``batch_categories``), or the perturbation setup (``perturbation_key``, ``control``, ``perturbation``).
 
         Examples
         --------
         >>> clf = model.finetune("annotation", reference, labels_key="cell_type")  # doctest: +SKIP
         >>> scgpt.tl.annotate(query, clf)  # doctest: +SKIP
+        >>> gen = model.finetune("perturbation", screen)  # doctest: +SKIP
+        >>> scgpt.tl.predict_perturbation(screen, gen, ["JAK2", "JAK2+STAT1"])  # doctest: +SKIP
         """
         import torch
 
@@ -406,6 +429,39 @@ class TrainingMixin:
 
         t = get_task(task)
         check_adata(adata, fn=f"finetune({t.name!r})")
+        perturbation_options = {
+            "perturbation_key": perturbation_key,
+            "control": control,
+            "train_perturbations": train_perturbations,
+            "val_perturbations": val_perturbations,
+        }
+        if t.paired:
+            from ._perturbation import finetune_perturbation
+
+            for key, value in (("labels_key", labels_key), ("batch_key", batch_key)):
+                if value is not None:
+                    warn(f"finetune({t.name!r}) does not use {key}; ignored.")
+            return finetune_perturbation(
+                self,
+                t,
+                adata,
+                **perturbation_options,
+                layer=layer,
+                gene_key=gene_key,
+                use_aliases=use_aliases,
+                max_epochs=max_epochs,
+                batch_size=batch_size,
+                lr=lr,
+                max_length=max_length,
+                validation_size=validation_size,
+                early_stopping=early_stopping,
+                freeze_layers=freeze_layers,
+                seed=seed,
+                **train_kwargs,
+            )
+        given = [k for k, v in perturbation_options.items() if v is not None]
+        if given:
+            warn(f"finetune({t.name!r}) does not use {', '.join(given)} (perturbation options); ignored.")
         keys = {"labels_key": labels_key, "batch_key": batch_key}
         missing = [k for k in t.requires if keys[k] is None]
         if missing:
@@ -429,12 +485,7 @@ class TrainingMixin:
 
         torch.manual_seed(seed)
         new = self.adapt(**t.heads(self.config, categories))
-        n_layers = new.config.n_layers
-        if not 0 <= freeze_layers <= n_layers:
-            raise ValueError(f"freeze_layers must be between 0 and {n_layers}, got {freeze_layers}.")
-        frozen = [new.net.encoder, new.net.value_encoder, *new.net.transformer_encoder.layers[:freeze_layers]]
-        for module in frozen if freeze_layers else []:
-            module.requires_grad_(False)
+        freeze(new, freeze_layers)
 
         defaults = t.defaults
         recipe = t.recipe if max_length is None else t.recipe.replace(max_length=max_length)
@@ -597,6 +648,16 @@ class TrainingMixin:
             seed=seed,
             obs=obs,
         )
+
+
+def freeze(model, freeze_layers: int) -> None:
+    """Keep the gene/value encoders and the first ``freeze_layers`` transformer layers fixed (0: train all)."""
+    n_layers = model.config.n_layers
+    if not 0 <= freeze_layers <= n_layers:
+        raise ValueError(f"freeze_layers must be between 0 and {n_layers}, got {freeze_layers}.")
+    frozen = [model.net.encoder, model.net.value_encoder, *model.net.transformer_encoder.layers[:freeze_layers]]
+    for module in frozen if freeze_layers else []:
+        module.requires_grad_(False)
 
 
 def _categories(manager, key: str) -> list[str] | None:

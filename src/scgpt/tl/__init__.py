@@ -8,6 +8,7 @@ from ._grn import gene_programs, infer_grn, program_scores
 from ._grn_eval import enrich_programs, evaluate_grn
 from ._integrate import integrate
 from ._perturbation_baselines import perturbation_baseline
+from ._predict_perturbation import predict_perturbation
 
 __all__ = [
     "annotate",
@@ -22,5 +23,6 @@ __all__ = [
     "integrate",
     "perturbation_baseline",
     "perturbation_de_genes",
+    "predict_perturbation",
     "program_scores",
 ]

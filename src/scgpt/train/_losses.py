@@ -60,3 +60,21 @@ def contrastive_cell_embedding(cell1: Tensor, cell2: Tensor, temperature: float 
     a, b = _gather_with_grad(cell1.float()), _gather_with_grad(cell2.float())
     sim = F.cosine_similarity(a.unsqueeze(1), b.unsqueeze(0), dim=-1) / temperature
     return F.cross_entropy(sim, torch.arange(sim.shape[0], device=sim.device))
+
+
+def pearson_delta(pred: Tensor, control_mean: Tensor, observed_mean: Tensor, mask: Tensor) -> Tensor:
+    """Pearson correlation of the predicted and observed mean change against control (Pearson-delta).
+
+    ``pred`` ``(B, L)``: the predictions for ``B`` control cells that all carry the same perturbation and
+    the same tokens; their mean over cells minus ``control_mean`` ``(L,)`` is correlated with
+    ``observed_mean - control_mean`` over the tokens of ``mask`` ``(L,)``. 0 when either change is constant.
+    """
+    keep = mask.bool()
+    ctrl = control_mean.float()[keep]
+    p = pred.float().mean(0)[keep] - ctrl
+    o = observed_mean.float()[keep] - ctrl
+    p, o = p - p.mean(), o - o.mean()
+    denom = p.norm() * o.norm()
+    if not bool(denom > 0):
+        return torch.zeros((), device=pred.device)
+    return (p * o).sum() / denom

@@ -18,7 +18,7 @@ from .._logging import warn
 from ..data._collate import CellBatch, _mix
 from ..data._random import splitmix64
 from ..nn import ScGPTNet
-from ._losses import masked_mse
+from ._losses import masked_mse, pearson_delta
 from ._objectives import OBJECTIVES, Step, check_recipe
 from ._recipes import Recipe
 
@@ -93,7 +93,11 @@ class ScGPTTrainingPlan(pl.LightningModule):
 
     # ------------------------------------------------------------------ objectives
     def compute_losses(self, batch: CellBatch) -> dict[str, Tensor]:
-        """Every objective of the recipe (unweighted values) and ``loss``, their weighted sum."""
+        """Every objective of the recipe (unweighted values) and ``loss``, their weighted sum.
+
+        Batches of a perturbation model that carry their perturbation's observed mean
+        (``batch.observed_mean``) also give ``pearson_delta``, the Pearson-delta of their mean prediction.
+        """
         step = Step(self.net, batch, self.recipe, self.global_step)
         terms: dict[str, tuple[float, Tensor]] = {}
         for name, weight in self.recipe.active.items():
@@ -102,8 +106,11 @@ class ScGPTTrainingPlan(pl.LightningModule):
                 terms[name] = (weight, value)
         out = {name: value for name, (_, value) in terms.items()}
         out["loss"] = sum(w * v for w, v in terms.values())
-        if batch.predict_mask.any():
+        if batch.predict_mask.any() and batch.pert_flags is None:
             out["mean_baseline"] = self._cell_mean_baseline(batch)
+        if batch.observed_mean is not None:  # a validation batch of one perturbation
+            mask = batch.predict_mask[0] & ~batch.padding_mask[0]
+            out["pearson_delta"] = pearson_delta(step.expression[0], batch.control_mean, batch.observed_mean, mask)
         return out
 
     @staticmethod

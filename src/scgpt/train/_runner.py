@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import shutil
 import signal
@@ -78,22 +79,35 @@ class _FinalCheckpoint(pl.Callback):
 
 
 class BestWeights(pl.Callback):
-    """Keeps the network's weights of the epoch with the lowest ``val_loss``, to restore when training ends.
+    """Keeps the network's weights of the epoch with the best ``monitor`` value, to restore when training ends.
 
-    The official fine-tuning tutorials evaluate ``best_model``, the epoch with the lowest validation loss,
-    not the last epoch. The kept weights travel in the checkpoints, so a resumed run keeps the same best.
+    The official fine-tuning tutorials evaluate ``best_model``, the epoch with the lowest validation loss
+    (the perturbation tutorial: the highest validation Pearson), not the last epoch. The kept weights travel
+    in the checkpoints, so a resumed run keeps the same best. Non-finite values never count as best.
+
+    Parameters
+    ----------
+    monitor
+        Logged validation metric.
+    mode
+        ``"min"`` (a loss) or ``"max"`` (a correlation).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, monitor: str = "val_loss", mode: str = "min") -> None:
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}.")
+        self.monitor, self.mode = monitor, mode
         self.best: float | None = None
         self.weights: dict | None = None
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        loss = trainer.callback_metrics.get("val_loss")
-        if trainer.sanity_checking or loss is None:
+        value = trainer.callback_metrics.get(self.monitor)
+        if trainer.sanity_checking or value is None or not math.isfinite(float(value)):
             return
-        if self.best is None or float(loss) < self.best:
-            self.best = float(loss)
+        value = float(value)
+        better = self.best is None or (value < self.best if self.mode == "min" else value > self.best)
+        if better:
+            self.best = value
             self.weights = {k: v.detach().cpu().clone() for k, v in pl_module.net.state_dict().items()}
 
     def state_dict(self) -> dict:
@@ -216,10 +230,13 @@ class TrainRunner:
     checkpoint_every_n_steps
         Save ``last.ckpt`` every this many steps (default: at each epoch end).
     early_stopping, early_stopping_patience
-        Stop when ``val_loss`` stops improving (needs validation cells).
+        Stop when ``monitor`` stops improving (needs validation cells).
     restore_best
-        End with the weights of the epoch with the lowest ``val_loss`` (needs validation cells), as the
+        End with the weights of the epoch with the best ``monitor`` value (needs validation cells), as the
         official fine-tuning tutorials do, instead of the last epoch's.
+    monitor, monitor_mode
+        Validation metric that early stopping and ``restore_best`` follow, and whether lower (``"min"``,
+        default, for ``val_loss``) or higher (``"max"``, e.g. ``val_pearson_delta``) is better.
     log_every_n_steps
         Logging interval.
     progress
@@ -247,6 +264,8 @@ class TrainRunner:
         early_stopping: bool = False,
         early_stopping_patience: int = 3,
         restore_best: bool = False,
+        monitor: str = "val_loss",
+        monitor_mode: str = "min",
         log_every_n_steps: int = 10,
         progress: bool = True,
         **trainer_kwargs: Any,
@@ -268,7 +287,7 @@ class TrainRunner:
         every = {"every_n_train_steps": checkpoint_every_n_steps} if checkpoint_every_n_steps else {}
         callbacks.append(ModelCheckpoint(dirpath=self.checkpoint_dir, save_last=True, save_top_k=0, **every))
         has_val = getattr(datamodule, "val_indices", None) is not None
-        self.best = BestWeights() if restore_best else None
+        self.best = BestWeights(monitor, monitor_mode) if restore_best else None
         if restore_best:
             if not has_val:
                 raise ValueError("restore_best needs validation cells (train_size < 1 or validation_size > 0).")
@@ -277,7 +296,7 @@ class TrainRunner:
             if not has_val:
                 raise ValueError("early_stopping needs validation cells (train_size < 1).")
             stop = EarlyStopping(
-                monitor="val_loss", patience=early_stopping_patience, mode="min", check_on_train_epoch_end=False
+                monitor=monitor, patience=early_stopping_patience, mode=monitor_mode, check_on_train_epoch_end=False
             )
             callbacks.append(stop)
         with quiet_lightning():
