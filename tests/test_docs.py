@@ -53,6 +53,7 @@ PUBLIC = [
     scgpt.tl.perturbation_baseline,
     scgpt.tl.evaluate_perturbation,
     scgpt.tl.predict_perturbation,
+    scgpt.tl.build_reference,
     scgpt.pp.align_vocab,
     scgpt.pp.bin_values,
     scgpt.pp.preprocess,
@@ -67,8 +68,8 @@ def test_every_parameter_is_documented_once(fn):
     assert not re.findall(r"^\{\w+\}$", doc, flags=re.MULTILINE)
     params = [p for p in inspect.signature(fn).parameters if p not in ("self", "kwargs", "finetune_kwargs")]
     section = doc.split("Parameters\n----------\n")[1].split("\nReturns\n")[0]
-    documented = re.findall(r"^(\w[\w, ]*)$", section, flags=re.MULTILINE)
-    names = [n.strip() for line in documented for n in line.split(",")]
+    documented = re.findall(r"^(\*{0,2}\w[\w, ]*)$", section, flags=re.MULTILINE)  # numpy style: **kwargs
+    names = [n.strip().lstrip("*") for line in documented for n in line.split(",")]
     for p in params:
         assert names.count(p) == 1, f"{fn.__qualname__}: {p!r} documented {names.count(p)} times"
 

@@ -9,10 +9,14 @@ from ._grn_eval import enrich_programs, evaluate_grn
 from ._integrate import integrate
 from ._perturbation_baselines import perturbation_baseline
 from ._predict_perturbation import predict_perturbation
+from ._reference import EXACT_MAX_CELLS, ReferenceIndex, build_reference, reference_dir
 
 __all__ = [
+    "EXACT_MAX_CELLS",
+    "ReferenceIndex",
     "annotate",
     "benchmark_integration",
+    "build_reference",
     "embed",
     "enrich_programs",
     "evaluate_annotation",
@@ -25,4 +29,5 @@ __all__ = [
     "perturbation_de_genes",
     "predict_perturbation",
     "program_scores",
+    "reference_dir",
 ]

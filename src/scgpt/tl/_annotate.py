@@ -14,6 +14,15 @@ from .._docs import doc_params
 from .._logging import logger, warn
 from ..model import CellRows, ScGPT, resolve_model, run_inference
 from ..model._training import label_codes
+from ._reference import (
+    EXACT_MAX_CELLS,
+    ReferenceIndex,
+    as_reference_index,
+    embedding_provenance,
+    index_embeddings,
+    model_fingerprint,
+    warn_provenance,
+)
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -23,56 +32,68 @@ NO_PREDICTION = "(no prediction)"
 
 
 # ---------------------------------------------------------------------------- k-NN reference mapping
-def _knn_vote(
-    ref_emb: np.ndarray,
-    ref_codes: np.ndarray,
-    n_classes: int,
-    query_emb: np.ndarray,
-    *,
-    n_neighbors: int = 10,
-    backend: Literal["auto", "sklearn", "pynndescent", "faiss"] = "auto",
-) -> tuple[np.ndarray, np.ndarray]:
-    """Majority label among the ``n_neighbors`` most cosine-similar reference cells, and its vote share.
+def _knn_index(
+    adata: AnnData,
+    model: ScGPT | str | os.PathLike | None,
+    reference: object,
+    labels_key: str | None,
+    use_rep: str | None,
+    knn_backend: str,
+    n_neighbors: int | None,
+    max_length: int | None,
+    inference: dict[str, Any],
+) -> tuple[ReferenceIndex, str | None]:
+    """The reference index of ``annotate(method="knn")`` (built here for an AnnData reference) and the model name.
 
-    Ties go to the label with the larger summed similarity. ``backend="auto"`` uses exact search
-    (scikit-learn) up to 200k reference cells, else pynndescent; ``"faiss"`` needs faiss installed.
+    Checks, before the query is embedded, that the query can be compared with the reference: its
+    ``obsm[use_rep]`` exists, or the model that will embed it is the one the index was built from.
     """
-    k = min(n_neighbors, len(ref_emb))
-    ref = ref_emb / np.maximum(np.linalg.norm(ref_emb, axis=1, keepdims=True), 1e-12)
-    qry = query_emb / np.maximum(np.linalg.norm(query_emb, axis=1, keepdims=True), 1e-12)
-    if backend == "auto":
-        backend = "sklearn" if len(ref) <= 200_000 else "pynndescent"
-    if backend == "sklearn":
-        from sklearn.neighbors import NearestNeighbors
-
-        nn = NearestNeighbors(n_neighbors=k, metric="cosine", algorithm="brute").fit(ref)
-        dist, idx = nn.kneighbors(qry)
-        sim = 1 - dist
-    elif backend == "pynndescent":
-        from pynndescent import NNDescent
-
-        index = NNDescent(ref, metric="cosine", n_neighbors=max(k, 15), random_state=0)
-        idx, dist = index.query(qry, k=k)
-        sim = 1 - dist
-    elif backend == "faiss":
-        try:
-            import faiss
-        except ImportError as e:
-            raise ImportError("backend='faiss' needs faiss: pip install faiss-cpu (or faiss-gpu).") from e
-        index = faiss.IndexFlatIP(ref.shape[1])
-        index.add(np.ascontiguousarray(ref, dtype=np.float32))
-        sim, idx = index.search(np.ascontiguousarray(qry, dtype=np.float32), k)
+    if reference is None:
+        raise ValueError(
+            "method='knn' needs `reference=`: labelled cells with `labels_key=` (their label column), a "
+            "ReferenceIndex from scgpt.tl.build_reference, or the folder it was saved to."
+        )
+    if use_rep is not None and use_rep not in adata.obsm:
+        raise KeyError(f"use_rep={use_rep!r} is not in adata.obsm.")
+    index = as_reference_index(reference)
+    if index is not None:
+        if labels_key is not None and labels_key != index.labels_key:
+            raise ValueError(
+                f"labels_key={labels_key!r}, but the reference index holds the labels of {index.labels_key!r}; "
+                "leave labels_key out or build an index of that column."
+            )
+        if knn_backend not in ("auto", index.backend):
+            raise ValueError(
+                f"knn_backend={knn_backend!r}, but the reference index was built with {index.backend!r}; rebuild it "
+                "with scgpt.tl.build_reference(..., backend=...) to change the search."
+            )
+        if use_rep is not None:
+            warn_provenance(index, use_rep, embedding_provenance(adata, use_rep))
+            return index, None
+        model_obj, model_name = resolve_model(model)
+        index.check_model(model_fingerprint(model_obj))  # before the query is embedded
+        return index, model_name
+    if labels_key is None:
+        raise ValueError("method='knn' needs `reference=` (labelled cells) and `labels_key=` (their label column).")
+    check_adata(reference, fn="annotate (reference)")
+    keep, codes, classes = label_codes(reference, labels_key)
+    reference = reference if keep.all() else reference[keep]
+    model_name = None
+    if use_rep is not None:
+        if use_rep not in reference.obsm:
+            raise KeyError(f"use_rep={use_rep!r} is not in reference.obsm.")
+        ref_emb = np.asarray(reference.obsm[use_rep])
     else:
-        raise ValueError(f"backend must be 'auto', 'sklearn', 'pynndescent' or 'faiss', got {backend!r}.")
-    codes = np.asarray(ref_codes)[idx]  # (n_query, k)
-    n_cls = n_classes
-    votes = np.zeros((len(qry), n_cls))
-    weight = np.zeros((len(qry), n_cls))
-    rows = np.repeat(np.arange(len(qry)), k)
-    np.add.at(votes, (rows, codes.ravel()), 1.0)
-    np.add.at(weight, (rows, codes.ravel()), sim.ravel())
-    best = np.argmax(votes + 1e-6 * weight / k, axis=1)  # similarity only breaks ties (it is < 1 per vote)
-    return best, votes[np.arange(len(qry)), best] / k
+        model_obj, model_name = resolve_model(model)
+        logger.info(f"embedding {reference.n_obs} reference and {adata.n_obs} query cells")
+        kw = {**inference, "max_length": max_length or 1200}
+        ref_emb = run_inference(model_obj, reference, CellRows(normalize=True), fn="annotate (reference)", **kw).output
+    index = index_embeddings(
+        ref_emb, codes, classes, labels_key=labels_key, use_rep=use_rep, backend=knn_backend,
+        n_neighbors=10 if n_neighbors is None else n_neighbors, seed=inference["seed"],
+        exact_threshold=EXACT_MAX_CELLS,
+    )  # fmt: skip
+    return index, model_name
 
 
 # ---------------------------------------------------------------------------- the tool
@@ -81,13 +102,13 @@ def annotate(
     adata: AnnData,
     model: ScGPT | str | os.PathLike | None = None,
     *,
-    reference: AnnData | None = None,
+    reference: AnnData | ReferenceIndex | str | os.PathLike | None = None,
     labels_key: str | None = None,
     method: Literal["finetune", "knn"] = "finetune",
     key_added: str = "scgpt_celltype",
     min_confidence: float | None = None,
     unknown_label: str = UNKNOWN,
-    n_neighbors: int = 10,
+    n_neighbors: int | None = None,
     use_rep: str | None = None,
     knn_backend: Literal["auto", "sklearn", "pynndescent", "faiss"] = "auto",
     gene_key: str | None = None,
@@ -110,7 +131,9 @@ def annotate(
       pretrained ``model`` and a ``reference``, a copy is fine-tuned here first (and not kept).
     - ``method="knn"``: embed reference and query with the zero-shot embedding of :func:`scgpt.tl.embed`
       (no training) and take the majority label of the ``n_neighbors`` most cosine-similar reference
-      cells, as the official reference-mapping tutorial.
+      cells, as the official reference-mapping tutorial. For atlas-scale references, index the reference
+      once with :func:`scgpt.tl.build_reference` (saved next to the model) and pass the index or its
+      folder as ``reference``: every query then reuses it, without embedding the reference again.
 
     Parameters
     ----------
@@ -118,9 +141,10 @@ def annotate(
         Query cells (raw counts).
     {model}
     reference
-        Labelled reference cells (raw counts).
+        Labelled reference cells (raw counts); for ``method="knn"`` also a :class:`~scgpt.tl.ReferenceIndex`
+        from :func:`scgpt.tl.build_reference`, or the folder it was saved to.
     labels_key
-        ``reference.obs`` column with cell types.
+        ``reference.obs`` column with cell types (a reference index knows its labels).
     method
         ``"finetune"`` or ``"knn"``.
     key_added
@@ -130,13 +154,14 @@ def annotate(
     unknown_label
         Label of low-confidence cells.
     n_neighbors
-        Neighbours of the k-NN vote (official: 10).
+        Neighbours of the k-NN vote (``None``: the reference index's, else 10 as the official recipe).
     use_rep
-        k-NN on an existing ``obsm`` embedding of both ``adata`` and ``reference`` instead of computing
-        scGPT embeddings.
+        k-NN on an existing ``obsm`` embedding of both ``adata`` and ``reference`` (or of ``adata``, for a
+        reference index built on the same embedding) instead of computing scGPT embeddings.
     knn_backend
-        Nearest-neighbour search: exact (``"sklearn"``, the default up to 200k reference cells),
-        ``"pynndescent"`` or ``"faiss"`` (needs faiss).
+        Nearest-neighbour search of an AnnData reference: ``"auto"`` is exact (``"sklearn"``) up to
+        :data:`~scgpt.tl.EXACT_MAX_CELLS` (200,000) reference cells and ``"pynndescent"`` above; ``"faiss"``
+        needs faiss. A reference index keeps the backend it was built with.
     {gene_key}
     {use_aliases}
     {layer}
@@ -159,14 +184,15 @@ def annotate(
     ``adata.obs[key_added]`` : categorical
         Predicted cell type.
     ``adata.obs[f"{key_added}_confidence"]`` : float32
-        Class probability (``finetune``) or vote share (``knn``) of the prediction.
+        Class probability (``finetune``) or vote share (``knn``: the fraction of the ``n_neighbors``
+        neighbours carrying the label, exact or approximate search alike) of the prediction.
     ``adata.uns[key_added]`` : dict
         ``params`` and ``classes``.
     """
     start = time.perf_counter()
     if method not in ("finetune", "knn"):
         raise ValueError(f"method must be 'finetune' or 'knn', got {method!r}.")
-    if n_neighbors < 1:
+    if n_neighbors is not None and n_neighbors < 1:
         raise ValueError(f"n_neighbors must be at least 1, got {n_neighbors}.")
     adata = writable(adata, fn="annotate", copy=copy)
     check_key_added(key_added, reads=(labels_key,), slot="obs", fn="annotate")
@@ -176,32 +202,33 @@ def annotate(
         "device": device, "dtype": dtype, "progress": progress,
     }  # fmt: skip
     model_name = None
+    index = None
     if method == "knn":
         if finetune_kwargs:
             raise TypeError(f"method='knn' takes no training options: {sorted(finetune_kwargs)}")
-        if reference is None or labels_key is None:
-            raise ValueError("method='knn' needs `reference=` (labelled cells) and `labels_key=` (their label column).")
-        check_adata(reference, fn="annotate (reference)")
-        keep, codes, classes = label_codes(reference, labels_key)
-        reference = reference if keep.all() else reference[keep]
+        index, model_name = _knn_index(
+            adata, model, reference, labels_key, use_rep, knn_backend, n_neighbors, max_length, inference
+        )
         if use_rep is not None:
-            for who, a in (("adata", adata), ("reference", reference)):
-                if use_rep not in a.obsm:
-                    raise KeyError(f"use_rep={use_rep!r} is not in {who}.obsm.")
-            ref_emb, qry_emb = np.asarray(reference.obsm[use_rep]), np.asarray(adata.obsm[use_rep])
+            qry_emb = np.asarray(adata.obsm[use_rep])
         else:
             model_obj, model_name = resolve_model(model)
-            logger.info(f"embedding {reference.n_obs} reference and {adata.n_obs} query cells")
-            kw = {**inference, "max_length": max_length or 1200}
-            ref_emb = run_inference(model_obj, reference, CellRows(normalize=True), fn="annotate (reference)", **kw)
-            qry_emb = run_inference(model_obj, adata, CellRows(normalize=True), fn="annotate", **kw)
-            ref_emb, qry_emb = ref_emb.output, qry_emb.output
-        best, confidence = _knn_vote(
-            ref_emb, codes, len(classes), qry_emb, n_neighbors=n_neighbors, backend=knn_backend
-        )
+            kw = {
+                **inference,
+                "max_length": max_length or (index.fingerprint.get("embedding") or {}).get("max_length") or 1200,
+            }
+            qry_emb = run_inference(model_obj, adata, CellRows(normalize=True), fn="annotate", **kw).output
+        qry_emb = index.check_query(qry_emb, use_rep=use_rep)
+        best, confidence = index.predict_codes(qry_emb, n_neighbors)
+        classes, labels_key = index.classes, index.labels_key
     else:
         model_obj, model_name = resolve_model(model)
         if reference is not None:
+            if type(reference).__name__ != "AnnData":
+                raise TypeError(
+                    "method='finetune' needs `reference=` as labelled cells (an AnnData); a reference index or its "
+                    "folder is for method='knn'."
+                )
             if labels_key is None:
                 raise ValueError("Pass `labels_key=`, the obs column of the reference holding cell-type labels.")
             logger.info("fine-tuning a classifier on the reference (keep it: model.finetune('annotation', ...))")
@@ -236,11 +263,13 @@ def annotate(
         "model": model_name,
         "labels_key": labels_key,
         "min_confidence": min_confidence,
-        "n_neighbors": n_neighbors if method == "knn" else None,
+        "n_neighbors": (index.n_neighbors if n_neighbors is None else n_neighbors) if index else None,
         "use_rep": use_rep,
         "seed": seed,
-        "reference_cells": None if reference is None else int(reference.n_obs),
+        "reference_cells": index.n_cells if index else None if reference is None else int(reference.n_obs),
     }
+    if index is not None:
+        params.update(knn_backend=index.backend, reference_index=None if index.path is None else str(index.path))
     added = [f"'{key_added}', predicted cell types (adata.obs)", f"'{key_added}_confidence', confidence (adata.obs)"]
     record(adata, key_added, params, start=start, added=added, classes=classes)
     return adata if copy else None
