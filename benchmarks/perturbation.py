@@ -48,14 +48,16 @@ def subsample(adata, split, *, per: int, n_control: int, seed: int):
     return adata[np.sort(keep)].copy()
 
 
-def run_split(adata, split, demo, args, *, seed: int, baselines: list[str], genes: list[str]) -> dict:
+def run_split(
+    adata, split, demo, args, *, seed: int, baselines: list[str], genes: list[str], epochs: int | None = None
+) -> dict:
     train_ad = subsample(adata, split, per=args.per, n_control=args.n_control, seed=seed)
     t = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tuned = demo.finetune(
             "perturbation", train_ad, train_perturbations=split.train, val_perturbations=split.val,
-            max_epochs=args.epochs, lr=args.lr, batch_size=64, seed=seed, max_length=args.max_length,
+            max_epochs=epochs or args.epochs, lr=args.lr, batch_size=64, seed=seed, max_length=args.max_length,
         )  # fmt: skip
     finetune_s = time.perf_counter() - t
     with warnings.catch_warnings(record=True) as caught:
@@ -89,6 +91,7 @@ def main() -> None:
     p.add_argument("--per", type=int, default=100, help="cells per training perturbation")
     p.add_argument("--n-control", type=int, default=500, help="control cells in the fine-tuning data")
     p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--sim-epochs", type=int, default=10, help="epochs on the (small) simulated screen")
     p.add_argument("--skip-simulated", action="store_true")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="benchmarks/results/perturbation")
@@ -120,12 +123,17 @@ def main() -> None:
         split = split_perturbations(sim.obs["perturbation"], mode="combo", test_size=0.25, val_size=0.1, seed=0)
         r = run_split(
             sim, split, demo, args, seed=0, baselines=["no_change", "train_mean", "additive", "linear"],
-            genes=list(sim.var_names),
+            genes=list(sim.var_names), epochs=args.sim_epochs,
         )  # fmt: skip
         r["subgroup"] = {str(k): str(v) for k, v in dict(split.subgroup).items()}
+        per = pd.DataFrame(r["per_perturbation"])
+        per["subgroup"] = per["perturbation"].map(r["subgroup"])
+        by_group = per.groupby(["subgroup", "method"], sort=False)[METRICS].mean().round(4)
+        r["by_subgroup"] = {f"{g} | {m}": v for (g, m), v in by_group.to_dict(orient="index").items()}
         results["simulated"] = r
         print(f"SYNTHETIC doubles: test {r['test']}, fine-tune {r['finetune_s']} s")
         print(pd.DataFrame(r["mean"]).T.round(3).to_string(), flush=True)
+        print(by_group[["pearson_delta", "pearson_delta_pertmean"]].round(3).to_string(), flush=True)
 
     results["load_average_end"] = os.getloadavg()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
