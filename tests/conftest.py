@@ -31,6 +31,26 @@ def pytest_configure(config):
 
 
 @pytest.fixture(scope="session")
+def one_cell_batch():
+    """A function ``(model, adata, i, **run_inference options)`` -> the minibatch the inference engine builds
+    for cell ``i`` alone (tokens, values, padding), to feed the network by hand in reference computations."""
+    from scgpt.model import CellRows, run_inference
+
+    def build(model, adata, i: int, **options):
+        captured = {}
+
+        class Capture(CellRows):
+            def add(self, net, batch):
+                captured["batch"] = batch
+                super().add(net, batch)
+
+        run_inference(model, adata[i : i + 1], Capture(normalize=False), **{"device": "cpu", **options})
+        return captured["batch"]
+
+    return build
+
+
+@pytest.fixture(scope="session")
 def golden_dir() -> Path:
     """Official-format checkpoints and the outputs the official scGPT 0.2.4 computed from them (vendored)."""
     return GOLDEN

@@ -22,24 +22,11 @@ def model(tiny_model):
     return tiny_model(n_layers=2, dropout=0.0)
 
 
-def _one_cell_inputs(model, adata, i, *, max_length=64, seed=0):
-    """Tokens of cell ``i`` alone, as the engine builds them (the collator of a one-cell run)."""
-    captured = {}
-
-    class Capture(CellRows):
-        def add(self, net, batch):
-            captured["batch"] = batch
-            super().add(net, batch)
-
-    run_inference(model, adata[i : i + 1], Capture(normalize=False), max_length=max_length, seed=seed, device="cpu")
-    return captured["batch"]
-
-
-def test_cell_rows_equal_the_network_on_each_cell_alone(model, cells):
+def test_cell_rows_equal_the_network_on_each_cell_alone(model, cells, one_cell_batch):
     out = run_inference(model, cells, CellRows(normalize=False), max_length=64, batch_size=7, device="cpu")
     assert out.output.shape == (40, 32) and out.output.dtype == np.float32
     for i in (0, 13, 39):
-        b = _one_cell_inputs(model, cells, i)
+        b = one_cell_batch(model, cells, i, max_length=64, seed=0)
         with torch.no_grad():
             want = model.net.encode(b.genes, b.values).cell_emb[0].numpy()
         np.testing.assert_allclose(out.output[i], want, atol=1e-5)
@@ -54,13 +41,13 @@ def test_class_probabilities_through_a_head(model, cells):
     np.testing.assert_allclose(probs.sum(1), 1, atol=1e-6)
 
 
-def test_gene_values_scatter_each_token_to_its_gene(model, cells):
+def test_gene_values_scatter_each_token_to_its_gene(model, cells, one_cell_batch):
     """Per-gene outputs land in the gene's column: equal to the expression decoder run on each cell alone."""
     res = run_inference(model, cells, GeneValues(), max_length=64, batch_size=5, device="cpu")
     out = res.output
     assert out.shape == (40, 765) and out.dtype == np.float32
     assert (~np.isnan(out)).sum(1).tolist() == (res.n_tokens - 1).tolist()  # one value per token, <cls> left out
-    b = _one_cell_inputs(model, cells, 3)
+    b = one_cell_batch(model, cells, 3, max_length=64, seed=0)
     with torch.no_grad():
         pred = model.net.expression(model.net.encode(b.genes, b.values))[0][0, 1:].numpy()
     cols = cells.var_names.get_indexer(model.vocab.lookup_tokens(b.genes[0, 1:].numpy()))
@@ -97,13 +84,13 @@ def _brute_force_attention(model, batch, layer):
 
 @pytest.mark.parametrize("layer", [0, 1])
 @pytest.mark.parametrize("head", [0, 3])
-def test_gene_pairs_equal_brute_force_attention_per_layer_and_head(model, cells, layer, head):
+def test_gene_pairs_equal_brute_force_attention_per_layer_and_head(model, cells, layer, head, one_cell_batch):
     i = 5
     one = cells[i : i + 1]
     pairs = run_inference(
         model, one, GenePairs(layers=[layer], heads=[head], query_chunk=7), max_length=64, device="cpu"
     ).output
-    b = _one_cell_inputs(model, cells, i)
+    b = one_cell_batch(model, cells, i, max_length=64, seed=0)
     want = _brute_force_attention(model, b, layer)[head].numpy()
     cols = cells.var_names.get_indexer(model.vocab.lookup_tokens(b.genes[0, 1:].numpy()))
     got = pairs["sums"][0][np.ix_(cols, cols)]

@@ -11,11 +11,12 @@ import scanpy as sc
 import torch
 
 import scgpt
-from scgpt.model import rank_normalize, run_inference
-from scgpt.model._engine import CellRows
+from scgpt.model import rank_normalize
 
 GENES = ["CD3E", "CD3D", "IL7R", "LTB", "CCR7", "MS4A1", "CD79A", "CD79B", "LYZ", "S100A8", "S100A9", "CST3"]
 GENES += ["FCER1G", "NKG7", "GNLY", "GZMB", "SPI1", "IRF8", "IRF1", "FOS", "JUNB", "KLF6", "HLA-DRA", "CD74"]
+#: Tokens of a cell as infer_grn runs it: every gene, expressed or not
+EVERY_GENE = {"include_zero_genes": True, "max_length": len(GENES) + 1, "tokens": GENES}
 
 
 @pytest.fixture(scope="module")
@@ -54,22 +55,6 @@ def test_rank_normalize_is_the_official_rows_then_columns_ranking_over_gene_toke
 
 
 # ---------------------------------------------------------------------------- attention networks
-def _cell_tokens(model, adata, i):
-    """The tokens of cell ``i`` with every gene present (as infer_grn runs it)."""
-    captured = {}
-
-    class Capture(CellRows):
-        def add(self, net, batch):
-            captured["batch"] = batch
-            super().add(net, batch)
-
-    run_inference(
-        model, adata[i : i + 1], Capture(normalize=False), include_zero_genes=True, max_length=len(GENES) + 1,
-        tokens=list(adata.var_names), device="cpu",
-    )  # fmt: skip
-    return captured["batch"]
-
-
 def _brute_force(model, batch, layer: int, *, softmax: bool) -> np.ndarray:
     """Per-head attention ``(h, L, L)`` from the raw weights: softmax(QK^T/sqrt(d)) or the raw QK^T."""
     net = model.net
@@ -93,7 +78,7 @@ def _network(adata, key="scgpt_grn") -> pd.DataFrame:
 
 @pytest.mark.parametrize("layer", [0, 1])
 @pytest.mark.parametrize("head", [0, 1, 2, 3])
-def test_attention_network_equals_brute_force_softmax_per_layer_and_head(model, cells, layer, head):
+def test_attention_network_equals_brute_force_softmax_per_layer_and_head(model, cells, layer, head, one_cell_batch):
     adata = cells[:3].copy()
     scgpt.tl.infer_grn(
         adata, model, method="attention", genes=GENES, tfs=GENES, layers=layer, heads=head, scores="softmax",
@@ -101,7 +86,7 @@ def test_attention_network_equals_brute_force_softmax_per_layer_and_head(model, 
     )  # fmt: skip
     want = np.zeros((len(GENES), len(GENES)))
     for i in range(3):
-        b = _cell_tokens(model, adata, i)
+        b = one_cell_batch(model, adata, i, **EVERY_GENE)
         order = adata.var_names.get_indexer(model.vocab.lookup_tokens(b.genes[0, 1:].numpy()))
         w = _brute_force(model, b, layer, softmax=True)[head][1:, 1:]  # <cls> row and column left out
         cell = np.zeros_like(want)
@@ -116,12 +101,12 @@ def test_attention_network_equals_brute_force_softmax_per_layer_and_head(model, 
     assert row["weight"] == pytest.approx(want[GENES.index(row["target"]), GENES.index(row["source"])], abs=1e-5)
 
 
-def test_official_setting_rank_normalised_qk_averaged_over_heads(model, cells):
+def test_official_setting_rank_normalised_qk_averaged_over_heads(model, cells, one_cell_batch):
     adata = cells[:2].copy()
     scgpt.tl.infer_grn(adata, model, method="attention", genes=GENES, tfs=GENES, top_k=None, device="cpu")
     want = np.zeros((len(GENES), len(GENES)))
     for i in range(2):
-        b = _cell_tokens(model, adata, i)
+        b = one_cell_batch(model, adata, i, **EVERY_GENE)
         order = adata.var_names.get_indexer(model.vocab.lookup_tokens(b.genes[0, 1:].numpy()))
         qk = _brute_force(model, b, 1, softmax=False)[:, 1:, 1:]
         ranked = np.mean([_rank_rows_then_columns(m) for m in qk], axis=0)
