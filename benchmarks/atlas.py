@@ -43,6 +43,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--processes", default="1,2", help="comma-separated numbers of processes to compare")
     ap.add_argument("--max-length", type=int, default=1200)
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="scgpt embed --dtype")
+    ap.add_argument(
+        "--gpu-peak-tflops",
+        type=float,
+        default=989.0,
+        help="dense bfloat16 peak of the GPU the projection (c) is for (989: H100/H200 SXM)",
+    )
     ap.add_argument("--chunk-size", type=int, default=2048, help="cells per chunk file (scgpt embed --chunk-size)")
     ap.add_argument("--work", type=Path, default=HERE / "results" / "atlas_work", help="folder for data and outputs")
     ap.add_argument("--out-json", type=Path, default=None, help="default: results/atlas_<cells>.json")
@@ -104,14 +111,14 @@ def ensure_input(args: argparse.Namespace) -> tuple[Path, dict]:
 
 
 def run_embed(args: argparse.Namespace, data: Path, n_proc: int) -> dict:
-    out = args.work / f"emb_{data.stem}_p{n_proc}.h5ad"
-    report = args.work / f"report_p{n_proc}"
+    out = args.work / f"emb_{data.stem}_p{n_proc}_{args.dtype}.h5ad"
+    report = args.work / f"report_p{n_proc}_{args.dtype}"
     report.mkdir(parents=True, exist_ok=True)
     for f in report.glob("rank*.json"):
         f.unlink()
     out.unlink(missing_ok=True)
     cli = ["embed", "--model", "demo", "--input", str(data), "--output", str(out), "--backed", "--device", "cpu"]
-    cli += ["--max-length", str(args.max_length), "--batch-size", str(args.batch_size)]
+    cli += ["--max-length", str(args.max_length), "--batch-size", str(args.batch_size), "--dtype", args.dtype]
     cli += ["--chunk-size", str(args.chunk_size), "--seed", str(args.seed), "-q"]
     if n_proc > 1:
         cli += ["--devices", str(n_proc)]
@@ -137,6 +144,55 @@ def run_embed(args: argparse.Namespace, data: Path, n_proc: int) -> dict:
         "peak_rss_MiB_per_rank": [round(r["peak_rss_MiB"], 1) for r in ranks],
         "command_s_per_rank": [round(r["seconds"], 1) for r in ranks],  # scgpt embed itself, after imports
         "output": str(out),
+    }
+
+
+def cell_tokens(data: Path, max_length: int) -> np.ndarray:
+    """Tokens per cell of the run: ``<cls>`` + the expressed genes, at most ``max_length`` (every gene of the
+    synthetic input is in the demo vocabulary)."""
+    import h5py
+
+    with h5py.File(data, "r") as f:
+        nnz = np.diff(f["X"]["indptr"][:])
+    return np.minimum(nnz, max_length - 1) + 1
+
+
+def flop_share(args: argparse.Namespace, data: Path, runs: list[dict]) -> dict:
+    """Achieved model GFLOP/s of each run against this machine's matrix-product rate, and part (c): the
+    per-GPU throughput that the same share of a GPU's bfloat16 peak would give at the whole-human shape.
+
+    The projection is arithmetic, not a measurement: it assumes the GPU reaches the fraction of its peak
+    that this machine's best run reached of its own matrix-product rate.
+    """
+    from _cells import WHOLE_HUMAN_ARGS
+    from embed import matmul_gflops, model_flops
+
+    from scgpt.model import ScGPT
+
+    config = ScGPT.from_pretrained("demo").config
+    demo_args = {"embsize": config.d_model, "d_hid": config.d_hid, "nlayers": config.n_layers}
+    tokens = cell_tokens(data, args.max_length)
+    flops = model_flops(tokens, demo_args)
+    matmul = matmul_gflops(args.dtype, os.cpu_count() or 1, reps=20)
+    for r in runs:
+        r["model_gflops"] = flops / r["wall_s"] / 1e9
+        r["fraction_of_matmul"] = r["model_gflops"] / matmul["gflops"]
+    share = max(r["fraction_of_matmul"] for r in runs)
+    projection = {}
+    for t in (250, 1200):
+        per_cell = model_flops(np.array([t]), WHOLE_HUMAN_ARGS)
+        projection[str(t)] = {
+            "gflop_per_cell": per_cell / 1e9,
+            "cells_per_s_per_gpu": share * args.gpu_peak_tflops * 1e12 / per_cell,
+        }
+    return {
+        "tokens_mean": float(tokens.mean()),
+        "tokens_median": float(np.median(tokens)),
+        "demo_gflop_per_cell": flops / len(tokens) / 1e9,
+        "matmul": matmul,
+        "share_used": share,
+        "gpu_peak_tflops": args.gpu_peak_tflops,
+        "gpu_projection_whole_human_bf16": projection,
     }
 
 
@@ -170,26 +226,46 @@ def main(argv: list[str] | None = None) -> None:
         runs.append(r)
     for r in runs[1:]:
         r["max_abs_diff_vs_first"] = max_difference(Path(runs[0]["output"]), Path(r["output"]))
+    flops = flop_share(args, data, runs)
     result = {
         "cells": args.cells,
         "genes_per_cell": list(args.genes_per_cell),
         "max_length": args.max_length,
         "batch_size": args.batch_size,
+        "dtype": args.dtype,
         "chunk_size": args.chunk_size,
         "threads_per_process": args.threads_per_process,
         "input": info,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_avg_start": os.getloadavg()},
         "runs": runs,
+        "flops": flops,
     }
     out_json = args.out_json or HERE / "results" / f"atlas_{args.cells}.json"
     out_json.write_text(json.dumps(result, indent=1) + "\n")
-    print("\n| processes | wall (s) | cells/s | peak RSS per process (MiB) | max abs diff vs 1 process |")
-    print("|---|---|---|---|---|")
+    print(
+        f"\n{args.cells:,} cells, {flops['tokens_mean']:.0f} tokens per cell on average (median "
+        f"{flops['tokens_median']:.0f}), {args.dtype}; matrix-product rate here {flops['matmul']['gflops']:.0f} GFLOP/s"
+    )
+    print(
+        "\n| processes | wall (s) | cells/s | peak RSS per process (MiB) | model GFLOP/s | share of matmul rate |"
+        " max abs diff vs first |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for r in runs:
         diff = r.get("max_abs_diff_vs_first")
         rss = ", ".join(f"{x:.0f}" for x in r["peak_rss_MiB_per_rank"])
         diff_text = "-" if diff is None else f"{diff:.1e}"
-        print(f"| {r['processes']} | {r['wall_s']:.1f} | {r['cells_per_s']:.0f} | {rss} | {diff_text} |")
+        print(
+            f"| {r['processes']} | {r['wall_s']:.1f} | {r['cells_per_s']:.0f} | {rss} | {r['model_gflops']:.1f} | "
+            f"{r['fraction_of_matmul']:.2f} | {diff_text} |"
+        )
+    print(
+        f"\n(c) projection, not a measurement: a GPU of {args.gpu_peak_tflops:.0f} bf16 TFLOP/s at the same share "
+        f"({flops['share_used']:.2f}) embeds, at the whole-human shape (d 512, 12 layers):"
+    )
+    for t, p in flops["gpu_projection_whole_human_bf16"].items():
+        rate = p["cells_per_s_per_gpu"]
+        print(f"  {t} tokens per cell: {p['gflop_per_cell']:.1f} GFLOP per cell -> {rate:,.0f} cells/s per GPU")
     print(f"\nwrote {out_json}")
 
 

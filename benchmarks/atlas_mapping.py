@@ -83,6 +83,9 @@ def main() -> int:
     ap.add_argument("--exact-sample", type=int, default=0, help="query cells compared with exact k-NN (0: all)")
     ap.add_argument("--exact-chunk", type=int, default=128, help="query rows per exact block (~16 B x n-ref each)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--gpu-peak-tflops", type=float, default=67.0, help="float32 peak of the GPU projected to (67: H100/H200 SXM)"
+    )
     ap.add_argument("--work", type=Path, default=HERE / "results" / "atlas_work", help="where the index is saved")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "atlas_mapping.json")
     args = ap.parse_args()
@@ -162,6 +165,28 @@ def main() -> int:
         f"{result['confidence_mean_approx']:.3f} (exact {result['confidence_mean_exact']:.3f}), accuracy "
         f"{result['approx_accuracy_vs_truth']:.4f} (exact {result['exact_accuracy_vs_truth']:.4f}); "
         f"peak RSS {result['peak_rss_gib']:.2f} GiB",
+        flush=True,
+    )
+    # -- (c) projection, not a measurement: exact search of the whole query on a GPU at the share of its float32
+    # peak that the exact search reached here of this machine's matrix-product rate
+    sys.path.insert(0, str(HERE))
+    from embed import matmul_gflops
+
+    matmul = matmul_gflops("float32", os.cpu_count() or 1, reps=10)
+    exact_gflops = 2.0 * n_exact * args.n_ref * args.dim / result["exact_s"] / 1e9
+    share = exact_gflops / matmul["gflops"]
+    full_flop = 2.0 * args.n_query * args.n_ref * args.dim
+    result.update(
+        matmul_gflops=matmul["gflops"],
+        exact_gflops=exact_gflops,
+        exact_share_of_matmul=share,
+        gpu_exact_projection_s=full_flop / (share * args.gpu_peak_tflops * 1e12),
+    )
+    print(
+        f"exact search here: {exact_gflops:.0f} GFLOP/s ({share:.2f} of the {matmul['gflops']:.0f} GFLOP/s "
+        f"matrix-product rate). Projection, not a measurement: exact search of all {args.n_query:,} query cells "
+        f"({full_flop / 1e12:.1f} TFLOP) on a GPU of {args.gpu_peak_tflops:.0f} float32 TFLOP/s at that share: "
+        f"{result['gpu_exact_projection_s']:.1f} s",
         flush=True,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
