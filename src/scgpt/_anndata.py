@@ -117,6 +117,47 @@ def read_rows(X, start: int, stop: int) -> sp.csr_matrix:
     return block if block.dtype in (np.float32, np.float64) else block.astype(np.float32)
 
 
+def is_zarr_store(path) -> bool:
+    """Whether ``path`` is a ``.zarr`` AnnData store (a folder), rather than an ``.h5ad`` file."""
+    from pathlib import Path
+
+    p = Path(path).expanduser()
+    return p.is_dir() and (p.suffix == ".zarr" or (p / ".zattrs").is_file() or (p / "zarr.json").is_file())
+
+
+def open_on_disk(path) -> AnnData:
+    """An AnnData whose expression matrices stay on disk: rows are read when sliced.
+
+    An ``.h5ad`` file is opened backed (read-only). For a ``.zarr`` store, ``obs`` and ``var`` are read and ``X``
+    and the layers become on-disk datasets (sparse ones through :func:`anndata.io.sparse_dataset`), which
+    :func:`read_rows` reads a block of rows at a time; ``obsm``, ``uns`` and the rest are not read.
+    """
+    from pathlib import Path
+
+    import anndata as ad
+
+    p = Path(path).expanduser()
+    if not is_zarr_store(p):
+        return ad.read_h5ad(p, backed="r")
+    import zarr
+
+    group = zarr.open(str(p), mode="r")
+
+    def matrix(node):
+        return ad.io.sparse_dataset(node) if isinstance(node, zarr.Group) else node
+
+    missing = [k for k in ("obs", "var") if k not in group]
+    if missing:
+        raise ValueError(f"{p} is not an AnnData zarr store (no {' or '.join(missing)}).")
+    layers = {k: matrix(group["layers"][k]) for k in group["layers"]} if "layers" in group else {}
+    return ad.AnnData(
+        X=matrix(group["X"]) if "X" in group else None,
+        obs=ad.io.read_elem(group["obs"]),
+        var=ad.io.read_elem(group["var"]),
+        layers=layers,
+    )
+
+
 def stored_per_row(adata: AnnData, layer: str | None) -> np.ndarray:
     """Stored entries per row (expressed genes of a sparse matrix; all genes of a dense one), without the values.
 

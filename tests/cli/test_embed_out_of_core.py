@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -133,3 +134,49 @@ def test_resume_on_two_processes(files, tmp_path, monkeypatch):
     assert proc.stdout.count("scgpt embed: 700 cells") == 1  # rank 0 alone writes the result
     np.testing.assert_allclose(ad.read_h5ad(out).obsm["X_scGPT"], expected, atol=1e-6, rtol=0)
     assert not parts.exists()
+
+
+def test_zarr_store_streams_like_a_backed_h5ad_and_resumes(files, tmp_path, monkeypatch, capsys):
+    """A .zarr AnnData store (counts in a layer) is read a block of rows at a time, equals the in-memory result,
+    resumes after an interruption, and a changed store is not resumed from."""
+    import anndata as ad
+
+    from scgpt._anndata import open_on_disk, read_rows
+
+    model_dir, cells, expected = files
+    adata = ad.read_h5ad(cells)
+    adata.layers["counts"] = adata.X.copy()
+    adata.X = None
+    for fmt in (2, 3):  # both zarr formats; a folder without the .zarr suffix is recognised too
+        store = tmp_path / f"cells_v{fmt}"
+        with ad.settings.override(zarr_write_format=fmt), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "v2 will no longer be the default"
+            adata.write_zarr(store)
+        lazy = open_on_disk(store)
+        assert type(lazy.layers["counts"]).__name__ == "_CSRDataset"  # on disk, not loaded
+        assert (read_rows(lazy.layers["counts"], 5, 9) != adata.layers["counts"][5:9]).nnz == 0
+    store = store.rename(tmp_path / "cells.zarr")
+
+    out = tmp_path / "out.h5ad"
+    args = [*_args(model_dir, store, out), "--layer", "counts"]
+    _interrupt_after(monkeypatch, 2)
+    assert main(args) == 130
+    monkeypatch.undo()
+    assert main(args) == 0
+    result = ad.read_h5ad(out)
+    assert list(result.obs_names) == list(adata.obs_names)
+    np.testing.assert_allclose(result.obsm["X_scGPT"], expected, atol=1e-6, rtol=0)
+
+    _interrupt_after(monkeypatch, 1)
+    assert main(args) == 130
+    monkeypatch.undo()
+    (store / "uns_marker").write_text("changed")  # the store changed since the chunks were written
+    assert main(args) == 2
+    assert "differ" in capsys.readouterr().err
+
+
+def test_missing_zarr_store_or_file_is_a_clear_error(files, tmp_path, capsys):
+    model_dir, _, _ = files
+    assert main(_args(model_dir, tmp_path / "nothing.zarr", tmp_path / "out.h5ad")) == 2
+    err = capsys.readouterr().err
+    assert "no such file" in err and "nothing.zarr" in err and ".zarr AnnData store" in err

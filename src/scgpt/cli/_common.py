@@ -109,7 +109,7 @@ def add_data(p: argparse.ArgumentParser, *, several: bool) -> None:
             "--input",
             required=True,
             metavar="FILE",
-            help=f".h5ad file with raw counts, or '{PBMC68K}' for 700 bundled real PBMCs",
+            help=f".h5ad file or .zarr AnnData store with raw counts, or '{PBMC68K}' for 700 bundled real PBMCs",
         )
     g.add_argument("--layer", help="layer holding the raw counts (default: X)")
     g.add_argument("--gene-key", metavar="KEY", help="var column with gene symbols or Ensembl ids (default: var_names)")
@@ -286,13 +286,18 @@ def verbosity(quiet: bool) -> Iterator[None]:
 
 
 def check_input(path: str) -> None:
-    """A clear error for a missing ``--input`` file."""
-    if path != PBMC68K and not Path(path).expanduser().is_file():
-        raise CLIError(f"--input: no such file: {path}")
+    """A clear error for a missing ``--input`` file (an ``.h5ad`` file or a ``.zarr`` AnnData store)."""
+    from .._anndata import is_zarr_store
+
+    if path != PBMC68K and not Path(path).expanduser().is_file() and not is_zarr_store(path):
+        raise CLIError(f"--input: no such file: {path} (an .h5ad file or a .zarr AnnData store)")
 
 
 def read_h5ad(path: str, *, backed: bool = False) -> AnnData:
-    """Read an input file (``backed``: open it read-only on disk), or the bundled cells for ``pbmc68k``."""
+    """Read an input ``.h5ad`` file or ``.zarr`` AnnData store, or the bundled cells for ``pbmc68k``.
+
+    With ``backed`` the expression matrices stay on disk (:func:`scgpt._anndata.open_on_disk`).
+    """
     check_input(path)
     if path == PBMC68K:
         if backed:
@@ -302,7 +307,14 @@ def read_h5ad(path: str, *, backed: bool = False) -> AnnData:
         return pbmc68k_counts()
     import anndata as ad
 
-    adata = ad.read_h5ad(Path(path).expanduser(), backed="r" if backed else None)
+    from .._anndata import is_zarr_store, open_on_disk
+
+    if backed:  # the matrices stay on disk: .h5ad opened backed, .zarr stores read a block of rows at a time
+        adata = open_on_disk(path)
+    elif is_zarr_store(path):
+        adata = ad.read_zarr(Path(path).expanduser())
+    else:
+        adata = ad.read_h5ad(Path(path).expanduser())
     logger.info(f"read {path}: {adata.n_obs:,} cells x {adata.n_vars:,} genes{' (backed)' if backed else ''}")
     return adata
 

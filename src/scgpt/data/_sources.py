@@ -195,23 +195,12 @@ class H5adCollection:
 
 def _open_lazy(path: Path, layer: str | None, gene_key: str | None):
     """A row-indexable on-disk matrix and the gene names of an ``.h5ad`` file or ``.zarr`` AnnData store."""
-    import anndata as ad
     import pandas as pd
 
-    from .._anndata import get_matrix
+    from .._anndata import get_matrix, open_on_disk
 
-    if path.suffix == ".zarr" or path.is_dir():
-        import zarr
-
-        group = zarr.open(str(path), mode="r")
-        key = "X" if layer is None else f"layers/{layer}"
-        if key not in group:
-            raise KeyError(f"{path} has no {key!r}.")
-        X = ad.io.sparse_dataset(group[key]) if isinstance(group[key], zarr.Group) else group[key]
-        var = ad.io.read_elem(group["var"])
-    else:
-        adata = ad.read_h5ad(path, backed="r")
-        X, var = get_matrix(adata, layer), adata.var
+    adata = open_on_disk(path)
+    X, var = get_matrix(adata, layer), adata.var
     if gene_key is None:
         names = pd.Index(var.index.astype(str))
     elif gene_key in var:

@@ -64,8 +64,18 @@ def weights_fingerprint(model: ScGPT) -> str:
 
 
 def input_identity(path: str | os.PathLike) -> dict[str, Any]:
-    """The input file: resolved path, size and modification time (a changed file is not resumed from)."""
+    """The input file: resolved path, size and modification time (a changed file is not resumed from).
+
+    For a folder (a ``.zarr`` store): the total size of its files and the latest modification time among them.
+    """
     p = Path(path).expanduser().resolve()
+    if p.is_dir():
+        stats = [f.stat() for f in p.rglob("*") if f.is_file()]
+        return {
+            "path": str(p),
+            "size": sum(st.st_size for st in stats),
+            "mtime_ns": max((st.st_mtime_ns for st in stats), default=p.stat().st_mtime_ns),
+        }
     st = p.stat()
     return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
