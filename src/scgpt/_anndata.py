@@ -163,17 +163,22 @@ def stored_per_row(adata: AnnData, layer: str | None) -> np.ndarray:
 
     Read from the row pointers alone for CSR matrices in memory or on disk.
     """
-    X = get_matrix(adata, layer)
-    group = getattr(X, "group", None)  # backed sparse dataset
+    return matrix_stored_per_row(get_matrix(adata, layer))
+
+
+def matrix_stored_per_row(X) -> np.ndarray:
+    """:func:`stored_per_row` of a matrix (in memory, backed ``.h5ad`` or on-disk zarr)."""
+    n_obs, n_vars = X.shape
+    group = getattr(X, "group", None)  # on-disk sparse dataset
     if group is not None and "indptr" in group and getattr(X, "format", "csr") == "csr":
         return np.diff(np.asarray(group["indptr"][:])).astype(np.int64)
     if sp.issparse(X):
         return np.asarray(X.getnnz(axis=1), dtype=np.int64) if X.format != "csr" else np.diff(X.indptr).astype(np.int64)
-    if group is not None:  # a backed CSC matrix: count per row chunk by chunk
+    if group is not None:  # an on-disk CSC matrix: count per row chunk by chunk
         return np.concatenate(
-            [np.diff(read_rows(X, s, s + 4096).indptr) for s in range(0, adata.n_obs, 4096)] or [np.zeros(0, np.int64)]
+            [np.diff(read_rows(X, s, s + 4096).indptr) for s in range(0, n_obs, 4096)] or [np.zeros(0, np.int64)]
         ).astype(np.int64)
-    return np.full(adata.n_obs, adata.n_vars, dtype=np.int64)
+    return np.full(n_obs, n_vars, dtype=np.int64)
 
 
 def check_values(X: sp.csr_matrix, *, what: str = "the expression matrix", start: int = 0) -> None:

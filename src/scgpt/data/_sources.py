@@ -138,6 +138,8 @@ class H5adCollection:
         self.paths = [Path(p) for p in paths]
         self.layer = layer
         self.n_tokens = len(vocab)
+        from .._anndata import matrix_stored_per_row
+
         self._X, self._tokens, sizes, lengths = [], [], [], []
         for p in self.paths:
             X, names = _open_lazy(p, layer, gene_key)
@@ -146,7 +148,7 @@ class H5adCollection:
             self._X.append(X)
             self._tokens.append(m.ids)
             sizes.append(X.shape[0])
-            lengths.append(_stored_per_row(X))
+            lengths.append(matrix_stored_per_row(X))  # from the row pointers alone
         self.offsets = np.concatenate([[0], np.cumsum(sizes)])
         self.n_obs = int(self.offsets[-1])
         self._lengths = np.concatenate(lengths)
@@ -210,14 +212,6 @@ def _open_lazy(path: Path, layer: str | None, gene_key: str | None):
     if names.has_duplicates:
         raise ValueError(f"{path}: duplicated gene names (e.g. {list(names[names.duplicated()][:3])}).")
     return X, names
-
-
-def _stored_per_row(X) -> np.ndarray:
-    """Stored entries per row of an on-disk sparse matrix, read from its ``indptr`` alone (dense: all genes)."""
-    group = getattr(X, "group", None)
-    if group is not None and "indptr" in group:
-        return np.diff(np.asarray(group["indptr"][:]))
-    return np.full(X.shape[0], X.shape[1])
 
 
 class SomaSource:
