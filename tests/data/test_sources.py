@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import zarr
 
 from scgpt.data import AnnDataSource, GeneVocab, H5adCollection
@@ -93,3 +94,24 @@ def test_soma_experiment_rows_equal_in_memory_rows(pbmc, tmp_path):
     dm = model.make_datamodule(src, "pretrain", batch_size=64, chunk_size=8)
     model.train(datamodule=dm, recipe="pretrain", max_epochs=2, lr=1e-3, progress=False, checkpoint_dir=tmp_path / "ck")
     assert np.isfinite(model.history_["val_loss"]).all() and len(model.history_["val_loss"]) == 2
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc", "dense"])
+def test_stored_entries_per_row_in_memory_backed_and_zarr(pbmc, tmp_path, fmt):
+    """Expressed genes per cell, the same from a matrix in memory, a backed .h5ad and a zarr store, CSR or CSC."""
+    import anndata as ad
+
+    from scgpt._anndata import matrix_stored_per_row, open_on_disk
+
+    cells = pbmc[:50].copy()
+    want = np.diff(sp.csr_matrix(cells.X).indptr)
+    dense = fmt == "dense"
+    cells.X = cells.X.toarray() if dense else sp.csr_matrix(cells.X).asformat(fmt)
+    if dense:
+        want = np.full(cells.n_obs, cells.n_vars)
+    cells.write_h5ad(tmp_path / "c.h5ad")
+    with ad.settings.override(zarr_write_format=3), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # anndata's notes on future zarr defaults
+        cells.write_zarr(tmp_path / "c.zarr")
+    for X in (cells.X, open_on_disk(tmp_path / "c.h5ad").X, open_on_disk(tmp_path / "c.zarr").X):
+        np.testing.assert_array_equal(matrix_stored_per_row(X), want)
