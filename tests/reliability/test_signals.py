@@ -21,7 +21,9 @@ HERE = Path(__file__).parent
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
 TRAIN = ["--d-model", "16", "--n-heads", "2", "--d-hid", "16", "--n-layers", "1", "--recipe", "pretrain-masked"]
 TRAIN += ["--max-length", "32", "--batch-size", "16", "--accelerator", "cpu", "--checkpoint-every-n-steps", "3", "-q"]
-STEPS = 40
+# Long enough that the signal, sent once the first checkpoint (step 3) exists, lands before the run ends, even when
+# the test process is slow to notice the file on a loaded machine (40 steps once finished first in CI)
+STEPS = 300
 
 
 @pytest.fixture(scope="module")
