@@ -102,3 +102,28 @@ def tiny_model(pbmc_counts):
 @pytest.fixture(scope="session")
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def write_soma():
+    """Writer of TileDB-SOMA experiments in the CELLxGENE Census layout (measurement ``RNA``, ``X`` layer ``raw``,
+    ``var["feature_name"]``): ``write_soma(adata, uri, nnz=True)`` -> ``uri``; ``nnz`` adds ``obs["nnz"]`` as the
+    Census has it."""
+
+    def write(adata, uri, *, nnz: bool = True) -> str:
+        import warnings
+
+        import scipy.sparse as sp
+        import tiledbsoma.io
+
+        adata = adata.copy()
+        adata.var["feature_name"] = adata.var_names.astype(str)
+        adata.var_names = [f"gene_{i}" for i in range(adata.n_vars)]
+        if nnz:
+            adata.obs["nnz"] = np.diff(sp.csr_matrix(adata.X).indptr).astype(np.int64)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tiledbsoma.io.from_anndata(str(uri), adata, measurement_name="RNA", X_layer_name="raw")
+        return str(uri)
+
+    return write

@@ -167,8 +167,10 @@ def stored_per_row(adata: AnnData, layer: str | None) -> np.ndarray:
 
 
 def matrix_stored_per_row(X) -> np.ndarray:
-    """:func:`stored_per_row` of a matrix (in memory, backed ``.h5ad`` or on-disk zarr)."""
+    """:func:`stored_per_row` of a matrix (in memory, backed ``.h5ad``, on-disk zarr, or a TileDB-SOMA layer)."""
     n_obs, n_vars = X.shape
+    if hasattr(X, "stored_per_row"):  # e.g. scgpt.data.SomaMatrix: from the experiment's obs["nnz"]
+        return np.asarray(X.stored_per_row(), dtype=np.int64)
     group = getattr(X, "group", None)  # on-disk sparse dataset
     if group is not None and "indptr" in group and getattr(X, "format", "csr") == "csr":
         return np.diff(np.asarray(group["indptr"][:])).astype(np.int64)

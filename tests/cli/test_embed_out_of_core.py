@@ -180,3 +180,55 @@ def test_missing_zarr_store_or_file_is_a_clear_error(files, tmp_path, capsys):
     assert main(_args(model_dir, tmp_path / "nothing.zarr", tmp_path / "out.h5ad")) == 2
     err = capsys.readouterr().err
     assert "no such file" in err and "nothing.zarr" in err and ".zarr AnnData store" in err
+
+
+def test_soma_experiment_streams_resumes_and_selects_cells(files, tmp_path, monkeypatch, write_soma, capsys):
+    """A TileDB-SOMA experiment (Census layout) is streamed with --backed, equals the in-memory result, resumes
+    after an interruption; --obs-filter selects cells and --obs-columns the obs written; without --backed the
+    output holds the counts too."""
+    import anndata as ad
+
+    model_dir, cells, expected = files
+    adata = ad.read_h5ad(cells)
+    adata.obs["donor"] = np.where(np.arange(adata.n_obs) % 2 == 0, "d0", "d1")
+    soma = write_soma(adata, tmp_path / "experiment")
+    out = tmp_path / "out.h5ad"
+    args = _args(model_dir, soma, out)
+    _interrupt_after(monkeypatch, 2)
+    assert main(args) == 130
+    monkeypatch.undo()
+    assert main(args) == 0
+    result = ad.read_h5ad(out)
+    assert result.X is None and list(result.obs_names) == list(adata.obs_names)
+    assert result.obs["soma_joinid"].tolist() == list(range(700))
+    np.testing.assert_allclose(result.obsm["X_scGPT"], expected, atol=1e-6, rtol=0)
+
+    picked = [
+        *args,
+        "--obs-filter",
+        "donor == 'd1'",
+        "--obs-columns",
+        "donor",
+        "--soma-config",
+        "sm.io_concurrency_level=2",
+    ]
+    assert main(picked) == 0
+    result = ad.read_h5ad(out)
+    assert list(result.obs.columns) == ["soma_joinid", "donor"] and list(result.obs_names) == list(
+        adata.obs_names[1::2]
+    )
+    np.testing.assert_allclose(result.obsm["X_scGPT"], expected[1::2], atol=1e-6, rtol=0)
+
+    in_memory = [a for a in picked if a != "--backed"]
+    assert main(in_memory) == 0
+    result = ad.read_h5ad(out)
+    assert (result.X != adata.X[1::2]).nnz == 0
+    np.testing.assert_allclose(result.obsm["X_scGPT"], expected[1::2], atol=1e-6, rtol=0)
+
+    capsys.readouterr()
+    assert main([*args, "--layer", "counts"]) == 2
+    assert "no X layer 'counts'" in capsys.readouterr().err
+    assert main([*args, "--soma-config", "vfs.s3.region"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
+    assert main([*_args(model_dir, cells, out), "--obs-filter", "donor == 'd1'"]) == 2
+    assert "--obs-filter: only for a TileDB-SOMA experiment" in capsys.readouterr().err

@@ -285,12 +285,24 @@ def verbosity(quiet: bool) -> Iterator[None]:
         settings.progress = progress
 
 
-def check_input(path: str) -> None:
-    """A clear error for a missing ``--input`` file (an ``.h5ad`` file or a ``.zarr`` AnnData store)."""
+def check_input(path: str, *, soma: bool = False) -> None:
+    """A clear error for a missing ``--input`` file (an ``.h5ad`` file or a ``.zarr`` AnnData store).
+
+    With ``soma``, a TileDB-SOMA experiment (a folder or a remote URI) is accepted too.
+    """
     from .._anndata import is_zarr_store
 
-    if path != PBMC68K and not Path(path).expanduser().is_file() and not is_zarr_store(path):
-        raise CLIError(f"--input: no such file: {path} (an .h5ad file or a .zarr AnnData store)")
+    if path == PBMC68K or Path(path).expanduser().is_file() or is_zarr_store(path):
+        return
+    if soma:
+        from ..data._soma import is_soma_experiment
+
+        if is_soma_experiment(path):
+            return
+        raise CLIError(
+            f"--input: no such file: {path} (an .h5ad file, a .zarr AnnData store or a TileDB-SOMA experiment)"
+        )
+    raise CLIError(f"--input: no such file: {path} (an .h5ad file or a .zarr AnnData store)")
 
 
 def read_h5ad(path: str, *, backed: bool = False) -> AnnData:

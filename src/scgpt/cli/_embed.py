@@ -40,7 +40,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "(neither the matrix nor all embeddings are held in memory). An interrupted run resumes from the chunks\n"
         "written when the same command is run again.\n\n"
         "--devices N runs N processes per machine (GPUs, or CPU processes with --device cpu) with Lightning\n"
-        "DDP: started by this command, or by torchrun/srun (then pass the processes per node they start).",
+        "DDP: started by this command, or by torchrun/srun (then pass the processes per node they start).\n\n"
+        "INPUT may also be a TileDB-SOMA experiment (a folder, or a URI such as s3://...), e.g. a copy of the\n"
+        "CELLxGENE Census: --layer names its X layer (default: raw), --obs-filter selects cells, and with\n"
+        "--backed every process reads only its share of the cells from the experiment.",
     )
     p.add_argument(
         "--model",
@@ -49,6 +52,25 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "'demo' (default: $SCGPT_MODEL)",
     )
     add_data(p, several=False)
+    g = p.add_argument_group("TileDB-SOMA input (e.g. the CELLxGENE Census)")
+    g.add_argument("--measurement", default="RNA", help="measurement holding the genes")
+    g.add_argument(
+        "--obs-filter",
+        metavar="EXPR",
+        help="SOMA value filter selecting cells, e.g. \"tissue_general == 'blood' and is_primary_data == True\"",
+    )
+    g.add_argument(
+        "--soma-config",
+        nargs="+",
+        metavar="KEY=VALUE",
+        help="TileDB configuration options, e.g. vfs.s3.region=us-west-2 vfs.s3.no_sign_request=true (the Census)",
+    )
+    g.add_argument(
+        "--obs-columns",
+        nargs="+",
+        metavar="COLUMN",
+        help="obs columns to read and write to OUTPUT (default: all; soma_joinid is always kept)",
+    )
     p.add_argument("--output", required=True, metavar="FILE", help=".h5ad to write")
     p.add_argument("--backed", action="store_true", help="stream the input from disk (see above)")
     p.add_argument("--key-added", default="X_scGPT", metavar="KEY", help="obsm key of the embeddings")
@@ -93,7 +115,7 @@ def run(args: argparse.Namespace) -> None:
     if model is None:
         raise CLIError("no model: pass --model PATH (an scGPT model folder, or 'demo') or set $SCGPT_MODEL")
     check_model(model)
-    check_input(args.input)
+    check_input(args.input, soma=True)
     out_path = Path(args.output).expanduser()
     if args.backed and args.input != PBMC68K and out_path.resolve() == Path(args.input).expanduser().resolve():
         raise CLIError("with --backed, --output must differ from --input")
@@ -106,15 +128,15 @@ def run(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)  # a clear error before any reading
     if args.devices is not None:
         device = args.device or device.type  # the kind of device; the GPUs are chosen by --devices
-    adata = read_h5ad(args.input, backed=args.backed)
+    adata, layer = _read_input(args)
     if args.backed:
-        return _run_out_of_core(args, model, adata, device, out_path)
+        return _run_out_of_core(args, model, adata, layer, device, out_path)
     embed(
         adata,
         model,
         gene_key=args.gene_key,
         use_aliases=not args.no_aliases,
-        layer=args.layer,
+        layer=layer,
         batch_key=args.batch_key,
         max_length=args.max_length,
         batch_size=args.batch_size,
@@ -129,13 +151,57 @@ def run(args: argparse.Namespace) -> None:
     _finish(args, adata, out_path)
 
 
+def _read_input(args: argparse.Namespace) -> tuple[AnnData, str | None]:
+    """The input AnnData and the layer to embed (a TileDB-SOMA experiment's layer becomes its ``X``)."""
+    from ..data._soma import is_soma_experiment
+
+    soma_options = {
+        "--obs-filter": args.obs_filter,
+        "--obs-columns": args.obs_columns,
+        "--soma-config": args.soma_config,
+    }
+    if not is_soma_experiment(args.input):
+        given = [name for name, value in soma_options.items() if value is not None]
+        if args.measurement != "RNA":
+            given.append("--measurement")
+        if given:
+            raise CLIError(
+                f"{', '.join(given)}: only for a TileDB-SOMA experiment, and --input {args.input} is not one"
+            )
+        return read_h5ad(args.input, backed=args.backed), args.layer
+    from ..data import open_soma
+
+    bad = [item for item in args.soma_config or [] if "=" not in item]
+    if bad:
+        raise CLIError(f"--soma-config takes KEY=VALUE options, got {bad[0]!r}")
+    config = dict(item.split("=", 1) for item in args.soma_config or [])
+    try:
+        adata = open_soma(
+            args.input,
+            measurement=args.measurement,
+            layer=args.layer or "raw",
+            obs_value_filter=args.obs_filter,
+            obs_columns=args.obs_columns,
+            context=config or None,
+        )
+    except (KeyError, ValueError, FileNotFoundError) as e:
+        raise CLIError(f"--input {args.input}: {e.args[0] if e.args else e}") from None
+    how = "streamed from the experiment" if args.backed else "read into memory"
+    logger.info(f"opened {args.input}: {adata.n_obs:,} cells x {adata.n_vars:,} genes ({how})")
+    if not args.backed:
+        adata.X = adata.X.to_memory()
+    return adata, None
+
+
 def _distributed_options(args: argparse.Namespace) -> dict:
     if args.devices is None:
         return {}
     return {"devices": args.devices, "num_nodes": args.num_nodes, "strategy": args.strategy}
 
 
-def _run_out_of_core(args: argparse.Namespace, model_name: str, adata: AnnData, device, out_path: Path) -> None:
+def _run_out_of_core(
+    args: argparse.Namespace, model_name: str, adata: AnnData, layer: str | None, device, out_path: Path
+) -> None:
     """``--backed``: embeddings into the chunk folder OUTPUT.parts (resuming from it), then into OUTPUT."""
     import time
 
@@ -150,13 +216,15 @@ def _run_out_of_core(args: argparse.Namespace, model_name: str, adata: AnnData, 
     options = {
         "gene_key": args.gene_key,
         "use_aliases": not args.no_aliases,
-        "layer": args.layer,
+        "layer": layer,
         "batch_key": args.batch_key,
         "max_length": args.max_length,
         "seed": args.seed,
         "dtype": args.dtype,
     }
     identity = {"input": input_identity(args.input), **options}
+    if layer != args.layer:  # a TileDB-SOMA experiment: its layer and the selected cells
+        identity.update(soma_layer=args.layer or "raw", measurement=args.measurement, obs_filter=args.obs_filter)
     logger.info(f"computing scGPT embeddings of {adata.n_obs:,} cells chunk by chunk into {parts}")
     try:
         run = embed_to_store(

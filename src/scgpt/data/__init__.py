@@ -18,16 +18,25 @@ from ._perturbation import (
     split_perturbations,
     to_gears,
 )
-from ._sources import AnnDataSource, CellSource, H5adCollection, SomaSource
+from ._sources import AnnDataSource, CellSource, H5adCollection
 from ._vocab import GeneVocab
 
 __getattr__, _dir = lazy_attributes(
-    __name__, {"CellBatch": "._collate", "Collator": "._collate", "CellLoader": "._loader"}
+    __name__,
+    {
+        "CellBatch": "._collate",
+        "Collator": "._collate",
+        "CellLoader": "._loader",
+        "SomaMatrix": "._soma",
+        "SomaSource": "._soma",
+        "open_soma": "._soma",
+    },
 )
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._collate import CellBatch, Collator
     from ._loader import CellLoader
+    from ._soma import SomaMatrix, SomaSource, open_soma
 
 
 __all__ = [
@@ -40,9 +49,11 @@ __all__ = [
     "GeneVocab",
     "H5adCollection",
     "PerturbationSplit",
+    "SomaMatrix",
     "SomaSource",
     "from_gears",
     "match_genes",
+    "open_soma",
     "parse_perturbation",
     "perturbation_label",
     "split_perturbations",

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .._anndata import stored_per_row
+from .._anndata import get_matrix, stored_per_row
 from .._logging import logger
 from ._device import resolve_device
 from ._engine import Accumulator, InferenceResult, chunk_grid, default_chunk_size, run_inference
@@ -162,6 +162,17 @@ def _check_devices(kind: str, devices: Any) -> None:
             raise ValueError(f"GPU ids {bad} do not exist; this machine has {n_gpus} GPUs (ids 0-{n_gpus - 1}).")
 
 
+def _check_forkable(adata: AnnData, layer: str | None, strategy: Any) -> None:
+    """A clear error for forked processes reading a TileDB-SOMA experiment (TileDB's threads do not survive a fork)."""
+    forks = strategy in ("ddp_fork", "ddp_notebook") or getattr(strategy, "_start_method", None) == "fork"
+    if forks and getattr(get_matrix(adata, layer), "backend", None) == "tiledbsoma":
+        raise ValueError(
+            f"strategy={strategy!r} forks this process, and TileDB (which reads the SOMA experiment) cannot be used "
+            "in forked processes. Run the embedding from a script with strategy='ddp' (python script.py), or under "
+            "torchrun or srun; or embed in this process (devices=None)."
+        )
+
+
 def launch(fabric: Fabric, function: Callable[[Fabric], Any]) -> Any:
     """Run ``function(fabric)`` on every rank (starting the processes Lightning's launcher starts); rank 0's result.
 
@@ -181,8 +192,15 @@ def launch(fabric: Fabric, function: Callable[[Fabric], Any]) -> Any:
 
 # ---------------------------------------------------------------------------- sharding
 def chunk_costs(adata: AnnData, layer: str | None, chunks: Sequence[tuple[int, int]], max_length: int) -> np.ndarray:
-    """Estimated tokens of each chunk: ``min(stored entries + 1, max_length)`` summed over its cells."""
-    per_cell = np.minimum(stored_per_row(adata, layer) + 1, max_length)
+    """Estimated tokens of each chunk: ``min(stored entries + 1, max_length)`` summed over its cells.
+
+    For a matrix that cannot count its entries without reading them (a TileDB-SOMA layer whose ``obs`` has
+    no ``nnz``), every cell counts ``max_length``: chunks are balanced by cells.
+    """
+    if getattr(get_matrix(adata, layer), "counts_known", True):
+        per_cell = np.minimum(stored_per_row(adata, layer) + 1, max_length)
+    else:
+        per_cell = np.full(adata.n_obs, max_length, dtype=np.int64)
     cum = np.concatenate([[0], np.cumsum(per_cell)])
     return np.array([cum[b] - cum[a] for a, b in chunks], dtype=np.float64)
 
@@ -283,6 +301,7 @@ def run_sharded(
     -------
     The result as a single process would have computed it (``output``: ``(n_obs, d)``; ``n_tokens`` of every cell).
     """
+    _check_forkable(adata, options.get("layer"), strategy)
     fabric = make_fabric(device=device, devices=devices, num_nodes=num_nodes, strategy=strategy)
     parent = os.getpid()
 

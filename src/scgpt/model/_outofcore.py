@@ -66,9 +66,12 @@ def weights_fingerprint(model: ScGPT) -> str:
 def input_identity(path: str | os.PathLike) -> dict[str, Any]:
     """The input file: resolved path, size and modification time (a changed file is not resumed from).
 
-    For a folder (a ``.zarr`` store): the total size of its files and the latest modification time among them.
+    For a folder (a ``.zarr`` store, a TileDB-SOMA experiment): the total size of its files and the latest
+    modification time among them. For a remote URI (``s3://...``): the URI alone.
     """
-    p = Path(path).expanduser().resolve()
+    if "://" in str(path) and not str(path).startswith("file://"):
+        return {"path": str(path)}
+    p = Path(str(path).removeprefix("file://")).expanduser().resolve()
     if p.is_dir():
         stats = [f.stat() for f in p.rglob("*") if f.is_file()]
         return {
