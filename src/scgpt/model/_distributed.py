@@ -64,7 +64,8 @@ num_nodes
     Machines, for multi-node runs (``srun``, ``torchrun --nnodes``).
 strategy
     ``"ddp"`` (default; scripts, ``torchrun``, ``srun``), ``"ddp_notebook"``/``"ddp_fork"`` (notebooks and
-    other interactive sessions), or a :class:`lightning.fabric.strategies.DDPStrategy`."""
+    other interactive sessions; not for a TileDB-SOMA experiment, which cannot be read in forked processes),
+    or a :class:`lightning.fabric.strategies.DDPStrategy`."""
 
 
 def global_rank() -> int:

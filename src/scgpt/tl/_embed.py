@@ -57,7 +57,8 @@ def embed(
     Parameters
     ----------
     adata
-        Cells x genes with raw counts (in memory or backed), or a MuData whose ``mod`` modality holds them.
+        Cells x genes with raw counts (in memory, backed, a zarr store on disk, or a TileDB-SOMA experiment
+        opened with :func:`scgpt.data.open_soma`), or a MuData whose ``mod`` modality holds them.
     {model}
     {inference}
     {distributed}
