@@ -12,6 +12,10 @@
    reading, embedding, writing the result).
 3. Checks that the outputs of the runs agree (max absolute difference of the embeddings, read in blocks).
 
+With ``--sources h5ad,soma`` the same cells are also written as a TileDB-SOMA experiment in the Census layout
+(measurement ``RNA``, ``X`` layer ``raw``, ``obs["nnz"]``; written a block of cells at a time) and embedded from it
+(``scgpt embed --input <experiment> --backed``), to compare reading from SOMA with reading a backed ``.h5ad``.
+
 Prints a markdown table and writes ``--out-json``. Scale down with ``--cells`` (e.g. 20,000); the full
 1M run needs about 4 GB of disk for the input. Timing needs a quiet machine.
 
@@ -41,6 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--cells", type=int, default=1_000_000, help="cells in the backed .h5ad")
     ap.add_argument("--genes-per-cell", type=int, nargs=2, default=(300, 2500), metavar=("LO", "HI"))
     ap.add_argument("--processes", default="1,2", help="comma-separated numbers of processes to compare")
+    ap.add_argument(
+        "--sources", default="h5ad", help="comma-separated inputs to compare: h5ad (backed), soma (TileDB-SOMA)"
+    )
     ap.add_argument("--max-length", type=int, default=1200)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="scgpt embed --dtype")
@@ -111,9 +118,42 @@ def ensure_input(args: argparse.Namespace) -> tuple[Path, dict]:
     return path, info
 
 
+def ensure_soma(data: Path, block: int = 5000) -> Path:
+    """The cells of ``data`` as a TileDB-SOMA experiment in the Census layout (measurement ``RNA``, ``X`` layer ``raw``,
+    ``obs["nnz"]``, symbols in ``var["feature_name"]``), next to it; written ``block`` cells at a time."""
+    import anndata as ad
+    import pyarrow as pa
+    import tiledbsoma as soma
+
+    uri = data.with_suffix(".soma")
+    if (uri / "ms").is_dir():
+        return uri
+    backed = ad.read_h5ad(data, backed="r")
+    n, g = backed.shape
+    nnz = np.diff(backed.file["X"]["indptr"][:]).astype(np.int64)
+    obs = pa.table({"soma_joinid": np.arange(n), "obs_id": backed.obs_names.to_numpy(str), "nnz": nnz})
+    var = pa.table({"soma_joinid": np.arange(g), "feature_name": backed.var_names.to_numpy(str)})
+    tmp = uri.with_name(uri.name + ".tmp")
+    with soma.Experiment.create(str(tmp)) as exp:
+        exp.add_new_dataframe("obs", schema=obs.schema, index_column_names=["soma_joinid"], domain=[(0, n - 1)]).write(
+            obs
+        )
+        rna = exp.add_new_collection("ms").add_new_collection("RNA", soma.Measurement)
+        rna.add_new_dataframe("var", schema=var.schema, index_column_names=["soma_joinid"], domain=[(0, g - 1)]).write(
+            var
+        )
+        raw = rna.add_new_collection("X").add_new_sparse_ndarray("raw", type=pa.float32(), shape=(n, g))
+        for s in range(0, n, block):
+            coo = backed.X[s : s + block].tocoo()
+            raw.write(pa.table({"soma_dim_0": coo.row + s, "soma_dim_1": coo.col, "soma_data": coo.data}))
+    backed.file.close()
+    tmp.rename(uri)
+    return uri
+
+
 def run_embed(args: argparse.Namespace, data: Path, n_proc: int) -> dict:
-    out = args.work / f"emb_{data.stem}_p{n_proc}_{args.dtype}.h5ad"
-    report = args.work / f"report_p{n_proc}_{args.dtype}"
+    out = args.work / f"emb_{data.name.replace('.', '_')}_p{n_proc}_{args.dtype}.h5ad"
+    report = args.work / f"report_{data.suffix.lstrip('.')}_p{n_proc}_{args.dtype}"
     report.mkdir(parents=True, exist_ok=True)
     for f in report.glob("rank*.json"):
         f.unlink()
@@ -244,12 +284,20 @@ def main(argv: list[str] | None = None) -> None:
     data, info = ensure_input(args)
     print(f"input: {data} ({info.get('n_cells', args.cells):,} cells; written in {time.perf_counter() - t0:.0f}s)")
     runs = []
-    for n in (int(x) for x in args.processes.split(",")):
-        r = run_embed(args, data, n)
-        print(
-            f"  {n} process(es): {r['wall_s']:.1f}s, {r['cells_per_s']:.0f} cells/s, RSS {r['peak_rss_MiB_per_rank']}"
-        )
-        runs.append(r)
+    for source in args.sources.split(","):
+        if source not in ("h5ad", "soma"):
+            raise SystemExit(f"--sources: unknown input {source!r} (h5ad, soma)")
+        t1 = time.perf_counter()
+        path = data if source == "h5ad" else ensure_soma(data)
+        if source == "soma":
+            print(f"input as a TileDB-SOMA experiment: {path} ({time.perf_counter() - t1:.0f}s)")
+        for n in (int(x) for x in args.processes.split(",")):
+            r = {"source": source, **run_embed(args, path, n)}
+            print(
+                f"  {source}, {n} process(es): {r['wall_s']:.1f}s, {r['cells_per_s']:.0f} cells/s, "
+                f"RSS {r['peak_rss_MiB_per_rank']}"
+            )
+            runs.append(r)
     for r in runs[1:]:
         r["max_abs_diff_vs_first"] = max_difference(Path(runs[0]["output"]), Path(r["output"]))
     if args.check_sample:
@@ -267,6 +315,7 @@ def main(argv: list[str] | None = None) -> None:
         "check_sample": args.check_sample,
         "input": info,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_avg_start": os.getloadavg()},
+        "sources": args.sources.split(","),
         "runs": runs,
         "flops": flops,
     }
@@ -277,10 +326,10 @@ def main(argv: list[str] | None = None) -> None:
         f"{flops['tokens_median']:.0f}), {args.dtype}; matrix-product rate here {flops['matmul']['gflops']:.0f} GFLOP/s"
     )
     print(
-        "\n| processes | wall (s) | cells/s | peak RSS per process (MiB) | model GFLOP/s | share of matmul rate |"
-        " max abs diff vs first | sampled cells vs in memory |"
+        "\n| input | processes | wall (s) | cells/s | peak RSS per process (MiB) | model GFLOP/s |"
+        " share of matmul rate | max abs diff vs first | sampled cells vs in memory |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
 
     def fmt(x):
         return "-" if x is None else f"{x:.1e}"
@@ -288,7 +337,8 @@ def main(argv: list[str] | None = None) -> None:
     for r in runs:
         rss = ", ".join(f"{x:.0f}" for x in r["peak_rss_MiB_per_rank"])
         print(
-            f"| {r['processes']} | {r['wall_s']:.1f} | {r['cells_per_s']:.0f} | {rss} | {r['model_gflops']:.1f} | "
+            f"| {r['source']} | {r['processes']} | {r['wall_s']:.1f} | {r['cells_per_s']:.0f} | {rss} | "
+            f"{r['model_gflops']:.1f} | "
             f"{r['fraction_of_matmul']:.2f} | {fmt(r.get('max_abs_diff_vs_first'))} | "
             f"{fmt(r.get('sample_max_abs_diff_vs_in_memory'))} |"
         )

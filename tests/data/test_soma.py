@@ -33,6 +33,7 @@ def test_open_soma_reads_rows_on_demand(experiment, pbmc_counts):
     block = adata.X[10:20]
     assert sp.issparse(block) and block.dtype == np.float32
     np.testing.assert_array_equal(block.toarray(), want[10:20])
+    np.testing.assert_array_equal(adata.X[20:4:-3].toarray(), want[20:4:-3])
     idx = np.array([650, 3, 299, 3, 42, 699])  # unsorted, with a repeat
     np.testing.assert_array_equal(adata.X[idx].toarray(), want[idx])
     np.testing.assert_array_equal(adata.X[idx, 5:9].toarray(), want[idx, 5:9])

@@ -157,7 +157,8 @@ class SomaMatrix(CSRDataset):
             rows = slice(None)
         n = self.shape[0]
         if isinstance(rows, slice):
-            positions = np.arange(n)[rows]
+            r = range(n)[rows]  # no array of all rows
+            positions = np.arange(r.start, r.stop, r.step, dtype=np.int64)
         else:
             positions = np.asarray(rows)
             if positions.dtype == bool:
