@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -224,6 +225,16 @@ def test_soma_experiment_streams_resumes_and_selects_cells(files, tmp_path, monk
     result = ad.read_h5ad(out)
     assert (result.X != adata.X[1::2]).nnz == 0
     np.testing.assert_allclose(result.obsm["X_scGPT"], expected[1::2], atol=1e-6, rtol=0)
+
+    # the selected cells are part of what a resumed run must match (here: as many cells, other ones)
+    _interrupt_after(monkeypatch, 1)
+    assert main([*args, "--obs-filter", "donor == 'd0'"]) == 130
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main([*args, "--obs-filter", "donor == 'd1'"]) == 2
+    err = capsys.readouterr().err
+    assert "differ" in err and "obs_filter" in err
+    shutil.rmtree(out.with_name(out.name + ".parts"))
 
     capsys.readouterr()
     assert main([*args, "--layer", "counts"]) == 2

@@ -128,9 +128,9 @@ def run(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)  # a clear error before any reading
     if args.devices is not None:
         device = args.device or device.type  # the kind of device; the GPUs are chosen by --devices
-    adata, layer = _read_input(args)
+    adata, layer, selection = _read_input(args)
     if args.backed:
-        return _run_out_of_core(args, model, adata, layer, device, out_path)
+        return _run_out_of_core(args, model, adata, layer, selection, device, out_path)
     embed(
         adata,
         model,
@@ -151,8 +151,12 @@ def run(args: argparse.Namespace) -> None:
     _finish(args, adata, out_path)
 
 
-def _read_input(args: argparse.Namespace) -> tuple[AnnData, str | None]:
-    """The input AnnData and the layer to embed (a TileDB-SOMA experiment's layer becomes its ``X``)."""
+def _read_input(args: argparse.Namespace) -> tuple[AnnData, str | None, dict]:
+    """The input AnnData, the layer to embed and what selected the cells (empty for files).
+
+    A TileDB-SOMA experiment's layer becomes its ``X``; its layer, measurement and filter are part of the identity
+    that a resumed run must match.
+    """
     from ..data._soma import is_soma_experiment
 
     soma_options = {
@@ -168,7 +172,7 @@ def _read_input(args: argparse.Namespace) -> tuple[AnnData, str | None]:
             raise CLIError(
                 f"{', '.join(given)}: only for a TileDB-SOMA experiment, and --input {args.input} is not one"
             )
-        return read_h5ad(args.input, backed=args.backed), args.layer
+        return read_h5ad(args.input, backed=args.backed), args.layer, {}
     from ..data import open_soma
 
     bad = [item for item in args.soma_config or [] if "=" not in item]
@@ -190,7 +194,8 @@ def _read_input(args: argparse.Namespace) -> tuple[AnnData, str | None]:
     logger.info(f"opened {args.input}: {adata.n_obs:,} cells x {adata.n_vars:,} genes ({how})")
     if not args.backed:
         adata.X = adata.X.to_memory()
-    return adata, None
+    selection = {"soma_layer": args.layer or "raw", "measurement": args.measurement, "obs_filter": args.obs_filter}
+    return adata, None, selection
 
 
 def _distributed_options(args: argparse.Namespace) -> dict:
@@ -200,7 +205,13 @@ def _distributed_options(args: argparse.Namespace) -> dict:
 
 
 def _run_out_of_core(
-    args: argparse.Namespace, model_name: str, adata: AnnData, layer: str | None, device, out_path: Path
+    args: argparse.Namespace,
+    model_name: str,
+    adata: AnnData,
+    layer: str | None,
+    selection: dict,
+    device,
+    out_path: Path,
 ) -> None:
     """``--backed``: embeddings into the chunk folder OUTPUT.parts (resuming from it), then into OUTPUT."""
     import time
@@ -222,9 +233,7 @@ def _run_out_of_core(
         "seed": args.seed,
         "dtype": args.dtype,
     }
-    identity = {"input": input_identity(args.input), **options}
-    if layer != args.layer:  # a TileDB-SOMA experiment: its layer and the selected cells
-        identity.update(soma_layer=args.layer or "raw", measurement=args.measurement, obs_filter=args.obs_filter)
+    identity = {"input": input_identity(args.input), **options, **selection}
     logger.info(f"computing scGPT embeddings of {adata.n_obs:,} cells chunk by chunk into {parts}")
     try:
         run = embed_to_store(

@@ -364,4 +364,4 @@ class SomaSource:
         return self._present
 
     def lengths(self) -> np.ndarray | None:
-        return self.matrix._nnz
+        return self.matrix.stored_per_row() if self.matrix.counts_known else None  # never reads the layer
