@@ -79,6 +79,21 @@ return_fig
 
 doc_plot_returns = """The figure with ``return_fig=True``; ``None`` if shown; else the axes."""
 
+doc_distributed = """\
+devices
+    Run on several processes with Lightning (``None``, the default: this process alone). A number of
+    devices per node (GPUs, or CPU processes when ``device="cpu"``), ``-1`` for all GPUs, or a list of GPU
+    ids. Each process embeds its share of the cells (backed files: reads only its share); the embeddings
+    are gathered in cell order on every process and equal the single-process ones up to float rounding.
+    Under ``torchrun``/``srun`` pass the number of processes per node the launcher started; in a script
+    run with plain ``python``, Lightning starts the other processes by running the script again.
+num_nodes
+    Machines, for multi-node runs (``srun``, ``torchrun --nnodes``).
+strategy
+    ``"ddp"`` (default; scripts, ``torchrun``, ``srun``), ``"ddp_notebook"``/``"ddp_fork"`` (notebooks and
+    other interactive sessions; not for a TileDB-SOMA experiment, which cannot be read in forked processes),
+    or a :class:`lightning.fabric.strategies.DDPStrategy`."""
+
 doc_inference = "\n".join(
     [doc_gene_key, doc_use_aliases, doc_layer, doc_batch_key, doc_max_length, doc_batch_size, doc_seed, doc_device]
     + [doc_dtype, doc_progress]

@@ -92,7 +92,14 @@ def test_soma_experiment_rows_equal_in_memory_rows(pbmc, tmp_path):
     torch.manual_seed(0)
     model = ScGPT(vocab=vocab, d_model=32, n_heads=2, d_hid=64, n_layers=1, generative=True, n_cls=None)
     dm = model.make_datamodule(src, "pretrain", batch_size=64, chunk_size=8)
-    model.train(datamodule=dm, recipe="pretrain", max_epochs=2, lr=1e-3, progress=False, checkpoint_dir=tmp_path / "ck")
+    model.train(
+        datamodule=dm,
+        recipe="pretrain",
+        max_epochs=2,
+        plan_kwargs={"lr": 1e-3},
+        progress=False,
+        checkpoint_dir=tmp_path / "ck",
+    )
     assert np.isfinite(model.history_["val_loss"]).all() and len(model.history_["val_loss"]) == 2
 
 

@@ -11,15 +11,9 @@ import torch
 
 import scgpt
 from scgpt.data import GeneVocab
+from scgpt.data._screen import PairLoader, pair_batch, screen_from_adata, target_tokens, validation_batches
 from scgpt.model import TASKS, ScGPT
-from scgpt.model._perturbation import (
-    ARGS_KEY,
-    PairLoader,
-    pair_batch,
-    screen_from_adata,
-    target_tokens,
-    validation_batches,
-)
+from scgpt.model._perturbation import ARGS_KEY
 from scgpt.train._losses import pearson_delta
 from scgpt.train._runner import BestWeights
 
@@ -59,7 +53,7 @@ def tuned(screen, tmp_path_factory):
 
 def test_registry_entry():
     task = TASKS["perturbation"]
-    assert task.paired and task.stage == "finetune" and task.schedule == "step"
+    assert task.data == "pairs" and task.stage == "finetune" and task.schedule == "step"
     assert task.recipe.active == {"mlm": 1.0} and task.recipe.masking == "none" and task.recipe.max_length == 1536
     assert task.defaults == {
         "lr": 1e-4,
@@ -108,7 +102,7 @@ def _screen_obj(model, adata, labels):
     obs = adata.obs["perturbation"].astype(str).to_numpy()
     targets = target_tokens(sorted(set(labels) | {"control"}), model.vocab, control="control", fn="t")
     return screen_from_adata(
-        model, adata, obs, targets, control="control", layer=None, gene_key=None, use_aliases=True, fn="t"
+        model.vocab, adata, obs, targets, control="control", layer=None, gene_key=None, use_aliases=True, fn="t"
     )
 
 

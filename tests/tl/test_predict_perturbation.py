@@ -9,8 +9,8 @@ import torch
 
 import scgpt
 from scgpt.data import GeneVocab
+from scgpt.data._screen import gene_chunks
 from scgpt.model import TASKS, ScGPT
-from scgpt.model._perturbation import gene_chunks
 from scgpt.tl._perturbation_baselines import PREDICTION_KEY
 from scgpt.tl._predict_perturbation import _collapsed_pairs
 

@@ -295,7 +295,7 @@ def check_input(path: str, *, soma: bool = False) -> None:
     if path == PBMC68K or Path(path).expanduser().is_file() or is_zarr_store(path):
         return
     if soma:
-        from ..data._soma import is_soma_experiment
+        from ..data import is_soma_experiment
 
         if is_soma_experiment(path):
             return
@@ -353,7 +353,7 @@ def counts_adata(adata: AnnData, layer: str | None, gene_key: str | None) -> Ann
     import pandas as pd
 
     from .._anndata import get_matrix
-    from ..data._genes import gene_names
+    from ..data import gene_names
 
     names = gene_names(adata, gene_key)  # errors for a missing key and duplicated names
     return ad.AnnData(X=get_matrix(adata, layer), obs=adata.obs, var=pd.DataFrame(index=pd.Index(names, name=None)))

@@ -121,8 +121,7 @@ def run(args: argparse.Namespace) -> None:
         raise CLIError("with --backed, --output must differ from --input")
     if args.chunk_size < 1:
         raise CLIError(f"--chunk-size must be positive, got {args.chunk_size}")
-    from ..model import resolve_device
-    from ..model._distributed import global_rank
+    from ..model import global_rank, resolve_device
     from ..tl import embed
 
     device = resolve_device(args.device)  # a clear error before any reading
@@ -157,7 +156,7 @@ def _read_input(args: argparse.Namespace) -> tuple[AnnData, str | None, dict]:
     A TileDB-SOMA experiment's layer becomes its ``X``; its layer, measurement and filter are part of the identity
     that a resumed run must match.
     """
-    from ..data._soma import is_soma_experiment
+    from ..data import is_soma_experiment
 
     soma_options = {
         "--obs-filter": args.obs_filter,
@@ -218,8 +217,7 @@ def _run_out_of_core(
 
     import anndata as ad
 
-    from ..model._outofcore import embed_to_store, input_identity, mean_tokens, read_embeddings, write_h5ad
-    from ..model._resolve import resolve_model
+    from ..model import embed_to_store, input_identity, mean_tokens, read_embeddings, resolve_model, write_h5ad
 
     start = time.perf_counter()
     model, name = resolve_model(model_name)
@@ -248,7 +246,7 @@ def _run_out_of_core(
             **_distributed_options(args),
         )
     except (Interrupted, KeyboardInterrupt) as e:
-        from ..model._outofcore import ChunkStore
+        from ..model import ChunkStore
 
         store = ChunkStore(parts)
         n_done = len(list(parts.glob("chunk_*.npz"))) if parts.is_dir() else 0

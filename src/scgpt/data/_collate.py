@@ -147,6 +147,11 @@ class Collator:
         cell and modality, and minibatches carry ``mod_types``; ``None`` for single-modality models.
     binary_modalities
         Modalities whose nonzero values all become the top bin (binarised chromatin accessibility).
+    cls
+        Put ``<cls>`` first (every scGPT model but the perturbation generator, which sees genes only).
+    token_flags
+        Perturbation flag of every vocabulary token (perturbation models, :mod:`scgpt.data._screen`):
+        minibatches carry ``pert_flags``; ``None`` for models without flags.
     """
 
     token_ids: np.ndarray
@@ -164,6 +169,8 @@ class Collator:
     seed: int = 0
     token_modality: np.ndarray | None = None
     binary_modalities: tuple[int, ...] = ()
+    cls: bool = True
+    token_flags: np.ndarray | None = None
 
     def ratio_for(self, epoch: int, batch_index: int) -> float:
         """The mask ratio of a minibatch (fixed, or drawn from the tuple by a keyed choice)."""
@@ -182,7 +189,7 @@ class Collator:
             X,
             self.token_ids,
             self.gene_key,
-            max_genes=self.max_length - 1,
+            max_genes=self.max_length - int(self.cls),
             n_bins=self.n_bins,
             seed=seed,
             include_zero_genes=self.include_zero_genes,
@@ -201,18 +208,23 @@ class Collator:
         epoch: int = 0,
         batch_index: int = 0,
     ) -> CellBatch:
-        """A padded minibatch of tokenised cells, ``<cls>`` first.
+        """A padded minibatch of tokenised cells, ``<cls>`` first (unless ``cls=False``).
 
         ``hidden`` (bool per token entry) marks the values to predict: replaced by ``mask_value``
         with ``masking="masked"``, generated with ``masking="generative"``. ``index`` is each cell's
         index in its dataset.
         """
         genes, target = pad_batch(
-            cells, cls_id=self.cls_id, cls_value=self.cls_value, pad_id=self.pad_id, pad_value=self.pad_value
+            cells,
+            cls_id=self.cls_id,
+            cls_value=self.cls_value,
+            pad_id=self.pad_id,
+            pad_value=self.pad_value,
+            cls=self.cls,
         )
         predict = np.zeros(genes.shape, dtype=bool)
         if hidden is not None:
-            rows, cols = entry_positions(cells.indptr)
+            rows, cols = entry_positions(cells.indptr, offset=int(self.cls))
             predict[rows[hidden], cols[hidden]] = True
         values = target.copy()
         gen = None
@@ -232,6 +244,7 @@ class Collator:
             batch_labels=as_long(batch_labels),
             labels=as_long(labels),
             mod_types=None if self.token_modality is None else torch.from_numpy(self.token_modality[genes]),
+            pert_flags=None if self.token_flags is None else torch.from_numpy(self.token_flags[genes]),
             cells=as_long(index),
             epoch=epoch,
             index=batch_index,

@@ -182,10 +182,10 @@ def rank_in_row(priority: np.ndarray, indptr: np.ndarray) -> np.ndarray:
     return rank
 
 
-def entry_positions(indptr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(row, column)`` of each CSR entry in a padded batch with ``<cls>`` in column 0."""
+def entry_positions(indptr: np.ndarray, *, offset: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """``(row, column)`` of each CSR entry in a padded batch with ``offset`` leading columns (1: ``<cls>``, 0: none)."""
     rows = _row_ids(indptr)
-    return rows, np.arange(len(rows)) - np.repeat(indptr[:-1], np.diff(indptr)) + 1
+    return rows, np.arange(len(rows)) - np.repeat(indptr[:-1], np.diff(indptr)) + offset
 
 
 def pad_batch(
@@ -196,15 +196,20 @@ def pad_batch(
     pad_id: int,
     pad_value: float,
     length: int | None = None,
+    cls: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``<cls>`` + tokens, right-padded to the longest cell (or ``length``): ``(genes, values)``, each ``(B, L)``."""
+    """``<cls>`` + tokens, right-padded to the longest cell (or ``length``): ``(genes, values)``, each ``(B, L)``.
+
+    ``cls=False`` leaves ``<cls>`` out (the perturbation models see genes only).
+    """
     lengths = cells.lengths
-    L = int(lengths.max(initial=0)) + 1 if length is None else length
+    L = int(lengths.max(initial=0)) + int(cls) if length is None else length
     B = len(lengths)
     genes = np.full((B, L), pad_id, dtype=np.int64)
     values = np.full((B, L), pad_value, dtype=np.float32)
-    genes[:, 0], values[:, 0] = cls_id, cls_value
-    rows, cols = entry_positions(cells.indptr)
+    if cls:
+        genes[:, 0], values[:, 0] = cls_id, cls_value
+    rows, cols = entry_positions(cells.indptr, offset=int(cls))
     genes[rows, cols] = cells.genes
     values[rows, cols] = cells.values
     return genes, values

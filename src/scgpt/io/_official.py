@@ -23,9 +23,9 @@ from .._files import torch_save
 from .._logging import warn
 from ..data._vocab import PAD_TOKEN, GeneVocab
 from ..nn import ScGPTConfig, ScGPTNet
+from ._folder import ARGS_FILE, OFFICIAL_FILES, VOCAB_FILE, WEIGHTS_FILE, model_folder
 from ._keymap import PRETRAINING_ONLY_KEYS, to_official, to_ours
 
-ARGS_FILE, VOCAB_FILE, WEIGHTS_FILE = "args.json", "vocab.json", "best_model.pt"
 _REQUIRED_ARGS = ("embsize", "nheads", "d_hid", "nlayers")
 
 
@@ -467,8 +467,6 @@ def save_official(
     overwrite
         Replace a model already in the folder.
     """
-    from ._folder import OFFICIAL_FILES, model_folder
-
     with model_folder(path, OFFICIAL_FILES, overwrite=overwrite) as temps:
         write_official(net, vocab, temps, args=args, mod_vocab=mod_vocab, attention_layout=attention_layout)
     return Path(path).expanduser()

@@ -52,21 +52,6 @@ STRATEGIES = ("ddp", "ddp_fork", "ddp_notebook")
 DISTRIBUTED_OPTIONS = ("devices", "num_nodes", "strategy")
 """The options of the callers that can run on several processes (``tl.embed``, ``get_latent_representation``)."""
 
-doc_distributed = """\
-devices
-    Run on several processes with Lightning (``None``, the default: this process alone). A number of
-    devices per node (GPUs, or CPU processes when ``device="cpu"``), ``-1`` for all GPUs, or a list of GPU
-    ids. Each process embeds its share of the cells (backed files: reads only its share); the embeddings
-    are gathered in cell order on every process and equal the single-process ones up to float rounding.
-    Under ``torchrun``/``srun`` pass the number of processes per node the launcher started; in a script
-    run with plain ``python``, Lightning starts the other processes by running the script again.
-num_nodes
-    Machines, for multi-node runs (``srun``, ``torchrun --nnodes``).
-strategy
-    ``"ddp"`` (default; scripts, ``torchrun``, ``srun``), ``"ddp_notebook"``/``"ddp_fork"`` (notebooks and
-    other interactive sessions; not for a TileDB-SOMA experiment, which cannot be read in forked processes),
-    or a :class:`lightning.fabric.strategies.DDPStrategy`."""
-
 
 def global_rank() -> int:
     """Rank of this process in a running process group (0 without one)."""

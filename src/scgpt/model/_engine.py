@@ -431,17 +431,6 @@ def _progress_bar(total: int, desc: str, show: bool):
     return tqdm(total=total, unit="cell", desc=desc, leave=False)
 
 
-INFERENCE_OPTIONS = (
-    "gene_key", "use_aliases", "layer", "batch_key", "max_length", "batch_size", "seed", "device", "dtype", "progress",
-)  # fmt: skip
-"""The options every caller of :func:`run_inference` takes (documented once, as ``{inference}`` in ``_docs``)."""
-
-
-def inference_options(namespace: dict[str, Any]) -> dict[str, Any]:
-    """The :data:`INFERENCE_OPTIONS` of a caller's arguments: ``run_inference(..., **inference_options(locals()))``."""
-    return {name: namespace[name] for name in INFERENCE_OPTIONS}
-
-
 @dataclass
 class InferenceResult:
     """What :func:`run_inference` produced.
@@ -486,6 +475,8 @@ def run_inference(
     max_tokens: int | None = None,
     tokens: Sequence[str] | None = None,
     chunks: Sequence[tuple[int, int]] | None = None,
+    cls: bool = True,
+    token_flags: np.ndarray | None = None,
     fn: str = "embed",
 ) -> InferenceResult:
     """Run ``model`` over the cells of ``adata`` (in memory or backed) and feed every minibatch to ``accumulator``.
@@ -518,11 +509,15 @@ def run_inference(
         length into minibatches), in this order; the accumulator's :meth:`~Accumulator.end_chunk` follows
         each. Default: all cells, in chunks of :func:`default_chunk_size`. Cells outside them are not read
         (their ``n_tokens`` stay 0). Used to share cells between processes and to resume out-of-core runs.
+    cls
+        Put ``<cls>`` first (``False`` for perturbation models, which see genes only).
+    token_flags
+        Perturbation flag of every vocabulary token (perturbation models: 1 on the target genes).
     fn
         Name used in messages.
     """
     check_adata(adata, fn=fn)
-    if max_length < 2:
+    if max_length < 1 + int(cls):
         raise ValueError(f"max_length must be at least 2 (<cls> and one gene), got {max_length}.")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
@@ -551,6 +546,8 @@ def run_inference(
         seed=seed,
         token_modality=token_modality(model),
         binary_modalities=binary_modalities(model),
+        cls=cls,
+        token_flags=token_flags,
     )
     token_to_gene = torch.full((len(model.vocab),), -1, dtype=torch.long)
     token_to_gene[torch.from_numpy(match.ids[match.matched])] = torch.from_numpy(np.flatnonzero(match.matched))
@@ -583,8 +580,8 @@ def run_inference(
                         "by binning ties, but scaled or centred values cannot be used."
                     )
                 cells = collator.tokenize(X, seed=seed)
-                n_tokens[start : start + len(cells)] = cells.lengths + 1
-                for idx in length_batches(cells.lengths + 1, batch_size, max_tokens):
+                n_tokens[start : start + len(cells)] = cells.lengths + int(cls)
+                for idx in length_batches(cells.lengths + int(cls), batch_size, max_tokens):
                     batch = collator.collate(
                         cells.take(idx),
                         batch_labels=None if labels is None else labels[start + idx],
@@ -597,7 +594,7 @@ def run_inference(
     finally:
         bar.close()
         model.net.train(was_training)
-    n_empty = int((n_tokens == 1).sum())
+    n_empty = int((n_tokens == 1).sum()) if cls else 0
     if n_empty:
         warn(
             f"{n_empty} cells express none of the model's genes; they are run from <cls> alone (all such cells "

@@ -15,7 +15,9 @@ from ..io._native import MODEL_FILE, NativeCheckpoint, is_native, load_native, l
 from ..io._official import write_official
 from ..nn import ScGPTConfig, ScGPTNet
 from ._device import resolve_device
+from ._finetune import FinetuneMixin
 from ._inference import InferenceMixin
+from ._setup import SetupMixin
 from ._training import TrainingMixin
 
 if TYPE_CHECKING:
@@ -30,7 +32,7 @@ def _demo_path() -> Path:
     return Path(str(resources.files("scgpt.model").joinpath("_demo")))
 
 
-class ScGPT(InferenceMixin, TrainingMixin):
+class ScGPT(SetupMixin, InferenceMixin, TrainingMixin, FinetuneMixin):
     """An scGPT model: network, gene vocabulary and what was learnt about the data it was set up with.
 
     Create one from published weights with :meth:`from_pretrained` (an official folder such as
@@ -91,6 +93,11 @@ class ScGPT(InferenceMixin, TrainingMixin):
         self = cls.__new__(cls)
         self._init(net, vocab, **kwargs)
         return self
+
+    def _become(self, other: ScGPT) -> None:
+        """Take over another model's network, vocabulary and records (``finetune(..., inplace=True)``)."""
+        self.__dict__.clear()
+        self.__dict__.update(other.__dict__)
 
     # ------------------------------------------------------------------ properties
     @property

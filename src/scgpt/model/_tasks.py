@@ -47,9 +47,18 @@ class Task:
     defaults
         Default training settings (``lr``, ``batch_size``, ``max_epochs``, ``validation_size``,
         ``early_stopping``, ``eps``) of the official tutorial.
-    paired
-        The task trains on (control cell, perturbed cell) pairs of a perturbation screen
-        (:mod:`scgpt.model._perturbation`) instead of on single cells.
+    data
+        What the task trains on: ``"cells"`` (each cell tokenised by the recipe) or ``"pairs"`` ((control cell,
+        perturbed cell) pairs of a perturbation screen, :mod:`scgpt.data._screen`). :meth:`data_hook` gives the
+        class that prepares either for :meth:`ScGPT.finetune <scgpt.model.ScGPT.finetune>`.
+    inference
+        How a model fine-tuned for the task reads cells for its outputs, beside the zero-shot defaults:
+        ``include_zero_genes``, ``cls_value``, ``cls`` (``<cls>`` first), ``panel`` (only the genes it was
+        fine-tuned on, ``registry_["tokens"]``). The ``max_length`` is the fine-tuning one.
+    latent
+        :meth:`ScGPT.get_latent_representation <scgpt.model.ScGPT.get_latent_representation>` of a model
+        fine-tuned for the task reads cells as ``inference`` says (the task's product is an embedding);
+        otherwise the zero-shot way.
     """
 
     name: str
@@ -62,7 +71,27 @@ class Task:
     heads: Callable[[ScGPTConfig, Mapping[str, list[str]]], dict[str, Any]] = lambda config, categories: {}
     schedule: Literal["cosine", "step", "constant"] = "cosine"
     defaults: Mapping[str, Any] = field(default_factory=dict)
-    paired: bool = False
+    data: Literal["cells", "pairs"] = "cells"
+    inference: Mapping[str, Any] = field(default_factory=dict)
+    latent: bool = False
+
+    def data_hook(self) -> type:
+        """The class that prepares this task's training data (``CellData`` or ``PairData``)."""
+        if self.data == "pairs":
+            from ._perturbation import PairData
+
+            return PairData
+        from ._celldata import CellData
+
+        return CellData
+
+    def inference_options(self, registry: Mapping[str, Any]) -> dict[str, Any]:
+        """Keyword arguments of the inference engine for a model fine-tuned for this task (its ``registry_``)."""
+        options = {k: v for k, v in self.inference.items() if k != "panel"}
+        options["max_length"] = int(registry.get("last_recipe", {}).get("max_length", self.recipe.max_length))
+        if self.inference.get("panel"):
+            options["tokens"] = registry.get("tokens")
+        return options
 
 
 def _integration_heads(config: ScGPTConfig, categories: Mapping[str, list[str]]) -> dict[str, Any]:
@@ -140,6 +169,7 @@ TASKS: dict[str, Task] = {
             heads=lambda config, categories: {"n_cls": len(categories["labels"]), "mvc_style": None},  # no GEPC
             schedule="step",
             defaults={"lr": 1e-4, "batch_size": 32, "max_epochs": 10, "validation_size": 0.1, "early_stopping": True},
+            inference={"cls_value": 0.0},
         ),
         # Tutorial_Integration: GEP + GEPC + explicit zero probabilities + ECS(0.8, x10) + DAB(1) + DSBN, mask 0.4,
         # HVGs with zeros, lr 1e-4, StepLR 0.9, 15 epochs, batch 64, Adam eps 1e-4 (AMP), per-batch minibatches
@@ -162,6 +192,8 @@ TASKS: dict[str, Task] = {
             heads=_integration_heads,
             schedule="step",
             defaults={"lr": 1e-4, "batch_size": 64, "max_epochs": 15, "validation_size": 0.1, "eps": 1e-4},
+            inference={"include_zero_genes": True, "cls_value": 0.0, "panel": True},
+            latent=True,
         ),
         # Tutorial_Multiomics: RNA HVGs with zeros + the other modalities' features as tokens with modality ids,
         # binned per modality; GEP + GEPC (+ DAB over batches, batch labels joined to the decoders), mask 0.4.
@@ -185,6 +217,8 @@ TASKS: dict[str, Task] = {
             heads=_multiomic_heads,
             schedule="step",
             defaults={"lr": 1e-4, "batch_size": 32, "max_epochs": 25, "validation_size": 0.1, "eps": 1e-4},
+            inference={"include_zero_genes": True, "cls_value": 0.0, "panel": True},
+            latent=True,
         ),
         # Tutorial_Perturbation (TransformerGenerator): a random control cell's un-binned log1p(normalize_total)
         # values over the gene panel (zeros included, no <cls>) with flags on the target genes -> a cell of that
@@ -207,7 +241,8 @@ TASKS: dict[str, Task] = {
             heads=_perturbation_heads,
             schedule="step",
             defaults={"lr": 1e-4, "batch_size": 64, "max_epochs": 15, "validation_size": 0.1, "early_stopping": True},
-            paired=True,
+            data="pairs",
+            inference={"include_zero_genes": True, "cls": False, "panel": True},
         ),
     )
 }

@@ -11,9 +11,7 @@ import scipy.sparse as sp
 from .._anndata import check_key_added, check_values, iter_row_chunks, record, warn_overwrite, writable
 from .._docs import doc_params
 from .._logging import logger
-from ..data._binning import bin_csr
-from ..data._genes import gene_names
-from ..data._random import cell_keys, gene_keys
+from ..data import bin_csr, cell_keys, gene_keys, gene_names
 
 if TYPE_CHECKING:
     from anndata import AnnData

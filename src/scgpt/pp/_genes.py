@@ -10,8 +10,7 @@ from .._anndata import check_key_added, record, warn_overwrite, writable
 from .._docs import doc_params
 from .._logging import logger
 from .._settings import settings
-from ..data._genes import default_vocab, match_adata
-from ..data._vocab import GeneVocab
+from ..data import GeneVocab, default_vocab, match_adata
 from ..model import ScGPT, resolve_model
 
 if TYPE_CHECKING:

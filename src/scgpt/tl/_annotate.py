@@ -12,8 +12,7 @@ import pandas as pd
 from .._anndata import check_adata, check_key_added, missing_values, record, warn_overwrite, writable
 from .._docs import doc_params
 from .._logging import logger, warn
-from ..model import CellRows, ScGPT, resolve_model, run_inference
-from ..model._training import label_codes
+from ..model import ScGPT, label_codes, resolve_model
 from ._reference import (
     EXACT_MAX_CELLS,
     ReferenceIndex,
@@ -87,7 +86,7 @@ def _knn_index(
         model_obj, model_name = resolve_model(model)
         logger.info(f"embedding {reference.n_obs} reference and {adata.n_obs} query cells")
         kw = {**inference, "max_length": max_length or 1200}
-        ref_emb = run_inference(model_obj, reference, CellRows(normalize=True), fn="annotate (reference)", **kw).output
+        ref_emb = model_obj.get_latent_representation(reference, **kw)
     index = index_embeddings(
         ref_emb, codes, classes, labels_key=labels_key, use_rep=use_rep, backend=knn_backend,
         n_neighbors=10 if n_neighbors is None else n_neighbors, seed=inference["seed"],
@@ -217,7 +216,7 @@ def annotate(
                 **inference,
                 "max_length": max_length or (index.fingerprint.get("embedding") or {}).get("max_length") or 1200,
             }
-            qry_emb = run_inference(model_obj, adata, CellRows(normalize=True), fn="annotate", **kw).output
+            qry_emb = model_obj.get_latent_representation(adata, **kw)
         qry_emb = index.check_query(qry_emb, use_rep=use_rep)
         best, confidence = index.predict_codes(qry_emb, n_neighbors)
         classes, labels_key = index.classes, index.labels_key

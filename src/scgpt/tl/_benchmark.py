@@ -161,7 +161,7 @@ def benchmark_integration(
             counts = tmp.copy()
             counts.X = counts.layers["counts"]
             scvi.model.SCVI.setup_anndata(counts, batch_key=batch_key)
-            from ..train._runner import quiet_training
+            from ..train import quiet_training
 
             vae = scvi.model.SCVI(counts, n_latent=30)
             with quiet_training():

@@ -11,16 +11,20 @@ import numpy as np
 from .._anndata import record, resolve_target, warn_overwrite
 from .._docs import doc_params
 from .._logging import logger
-from ..model import CellRows, ScGPT, resolve_model, run_inference
-from ..model._distributed import doc_distributed, run_sharded
-from ..model._engine import inference_options
+from ..model import ScGPT, resolve_model
 
 if TYPE_CHECKING:
     from anndata import AnnData
     from mudata import MuData
 
 
-@doc_params(distributed=doc_distributed)
+@doc_params(
+    max_length="""\
+max_length
+    Tokens per cell including ``<cls>``; ``None``: 1,200 (the official default), or the fine-tuning length for a
+    model fine-tuned for integration (which reads cells as in its fine-tuning). Cells expressing more genes keep a
+    seeded random subset."""
+)
 def embed(
     adata: AnnData | MuData,
     model: ScGPT | str | os.PathLike | None = None,
@@ -29,7 +33,7 @@ def embed(
     use_aliases: bool = True,
     layer: str | None = None,
     batch_key: str | None = None,
-    max_length: int = 1200,
+    max_length: int | None = None,
     batch_size: int = 64,
     seed: int = 0,
     device: str | None = None,
@@ -60,7 +64,16 @@ def embed(
         Cells x genes with raw counts (in memory, backed, a zarr store on disk, or a TileDB-SOMA experiment
         opened with :func:`scgpt.data.open_soma`), or a MuData whose ``mod`` modality holds them.
     {model}
-    {inference}
+    {gene_key}
+    {use_aliases}
+    {layer}
+    {batch_key}
+    {max_length}
+    {batch_size}
+    {seed}
+    {device}
+    {dtype}
+    {progress}
     {distributed}
     key_added
         Key of the ``obsm`` (and ``varm``, ``uns``) entries written.
@@ -96,12 +109,23 @@ def embed(
     cells = target.adata
     model_obj, model_name = resolve_model(model)
     logger.info(f"computing scGPT embeddings of {cells.n_obs} cells")
-    if devices is None:
-        res = run_inference(model_obj, cells, CellRows(normalize=True), **inference_options(locals()))
-    else:
-        res = run_sharded(
-            model_obj, cells, devices=devices, num_nodes=num_nodes, strategy=strategy, **inference_options(locals())
-        )
+    res = model_obj.get_latent_representation(
+        cells,
+        gene_key=gene_key,
+        use_aliases=use_aliases,
+        layer=layer,
+        batch_key=batch_key,
+        max_length=max_length,
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        dtype=dtype,
+        progress=progress,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=strategy,
+        return_info=True,
+    )
     warn_overwrite(cells, "obsm", key_added, fn="embed", copy=copy)
     added = target.write_obsm(key_added, res.output, "cell embeddings")
     if genes:

@@ -25,9 +25,8 @@ import scipy.sparse as sp
 from .._anndata import actual_if_view, check_adata, log_normalized, missing_values, record, warn_overwrite
 from .._docs import doc_params
 from .._logging import logger
-from ..data import match_genes
-from ..data._genes import gene_names
-from ..model import GenePairs, rank_normalize, resolve_model, run_inference
+from ..data import gene_names, match_genes
+from ..model import resolve_model
 from ._hvg import variable_genes
 
 if TYPE_CHECKING:
@@ -303,7 +302,7 @@ def _source_columns(adata: AnnData, cols: np.ndarray, tfs: Sequence[str] | None,
         return np.flatnonzero(np.isin(adata.var_names[cols], names))
     if method == "embedding":
         return np.arange(len(cols))
-    from ..datasets._grn import transcription_factors
+    from ..datasets import transcription_factors
 
     pos = np.flatnonzero(np.isin(adata.var_names[cols], transcription_factors()))
     if not len(pos):
@@ -350,28 +349,49 @@ def _attention_maps(
     inference: dict,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mean attention maps ``(n_groups, n, n)`` over the genes ``cols`` (row = query), and cells per group."""
-    sub = adata[:, cols]
-    res = run_inference(
-        model,
-        sub,
-        GenePairs(
-            layers=layers,
-            heads=heads,
-            softmax=scores == "softmax",
-            groups=groups,
-            per_cell=rank_normalize if rank else None,
-        ),
+    maps = model.get_attention(
+        adata[:, cols],
+        layers=layers,
+        heads=heads,
+        softmax=scores == "softmax",
+        rank_normalize=rank,
+        groups=groups,
         include_zero_genes=include_zero_genes,
         tokens=[tokens[c] for c in cols],
-        max_length=len(cols) + 1,
-        fn="infer_grn",
         **inference,
     )
-    out = res.output
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = out["sums"] / out["counts"]
-    mean[out["counts"] == 0] = np.nan
-    return mean, out["n_cells"]
+    return maps.mean, maps.n_cells
+
+
+def _check_options(
+    method: str, scores: str, top_k: int | None, groupby: str | None, reference_group: str | None, *, fn: str
+) -> None:
+    """Clear errors for :func:`infer_grn` options that do not fit together, before any work."""
+    if method not in ("embedding", "attention"):
+        raise ValueError(f"{fn}: method must be 'embedding' or 'attention', got {method!r}.")
+    if scores not in ("qk", "softmax"):
+        raise ValueError(f"{fn}: scores must be 'qk' or 'softmax', got {scores!r}.")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"{fn}: top_k must be positive or None, got {top_k}.")
+    if method == "embedding" and groupby is not None:
+        raise ValueError(f"{fn}: gene embeddings do not depend on cells; `groupby` needs method='attention'.")
+    if reference_group is not None and groupby is None:
+        raise ValueError(f"{fn}: `reference_group` needs `groupby`.")
+
+
+def _layers_and_heads(model: ScGPT, layers, heads, *, fn: str) -> tuple[list[int], str | list[int]]:
+    """The layer indices and head indices (or ``"mean"``) of an attention network, checked against the model."""
+    n_layers = model.config.n_layers
+    layer_list = [layers] if isinstance(layers, int | np.integer) else list(layers)
+    bad = [i for i in layer_list if not -n_layers <= i < n_layers]
+    if bad:
+        raise IndexError(f"{fn}: layer indices {bad} are out of range for a model with {n_layers} layers.")
+    if isinstance(heads, str) and heads != "mean":
+        raise ValueError(f"{fn}: heads must be 'mean' or head indices, got {heads!r}.")
+    head_list = "mean" if isinstance(heads, str) else ([heads] if isinstance(heads, int | np.integer) else list(heads))
+    if head_list != "mean" and not all(0 <= h < model.config.n_heads for h in head_list):
+        raise IndexError(f"{fn}: head indices {head_list} are out of range for {model.config.n_heads} heads.")
+    return layer_list, head_list
 
 
 @doc_params()
@@ -485,30 +505,12 @@ def infer_grn(
     start = time.perf_counter()
     fn = "infer_grn"
     check_adata(adata, fn=fn)
-    if method not in ("embedding", "attention"):
-        raise ValueError(f"{fn}: method must be 'embedding' or 'attention', got {method!r}.")
-    if scores not in ("qk", "softmax"):
-        raise ValueError(f"{fn}: scores must be 'qk' or 'softmax', got {scores!r}.")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"{fn}: top_k must be positive or None, got {top_k}.")
-    if method == "embedding" and groupby is not None:
-        raise ValueError(f"{fn}: gene embeddings do not depend on cells; `groupby` needs method='attention'.")
-    if reference_group is not None and groupby is None:
-        raise ValueError(f"{fn}: `reference_group` needs `groupby`.")
+    _check_options(method, scores, top_k, groupby, reference_group, fn=fn)
     groups, group_names = _groups(adata, groupby, reference_group, fn=fn)
     adata = adata.copy() if copy else adata
     actual_if_view(adata, fn=fn)
     model_obj, model_name = resolve_model(model)
-    n_layers = model_obj.config.n_layers
-    layer_list = [layers] if isinstance(layers, int | np.integer) else list(layers)
-    bad = [i for i in layer_list if not -n_layers <= i < n_layers]
-    if bad:
-        raise IndexError(f"{fn}: layer indices {bad} are out of range for a model with {n_layers} layers.")
-    if isinstance(heads, str) and heads != "mean":
-        raise ValueError(f"{fn}: heads must be 'mean' or head indices, got {heads!r}.")
-    head_list = "mean" if isinstance(heads, str) else ([heads] if isinstance(heads, int | np.integer) else list(heads))
-    if head_list != "mean" and not all(0 <= h < model_obj.config.n_heads for h in head_list):
-        raise IndexError(f"{fn}: head indices {head_list} are out of range for {model_obj.config.n_heads} heads.")
+    layer_list, head_list = _layers_and_heads(model_obj, layers, heads, fn=fn)
 
     known, tokens = _known_genes(adata, model_obj, gene_key=gene_key, use_aliases=use_aliases, fn=fn)
     token_of = dict(zip(known.tolist(), tokens, strict=True))

@@ -16,7 +16,7 @@ import scipy.sparse as sp
 
 from .._anndata import get_matrix
 from .._logging import logger
-from ..data._genes import GeneMatch, match_adata
+from ..data import GeneMatch, match_adata
 from ..model import ScGPT, feature_token
 from ._hvg import log1p_variance_rank
 

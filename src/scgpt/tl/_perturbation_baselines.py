@@ -21,7 +21,7 @@ import pandas as pd
 
 from .._anndata import log_normalized
 from .._logging import logger, warn
-from ..data._perturbation import parse_perturbation, perturbation_label, perturbation_labels
+from ..data import parse_perturbation, perturbation_label, perturbation_labels
 
 if TYPE_CHECKING:
     from anndata import AnnData

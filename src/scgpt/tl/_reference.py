@@ -705,8 +705,7 @@ def build_reference(
     ... )
     >>> scgpt.tl.annotate(query, "scGPT_human", method="knn", reference="scGPT_human/reference_atlas")  # doctest: +SKIP
     """
-    from ..model import CellRows, resolve_model, run_inference
-    from ..model._training import label_codes
+    from ..model import label_codes, resolve_model
 
     start = time.perf_counter()
     if use_rep is None or type(reference).__name__ != "AnnData" or reference.n_obs == 0:
@@ -717,10 +716,7 @@ def build_reference(
         model_obj, model_name = resolve_model(model)
         cells = reference if keep.all() else reference[keep]
         logger.info(f"embedding {cells.n_obs:,} reference cells")
-        emb = run_inference(
-            model_obj, cells, CellRows(normalize=True), fn="build_reference", max_length=max_length, seed=seed,
-            **inference,
-        ).output  # fmt: skip
+        emb = model_obj.get_latent_representation(cells, max_length=max_length, seed=seed, **inference)
         fingerprint.update(
             model=model_fingerprint(model_obj), model_name=model_name, embedding={"max_length": max_length}
         )

@@ -31,6 +31,10 @@ def warmup_cosine(step: int, *, warmup: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+PLAN_OPTIONS = ("lr", "weight_decay", "eps", "schedule", "warmup_steps", "step_gamma")
+"""The optimiser and schedule options of :class:`ScGPTTrainingPlan` (``ScGPT.train(plan_kwargs=...)``)."""
+
+
 class ScGPTTrainingPlan(pl.LightningModule):
     """Trains an :class:`~scgpt.nn.ScGPTNet` on the objectives of a :class:`~scgpt.train.Recipe`.
 
