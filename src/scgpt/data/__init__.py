@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from .._lazy import lazy_attributes
 from ._genes import GeneMatch, match_genes
+from ._orthologs import ORGANISMS, ortholog_table
 from ._perturbation import (
     PerturbationSplit,
     from_gears,
@@ -40,6 +41,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 __all__ = [
+    "ORGANISMS",
     "AnnDataSource",
     "CellBatch",
     "CellLoader",
@@ -54,6 +56,7 @@ __all__ = [
     "from_gears",
     "match_genes",
     "open_soma",
+    "ortholog_table",
     "parse_perturbation",
     "perturbation_label",
     "split_perturbations",

@@ -308,12 +308,12 @@ def _species_hint(names: np.ndarray) -> str:
 
 
 def _gene_threshold(match: GeneMatch) -> float:
-    """Below this share of matched genes :func:`check_coverage` warns (many genes of another species have no ortholog)."""
+    """Below this share of matched genes :func:`check_coverage` warns (another species: many genes have no ortholog)."""
     return 0.5 if match.organism == "human" else 0.25
 
 
 def check_coverage(match: GeneMatch, *, fn: str) -> GeneMatch:
-    """Errors at zero overlap and for a wrong ``organism``; a warning below 50 % of the genes (25 % for another species)."""
+    """Errors at zero overlap and for a wrong ``organism``; warns when few genes match (50 %, other species 25 %)."""
     rep = match.report()
     if match.organism not in ("human", "custom"):
         known = float((match.orthology != "").mean()) if len(match.names) else 0.0
@@ -372,9 +372,7 @@ def check_counts(summary: dict[str, float], match: GeneMatch, *, fn: str) -> Non
             " Check that the genes are human symbols or Ensembl ids (`gene_key=` names a var column with them)."
         )
     elif match.orthologs == "one2one":
-        todo = (
-            " orthologs='all' also reads one-to-many and many-to-one orthologs; check `organism=` and `gene_key=`."
-        )
+        todo = " orthologs='all' also reads one-to-many and many-to-one orthologs; check `organism=` and `gene_key=`."
     else:
         todo = " Check `organism=` and `gene_key=`."
     warn(

@@ -82,9 +82,7 @@ ORGANISMS: dict[str, Organism] = {
     "pig": Organism("Sus scrofa", "Ensembl 110", "Ensembl110_Human2Pig_Genes.csv", r"ENSSSCG\d{11}", ("sscrofa",)),
     "rat": Organism("Rattus norvegicus", "HomoloGene", id_pattern=r"ENSRNOG\d{11}", aliases=("rnorvegicus",)),
     "chimpanzee": Organism("Pan troglodytes", "HomoloGene", id_pattern=r"ENSPTRG\d{11}", aliases=("ptroglodytes",)),
-    "dog": Organism(
-        "Canis lupus familiaris", "HomoloGene", id_pattern=r"ENSCAFG\d{11}", aliases=("canis familiaris",)
-    ),
+    "dog": Organism("Canis lupus familiaris", "HomoloGene", id_pattern=r"ENSCAFG\d{11}", aliases=("canis familiaris",)),
     "cow": Organism("Bos taurus", "HomoloGene", id_pattern=r"ENSBTAG\d{11}", aliases=("btaurus", "cattle")),
     "chicken": Organism("Gallus gallus", "HomoloGene", id_pattern=r"ENSGALG\d{11}", aliases=("ggallus",)),
     "zebrafish": Organism("Danio rerio", "HomoloGene", id_pattern=r"ENSDARG\d{11}", aliases=("drerio",)),
@@ -95,7 +93,9 @@ ORGANISMS: dict[str, Organism] = {
     "worm": Organism(
         "Caenorhabditis elegans", "HomoloGene", id_pattern=r"WBGene\d{8}", aliases=("c. elegans", "celegans")
     ),
-    "arabidopsis": Organism("Arabidopsis thaliana", "HomoloGene", id_pattern=r"AT[1-5CM]G\d{5}", aliases=("athaliana",)),
+    "arabidopsis": Organism(
+        "Arabidopsis thaliana", "HomoloGene", id_pattern=r"AT[1-5CM]G\d{5}", aliases=("athaliana",)
+    ),
 }
 """The species that ``organism=`` accepts (also by Latin name and the aliases), with their sources."""
 
@@ -191,7 +191,7 @@ def gene_ids(organism: str) -> dict[str, str]:
 
 
 def source_symbols(names: np.ndarray, organism: str, symbols: set[str]) -> tuple[np.ndarray, np.ndarray]:
-    """The species symbol of each name (a symbol of ``symbols`` or an Ensembl id of the species) and whether it was an id.
+    """The species' symbol of each name (in ``symbols``, or by the species' Ensembl id) and whether it was an id.
 
     Names found neither way get ``""``.
     """

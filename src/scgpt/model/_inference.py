@@ -34,6 +34,8 @@ class InferenceMixin:
         device: str | torch.device | None = None,
         dtype: str | None = None,
         progress: bool | None = None,
+        organism: str = "human",
+        orthologs: str = "one2one",
         devices: int | str | list[int] | None = None,
         num_nodes: int = 1,
         strategy: str | Any | None = None,
@@ -45,6 +47,7 @@ class InferenceMixin:
         adata
             Cells to embed (raw counts); default: the bound AnnData.
         {inference}
+        {organism}
         {distributed}
 
         Returns
@@ -60,10 +63,18 @@ class InferenceMixin:
                 num_nodes=num_nodes,
                 strategy=strategy,
                 **inference_options(locals()),
+                organism=organism,
+                orthologs=orthologs,
                 fn="get_latent_representation",
             ).output
         return run_inference(
-            self, adata, CellRows(normalize=True), **inference_options(locals()), fn="get_latent_representation"
+            self,
+            adata,
+            CellRows(normalize=True),
+            **inference_options(locals()),
+            organism=organism,
+            orthologs=orthologs,
+            fn="get_latent_representation",
         ).output
 
     @doc_params()

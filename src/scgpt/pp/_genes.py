@@ -12,7 +12,14 @@ from .._anndata import check_key_added, record, warn_overwrite, writable
 from .._docs import doc_params
 from .._logging import logger
 from .._settings import settings
-from ..data._genes import adata_counts_fraction, check_counts, counts_summary, default_vocab, describe_match, match_adata
+from ..data._genes import (
+    adata_counts_fraction,
+    check_counts,
+    counts_summary,
+    default_vocab,
+    describe_match,
+    match_adata,
+)
 from ..data._vocab import GeneVocab
 from ..model import ScGPT, resolve_model
 

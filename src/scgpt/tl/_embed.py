@@ -11,6 +11,7 @@ import numpy as np
 from .._anndata import record, resolve_target, warn_overwrite
 from .._docs import doc_params
 from .._logging import logger
+from ..data._genes import adata_counts_fraction, check_counts, counts_summary, describe_match
 from ..model import CellRows, ScGPT, resolve_model, run_inference
 from ..model._distributed import doc_distributed, run_sharded
 from ..model._engine import inference_options
@@ -35,6 +36,8 @@ def embed(
     device: str | None = None,
     dtype: str | None = None,
     progress: bool | None = None,
+    organism: str = "human",
+    orthologs: str = "one2one",
     devices: int | str | list[int] | None = None,
     num_nodes: int = 1,
     strategy: str | Any | None = None,
@@ -61,6 +64,7 @@ def embed(
         opened with :func:`scgpt.data.open_soma`), or a MuData whose ``mod`` modality holds them.
     {model}
     {inference}
+    {organism}
     {distributed}
     key_added
         Key of the ``obsm`` (and ``varm``, ``uns``) entries written.
@@ -79,7 +83,10 @@ def embed(
     ``adata.varm[key_added]`` : :class:`numpy.ndarray` (n_vars, d_model), float32
         Gene embeddings (``genes=True``); NaN for genes outside the vocabulary.
     ``adata.uns[key_added]`` : dict
-        ``params``, the vocabulary coverage (``n_genes_matched``, ``n_genes``) and ``mean_tokens_per_cell``.
+        ``params``, the vocabulary coverage (``n_genes_matched``, ``n_genes``), ``mean_tokens_per_cell`` and
+        ``counts_fraction`` (``median``, ``p5``, ``min`` over cells of the share of a cell's counts in genes the
+        model reads); for another species also ``orthologs_report`` (genes by orthology and by what became of
+        them, see :func:`scgpt.pp.align_vocab`).
 
     For a MuData, the modality gets these fields, ``mdata.obsm[key_added]`` holds the cell
     embeddings aligned to ``mdata.obs_names`` (NaN for cells absent from the modality) and
@@ -89,6 +96,7 @@ def embed(
     --------
     >>> import scgpt
     >>> scgpt.tl.embed(adata, "path/to/scGPT_human")  # doctest: +SKIP
+    >>> scgpt.tl.embed(mouse, "path/to/scGPT_human", organism="mouse")  # doctest: +SKIP
     >>> sc.pp.neighbors(adata, use_rep="X_scGPT")  # doctest: +SKIP
     """
     start = time.perf_counter()
@@ -96,12 +104,19 @@ def embed(
     cells = target.adata
     model_obj, model_name = resolve_model(model)
     logger.info(f"computing scGPT embeddings of {cells.n_obs} cells")
+    species = {"organism": organism, "orthologs": orthologs}
     if devices is None:
-        res = run_inference(model_obj, cells, CellRows(normalize=True), **inference_options(locals()))
+        res = run_inference(model_obj, cells, CellRows(normalize=True), **inference_options(locals()), **species)
     else:
         res = run_sharded(
-            model_obj, cells, devices=devices, num_nodes=num_nodes, strategy=strategy, **inference_options(locals())
-        )
+            model_obj, cells, devices=devices, num_nodes=num_nodes, strategy=strategy, **inference_options(locals()),
+            **species,
+        )  # fmt: skip
+    rep = res.match.report()
+    counts = counts_summary(adata_counts_fraction(cells, res.match, layer=layer))
+    for line in describe_match(rep, counts):
+        logger.info(f"    {line}")
+    check_counts(counts, res.match, fn="embed")
     warn_overwrite(cells, "obsm", key_added, fn="embed", copy=copy)
     added = target.write_obsm(key_added, res.output, "cell embeddings")
     if genes:
@@ -122,8 +137,12 @@ def embed(
         "seed": seed,
         "dtype": res.dtype,
         "genes": genes,
+        "organism": res.match.organism,
+        "orthologs": orthologs,
     }
-    rep = res.match.report()
+    extra = {}
+    if res.match.organism != "human":
+        extra["orthologs_report"] = {k: rep[k] for k in ("orthology", "by_reason", "n_by_id", "n_summed")}
     record(
         cells,
         key_added,
@@ -133,6 +152,8 @@ def embed(
         n_genes_matched=rep["n_matched"],
         n_genes=rep["n_genes"],
         mean_tokens_per_cell=float(res.n_tokens.mean()),
+        counts_fraction=counts,
+        **extra,
     )
     target.write_uns(key_added)
     return target.returned if copy else None
