@@ -159,3 +159,18 @@ def test_many_to_one_counts_are_summed(cells, demo):
         share = (other[:, 2] + other[:, 4]).astype(np.float64) / other.sum(1)
     np.testing.assert_allclose(strict.obs["id_in_vocab_fraction"], share, rtol=1e-12)
     assert strict.uns["id_in_vocab"]["counts_fraction"]["median"] == pytest.approx(np.nanmedian(share), rel=1e-12)
+
+
+def test_sources_read_another_species_in_vocabulary_space():
+    """Catches a training source that drops the second gene of a many-to-one pair instead of summing it."""
+    from scgpt.data import AnnDataSource
+
+    vocab = GeneVocab.default()
+    table = pd.DataFrame([("x1", "CD3E"), ("x2", "CD3E"), ("y", "MS4A1")], columns=["gene", "human"])
+    X = np.array([[1, 2, 3], [0, 5, 0]], dtype=np.float32)
+    cells = ad.AnnData(sp.csr_matrix(X))
+    cells.var_names = ["x1", "x2", "y"]
+    src = AnnDataSource.matched(cells, vocab, organism=table, orthologs="all", fn="test")
+    rows = src.rows(np.array([0, 1])).toarray()
+    assert rows[:, vocab["CD3E"]].tolist() == [3, 5] and rows[:, vocab["MS4A1"]].tolist() == [3, 0]
+    assert rows.sum() == X.sum() and sorted(src.present_tokens()) == sorted([vocab["CD3E"], vocab["MS4A1"]])
