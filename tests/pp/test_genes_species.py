@@ -62,7 +62,7 @@ def test_wrong_organism_is_an_error_naming_the_likely_species(mouse_like, pbmc):
                                          r"Pass organism='mouse'"):  # fmt: skip
         scgpt.pp.align_vocab(mouse_only, organism="zebrafish")
     with pytest.raises(ValueError, match=r"organism='mouse', but only 0% .* look like 'human' genes .* "
-                                         r"Pass organism='human'"):  # fmt: skip
+                                         r"Pass organism='human' \(the default\)\. If they are mouse genes written in upper case"):  # fmt: skip
         scgpt.pp.align_vocab(pbmc, organism="mouse")
     with pytest.raises(ValueError, match="organism='martian' is not a species"):
         scgpt.pp.align_vocab(pbmc, organism="martian")

@@ -19,6 +19,7 @@ import scipy.sparse as sp
 
 from .._logging import warn
 from ._orthologs import (
+    HUMAN_LIKE,
     ORTHOLOGY,
     check_orthologs,
     classify,
@@ -325,10 +326,16 @@ def check_coverage(match: GeneMatch, *, fn: str) -> GeneMatch:
                     if "human" in likely
                     else f"organism={[o for o in likely if o != 'human'][0]!r}"
                 )
+                case = (
+                    f" If they are {match.organism} genes written in upper case, spell them as the species does "
+                    "(e.g. Cd3e) first."
+                    if "human" in likely and match.organism not in HUMAN_LIKE
+                    else ""
+                )
                 raise ValueError(
                     f"{fn}: organism={match.organism!r}, but only {known:.0%} of the {rep['n_genes']} genes are "
                     f"{match.organism} genes of the ortholog table; they look like {describe(likely)} genes (e.g. "
-                    f"{[str(x) for x in match.names[:3]]}). Pass {fix}."
+                    f"{[str(x) for x in match.names[:3]]}). Pass {fix}.{case}"
                 )
     if rep["n_matched"] == 0:
         if match.organism == "human":
