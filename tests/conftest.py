@@ -127,3 +127,37 @@ def write_soma():
         return str(uri)
 
     return write
+
+
+@pytest.fixture(scope="session")
+def mouse_round_trip():
+    """``mouse_round_trip(human, vocab)``: human cells renamed to their mouse one-to-one orthologs (round-trip tests).
+
+    Returns ``(human_restricted, mouse_symbols, mouse_ids, keep_ids)``: the cells on the genes whose token has a
+    one-to-one mouse ortholog in the bundled table, the same cells named by that ortholog, and the genes of
+    ``human_restricted[:, keep_ids]`` named by the mouse Ensembl id (with a version suffix) of their ortholog.
+    """
+    from scgpt.data import match_genes, ortholog_table
+    from scgpt.data._genes import _to_vocab
+    from scgpt.data._orthologs import gene_ids
+
+    def build(human, vocab):
+        table = ortholog_table("mouse")
+        one = table[table.orthology == "one2one"]
+        tok, _ = _to_vocab(one.human.to_numpy(object), vocab, True)
+        mouse_of_token = {int(t): g for t, g in zip(tok, one.gene) if t >= 0}
+        ids = match_genes(human.var_names, vocab).ids
+        mouse = np.array([mouse_of_token.get(int(t), "") for t in ids], dtype=object)
+        keep = mouse != ""
+        restricted = human[:, keep].copy()
+        renamed = restricted.copy()
+        renamed.var_names = list(mouse[keep])
+        ids_of = {}
+        for eid, gene in gene_ids("mouse").items():
+            ids_of.setdefault(gene, []).append(eid)
+        unique = np.array([len(ids_of.get(g, [])) == 1 for g in renamed.var_names])
+        by_id = restricted[:, unique].copy()
+        by_id.var_names = [f"{ids_of[g][0]}.{3 + i % 5}" for i, g in enumerate(renamed.var_names[unique])]
+        return restricted, renamed, by_id, unique
+
+    return build

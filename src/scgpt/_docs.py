@@ -65,6 +65,15 @@ doc_progress = """\
 progress
     Show a progress bar (default: ``scgpt.settings.progress``)."""
 
+doc_organism = """\
+organism
+    Species of the genes: ``"human"`` (default), or ``"mouse"``, ``"macaque"``, ``"pig"``, ... (see
+    :func:`scgpt.pp.align_vocab`), whose genes (symbols, or mouse Ensembl ids) are read as their human
+    orthologs through the bundled tables.
+orthologs
+    ``"one2one"`` (default): one-to-one orthologs only; ``"all"``: also one-to-many orthologs (counts go to
+    one human gene) and many-to-one orthologs (the counts of the genes with one human ortholog summed)."""
+
 doc_copy = """\
 copy
     Return a modified copy instead of writing to the input."""

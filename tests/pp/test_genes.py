@@ -23,7 +23,10 @@ def test_symbols_previous_symbols_and_aliases(pbmc):
     vocab = GeneVocab.default()
     ids = pbmc.var["id_in_vocab"]
     assert ids["IGJ"] == vocab["JCHAIN"] and ids["SEPT7"] == vocab["SEPTIN7"] and ids["CD3E"] == vocab["CD3E"]
-    assert rep["params"] == {"vocab": "default", "gene_key": None, "use_aliases": True}
+    assert rep["params"] == {
+        "vocab": "default", "gene_key": None, "use_aliases": True, "organism": "human", "orthologs": "one2one",
+        "layer": None,
+    }  # fmt: skip
     exact = scgpt.pp.align_vocab(pbmc, use_aliases=False, key_added="exact", copy=True)
     assert exact.uns["exact"]["n_matched"] == 705
 

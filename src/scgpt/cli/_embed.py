@@ -76,6 +76,20 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--key-added", default="X_scGPT", metavar="KEY", help="obsm key of the embeddings")
     p.add_argument("--batch-key", metavar="KEY", help="obs column with batches (only for batch-conditioned models)")
     p.add_argument("--no-aliases", action="store_true", help="match gene names exactly (as the official code)")
+    p.add_argument(
+        "--organism",
+        default="human",
+        metavar="SPECIES",
+        help="species of the genes: human, mouse, macaque, cynomolgus, pig, rat, ... (or a Latin name); another "
+        "species' genes are read as their human orthologs (bundled tables; see scgpt.pp.align_vocab)",
+    )
+    p.add_argument(
+        "--orthologs",
+        choices=("one2one", "all"),
+        default="one2one",
+        help="with --organism: one-to-one orthologs only, or all (counts of several genes with one human "
+        "ortholog summed)",
+    )
     p.add_argument("--max-length", type=int, default=1200, metavar="N", help="tokens per cell incl. <cls>")
     p.add_argument("--batch-size", type=int, default=64, metavar="N", help="cells per forward pass")
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: the best available)")
@@ -116,6 +130,7 @@ def run(args: argparse.Namespace) -> None:
         raise CLIError("no model: pass --model PATH (an scGPT model folder, or 'demo') or set $SCGPT_MODEL")
     check_model(model)
     check_input(args.input, soma=True)
+    species = _species_options(args)
     out_path = Path(args.output).expanduser()
     if args.backed and args.input != PBMC68K and out_path.resolve() == Path(args.input).expanduser().resolve():
         raise CLIError("with --backed, --output must differ from --input")
@@ -129,12 +144,13 @@ def run(args: argparse.Namespace) -> None:
         device = args.device or device.type  # the kind of device; the GPUs are chosen by --devices
     adata, layer, selection = _read_input(args)
     if args.backed:
-        return _run_out_of_core(args, model, adata, layer, selection, device, out_path)
+        return _run_out_of_core(args, model, adata, layer, selection, device, out_path, species)
     embed(
         adata,
         model,
         gene_key=args.gene_key,
         use_aliases=not args.no_aliases,
+        **species,
         layer=layer,
         batch_key=args.batch_key,
         max_length=args.max_length,
@@ -197,6 +213,21 @@ def _read_input(args: argparse.Namespace) -> tuple[AnnData, str | None, dict]:
     return adata, None, selection
 
 
+def _species_options(args: argparse.Namespace) -> dict:
+    """``organism``/``orthologs`` for the embedding: empty for human genes (so that earlier runs resume as before)."""
+    from ..data import resolve_organism
+
+    try:
+        organism = resolve_organism(args.organism)
+    except ValueError as e:
+        raise CLIError(f"--organism {args.organism}: {e.args[0]}") from None
+    if organism == "human":
+        if args.orthologs != "one2one":
+            raise CLIError("--orthologs is for another species' genes: pass --organism too")
+        return {}
+    return {"organism": organism, "orthologs": args.orthologs}
+
+
 def _distributed_options(args: argparse.Namespace) -> dict:
     if args.devices is None:
         return {}
@@ -211,6 +242,7 @@ def _run_out_of_core(
     selection: dict,
     device,
     out_path: Path,
+    species: dict,
 ) -> None:
     """``--backed``: embeddings into the chunk folder OUTPUT.parts (resuming from it), then into OUTPUT."""
     import time
@@ -230,6 +262,7 @@ def _run_out_of_core(
         "max_length": args.max_length,
         "seed": args.seed,
         "dtype": args.dtype,
+        **species,
     }
     identity = {"input": input_identity(args.input), **options, **selection}
     logger.info(f"computing scGPT embeddings of {adata.n_obs:,} cells chunk by chunk into {parts}")
@@ -271,6 +304,8 @@ def _run_out_of_core(
         "n_genes": rep["n_genes"],
         "mean_tokens_per_cell": mean_tokens(run.store),
     }
+    if "organism" in rep:
+        uns["orthologs_report"] = {k: rep[k] for k in ("orthology", "by_reason", "n_by_id", "n_summed")}
     if args.figure:  # the UMAP needs every embedding in memory
         result = ad.AnnData(obs=adata.obs.copy(), var=adata.var.copy(), uns={args.key_added: uns})
         result.obsm[args.key_added] = read_embeddings(run.store)

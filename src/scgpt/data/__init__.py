@@ -11,7 +11,18 @@ from typing import TYPE_CHECKING
 
 from .._lazy import lazy_attributes
 from ._binning import bin_csr
-from ._genes import GeneMatch, default_vocab, gene_names, match_adata, match_genes
+from ._genes import (
+    GeneMatch,
+    adata_counts_fraction,
+    check_counts,
+    counts_summary,
+    default_vocab,
+    describe_match,
+    gene_names,
+    match_adata,
+    match_genes,
+)
+from ._orthologs import ORGANISMS, ortholog_table, resolve_organism
 from ._perturbation import (
     PerturbationSplit,
     from_gears,
@@ -46,6 +57,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 __all__ = [
+    "ORGANISMS",
     "AnnDataSource",
     "CellBatch",
     "CellLoader",
@@ -60,6 +72,7 @@ __all__ = [
     "from_gears",
     "match_genes",
     "open_soma",
+    "ortholog_table",
     "parse_perturbation",
     "perturbation_label",
     "split_perturbations",

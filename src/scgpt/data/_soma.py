@@ -317,6 +317,9 @@ class SomaSource:
         SOMA value filter selecting cells, e.g. ``"tissue_general == 'blood' and is_primary_data == True"``.
     use_aliases
         Match genes by Ensembl id / previous / alias symbols too.
+    organism, orthologs
+        Another species' genes read as their human orthologs (see :func:`scgpt.pp.align_vocab`); e.g. the
+        Census' ``mus_musculus`` experiment with ``organism="mouse"``.
     context
         A ``tiledbsoma.SOMATileDBContext`` or a dict of TileDB configuration options, if needed (see :func:`open_soma`).
 
@@ -336,6 +339,8 @@ class SomaSource:
         gene_key: str = "feature_name",
         obs_value_filter: str | None = None,
         use_aliases: bool = True,
+        organism: str = "human",
+        orthologs: str = "one2one",
         context: Any = None,
     ) -> None:
         adata = open_soma(
@@ -345,7 +350,7 @@ class SomaSource:
         if adata.var_names.has_duplicates:
             dup = list(adata.var_names[adata.var_names.duplicated()][:3])
             raise ValueError(f"{uri}: duplicated gene names in var[{gene_key!r}] (e.g. {dup}).")
-        m = match_genes(adata.var_names, vocab, use_aliases=use_aliases)
+        m = match_genes(adata.var_names, vocab, use_aliases=use_aliases, organism=organism, orthologs=orthologs)
         check_coverage(m, fn="SomaSource")
         self.uri, self.n_tokens, self.n_obs = str(uri), len(vocab), adata.n_obs
         self.matrix: SomaMatrix = adata.X

@@ -86,10 +86,18 @@ class AnnDataSource:
         gene_key: str | None = None,
         layer: str | None = None,
         use_aliases: bool = True,
+        organism: str = "human",
+        orthologs: str = "one2one",
         fn: str,
     ) -> AnnDataSource:
-        """The cells of ``adata`` with its genes matched to ``vocab`` (clear errors from ``fn`` at no overlap)."""
-        match = match_adata(adata, vocab, gene_key=gene_key, use_aliases=use_aliases, fn=fn)
+        """The cells of ``adata`` with its genes matched to ``vocab`` (clear errors from ``fn`` at no overlap).
+
+        ``organism``/``orthologs``: another species' genes read as their human orthologs (see
+        :func:`scgpt.pp.align_vocab`); genes that share a token have their counts summed.
+        """
+        match = match_adata(
+            adata, vocab, gene_key=gene_key, use_aliases=use_aliases, organism=organism, orthologs=orthologs, fn=fn
+        )
         return cls(adata, match.ids, len(vocab), layer)
 
     def rows(self, idx: np.ndarray) -> sp.csr_matrix:
@@ -122,6 +130,8 @@ class H5adCollection:
         Layer with counts.
     use_aliases
         Match genes by Ensembl id / previous / alias symbols too.
+    organism, orthologs
+        Another species' genes read as their human orthologs (see :func:`scgpt.pp.align_vocab`).
     """
 
     def __init__(
@@ -132,6 +142,8 @@ class H5adCollection:
         gene_key: str | None = None,
         layer: str | None = None,
         use_aliases: bool = True,
+        organism: str = "human",
+        orthologs: str = "one2one",
     ) -> None:
         if not paths:
             raise ValueError("H5adCollection needs at least one file.")
@@ -143,7 +155,7 @@ class H5adCollection:
         self._X, self._tokens, sizes, lengths = [], [], [], []
         for p in self.paths:
             X, names = _open_lazy(p, layer, gene_key)
-            m = match_genes(names, vocab, use_aliases=use_aliases)
+            m = match_genes(names, vocab, use_aliases=use_aliases, organism=organism, orthologs=orthologs)
             check_coverage(m, fn=f"H5adCollection ({p.name})")
             self._X.append(X)
             self._tokens.append(m.ids)

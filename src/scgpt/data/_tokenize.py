@@ -112,6 +112,12 @@ def tokenize(
     X = sp.csr_matrix(X) if not sp.isspmatrix_csr(X) else X
     X = X.copy() if not X.has_canonical_format else X
     X.sum_duplicates()
+    shared = merge_shared_columns(token_ids)
+    if shared is not None:  # several columns on one token (orthologs="all"): their counts summed into one column
+        A, first = shared
+        X = (X @ A.astype(X.dtype)).tocsr()
+        token_ids, gene_key = token_ids[first], gene_key[first]
+        groups = None if groups is None else np.asarray(groups)[first]
     keep_col = token_ids >= 0
     rows = _row_ids(X.indptr)
     nz = keep_col[X.indices] & (X.data != 0)
@@ -148,6 +154,21 @@ def tokenize(
         indptr = np.concatenate([[0], np.cumsum(np.minimum(n_input, max_genes))])
     order = np.lexsort((toks, rows))  # vocabulary order within each cell
     return TokenizedCells(indptr, toks[order], vals[order], n_input, ckey, keys[order])
+
+
+def merge_shared_columns(token_ids: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray] | None:
+    """Columns that share a token, summed: ``(A, first)`` with ``X @ A`` one column per token, or ``None``.
+
+    ``A`` is ``(n_columns, n_tokens_used)`` with a 1 where a matched column goes to its token's column;
+    ``first`` is the first input column of each token (its token id and gene key stand for the merged
+    column). Unmatched columns are left out. ``None`` when no two columns share a token (the common case).
+    """
+    cols = np.flatnonzero(token_ids >= 0)
+    tokens, first, inverse = np.unique(token_ids[cols], return_index=True, return_inverse=True)
+    if len(tokens) == len(cols):
+        return None
+    A = sp.csr_matrix((np.ones(len(cols)), (cols, inverse)), shape=(len(token_ids), len(tokens)))
+    return A, cols[first]
 
 
 def _bin_per_group(

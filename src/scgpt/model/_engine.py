@@ -468,6 +468,8 @@ def run_inference(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     progress: bool | None = None,
+    organism: str = "human",
+    orthologs: str = "one2one",
     include_zero_genes: bool = False,
     cls_value: float | None = None,
     n_bins: int | None | Literal["model"] = "model",
@@ -491,6 +493,9 @@ def run_inference(
         What to compute and keep (:class:`CellRows`, :class:`GeneValues`, :class:`GenePairs`).
     gene_key, use_aliases, layer, batch_key, max_length, batch_size, seed, device, dtype, progress
         See :func:`scgpt.tl.embed`.
+    organism, orthologs
+        The species of the genes and which of their human orthologs are read (:func:`scgpt.pp.align_vocab`);
+        genes that share a token (``orthologs="all"``) have their counts summed by the collator.
     include_zero_genes
         Also feed the in-vocabulary genes a cell does not express (value 0), as the fine-tuning tutorials.
     cls_value
@@ -522,7 +527,9 @@ def run_inference(
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
     get_matrix(adata, layer)  # clear error for a missing layer before any work
-    match = match_adata(adata, model.vocab, gene_key=gene_key, use_aliases=use_aliases, fn=fn)
+    match = match_adata(
+        adata, model.vocab, gene_key=gene_key, use_aliases=use_aliases, organism=organism, orthologs=orthologs, fn=fn
+    )
     if tokens is not None:
         match = match.restricted_to(model.vocab.lookup(tokens), fn=fn)
     keys = np.zeros(adata.n_vars, dtype=np.uint64)
@@ -549,8 +556,7 @@ def run_inference(
         cls=cls,
         token_flags=token_flags,
     )
-    token_to_gene = torch.full((len(model.vocab),), -1, dtype=torch.long)
-    token_to_gene[torch.from_numpy(match.ids[match.matched])] = torch.from_numpy(np.flatnonzero(match.matched))
+    token_to_gene = torch.from_numpy(match.gene_of_token(len(model.vocab)))  # first gene of a shared token
     accumulator.begin(Run(adata.n_obs, adata.n_vars, token_to_gene.to(dev), dev, dt))
     if max_tokens is None and dev.type == "cpu":
         max_tokens = CPU_TOKENS.get(dt, 2048)

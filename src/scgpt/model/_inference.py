@@ -76,6 +76,8 @@ class InferenceMixin:
         device: str | torch.device | None = None,
         dtype: str | None = None,
         progress: bool | None = None,
+        organism: str = "human",
+        orthologs: str = "one2one",
         devices: int | str | list[int] | None = None,
         num_nodes: int = 1,
         strategy: str | Any | None = None,
@@ -101,6 +103,7 @@ class InferenceMixin:
         {device}
         {dtype}
         {progress}
+        {organism}
         {distributed}
         return_info
             Return the whole :class:`~scgpt.model.InferenceResult` (embeddings in ``output``, the gene match,
@@ -118,6 +121,7 @@ class InferenceMixin:
         common = {
             "gene_key": gene_key, "use_aliases": use_aliases, "layer": layer, "batch_key": batch_key,
             "batch_size": batch_size, "seed": seed, "device": device, "dtype": dtype, "progress": progress,
+            "organism": organism, "orthologs": orthologs,
         }  # fmt: skip
         if devices is not None:
             from ._distributed import run_sharded

@@ -11,6 +11,7 @@ import numpy as np
 from .._anndata import record, resolve_target, warn_overwrite
 from .._docs import doc_params
 from .._logging import logger
+from ..data import adata_counts_fraction, check_counts, counts_summary, describe_match
 from ..model import ScGPT, resolve_model
 
 if TYPE_CHECKING:
@@ -39,6 +40,8 @@ def embed(
     device: str | None = None,
     dtype: str | None = None,
     progress: bool | None = None,
+    organism: str = "human",
+    orthologs: str = "one2one",
     devices: int | str | list[int] | None = None,
     num_nodes: int = 1,
     strategy: str | Any | None = None,
@@ -74,6 +77,7 @@ def embed(
     {device}
     {dtype}
     {progress}
+    {organism}
     {distributed}
     key_added
         Key of the ``obsm`` (and ``varm``, ``uns``) entries written.
@@ -92,7 +96,10 @@ def embed(
     ``adata.varm[key_added]`` : :class:`numpy.ndarray` (n_vars, d_model), float32
         Gene embeddings (``genes=True``); NaN for genes outside the vocabulary.
     ``adata.uns[key_added]`` : dict
-        ``params``, the vocabulary coverage (``n_genes_matched``, ``n_genes``) and ``mean_tokens_per_cell``.
+        ``params``, the vocabulary coverage (``n_genes_matched``, ``n_genes``), ``mean_tokens_per_cell`` and
+        ``counts_fraction`` (``median``, ``p5``, ``min`` over cells of the share of a cell's counts in genes the
+        model reads); for another species also ``orthologs_report`` (genes by orthology and by what became of
+        them, see :func:`scgpt.pp.align_vocab`).
 
     For a MuData, the modality gets these fields, ``mdata.obsm[key_added]`` holds the cell
     embeddings aligned to ``mdata.obs_names`` (NaN for cells absent from the modality) and
@@ -102,6 +109,7 @@ def embed(
     --------
     >>> import scgpt
     >>> scgpt.tl.embed(adata, "path/to/scGPT_human")  # doctest: +SKIP
+    >>> scgpt.tl.embed(mouse, "path/to/scGPT_human", organism="mouse")  # doctest: +SKIP
     >>> sc.pp.neighbors(adata, use_rep="X_scGPT")  # doctest: +SKIP
     """
     start = time.perf_counter()
@@ -121,11 +129,18 @@ def embed(
         device=device,
         dtype=dtype,
         progress=progress,
+        organism=organism,
+        orthologs=orthologs,
         devices=devices,
         num_nodes=num_nodes,
         strategy=strategy,
         return_info=True,
     )
+    rep = res.match.report()
+    counts = counts_summary(adata_counts_fraction(cells, res.match, layer=layer))
+    for line in describe_match(rep, counts):
+        logger.info(f"    {line}")
+    check_counts(counts, res.match, fn="embed")
     warn_overwrite(cells, "obsm", key_added, fn="embed", copy=copy)
     added = target.write_obsm(key_added, res.output, "cell embeddings")
     if genes:
@@ -146,8 +161,12 @@ def embed(
         "seed": seed,
         "dtype": res.dtype,
         "genes": genes,
+        "organism": res.match.organism,
+        "orthologs": orthologs,
     }
-    rep = res.match.report()
+    extra = {}
+    if res.match.organism != "human":
+        extra["orthologs_report"] = {k: rep[k] for k in ("orthology", "by_reason", "n_by_id", "n_summed")}
     record(
         cells,
         key_added,
@@ -157,6 +176,8 @@ def embed(
         n_genes_matched=rep["n_matched"],
         n_genes=rep["n_genes"],
         mean_tokens_per_cell=float(res.n_tokens.mean()),
+        counts_fraction=counts,
+        **extra,
     )
     target.write_uns(key_added)
     return target.returned if copy else None
