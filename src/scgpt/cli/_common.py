@@ -115,6 +115,39 @@ def add_data(p: argparse.ArgumentParser, *, several: bool) -> None:
     g.add_argument("--gene-key", metavar="KEY", help="var column with gene symbols or Ensembl ids (default: var_names)")
 
 
+def add_organism(p: argparse.ArgumentParser) -> None:
+    """``--organism`` and ``--orthologs``: another species' genes read as their human orthologs."""
+    p.add_argument(
+        "--organism",
+        default="human",
+        metavar="SPECIES",
+        help="species of the genes: human, mouse, macaque, cynomolgus, pig, rat, ... (or a Latin name); another "
+        "species' genes are read as their human orthologs (bundled tables; see scgpt.pp.align_vocab)",
+    )
+    p.add_argument(
+        "--orthologs",
+        choices=("one2one", "all"),
+        default="one2one",
+        help="with --organism: one-to-one orthologs only, or all (counts of several genes with one human "
+        "ortholog summed)",
+    )
+
+
+def species_options(args: argparse.Namespace) -> dict:
+    """``organism``/``orthologs`` of the command line: empty for human genes, with clear errors."""
+    from ..data import resolve_organism
+
+    try:
+        organism = resolve_organism(args.organism)
+    except ValueError as e:
+        raise CLIError(f"--organism {args.organism}: {e.args[0]}") from None
+    if organism == "human":
+        if args.orthologs != "one2one":
+            raise CLIError("--orthologs is for another species' genes: pass --organism too")
+        return {}
+    return {"organism": organism, "orthologs": args.orthologs}
+
+
 def add_training(p: argparse.ArgumentParser, *, finetune: bool) -> None:
     """Training options; for ``finetune`` the defaults are the task's (shown as 'the task's')."""
     task = " (default: the task's)" if finetune else ""

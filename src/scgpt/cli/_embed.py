@@ -17,9 +17,11 @@ from ._common import (
     _devices,
     add_common,
     add_data,
+    add_organism,
     check_input,
     check_model,
     read_h5ad,
+    species_options,
 )
 
 if TYPE_CHECKING:
@@ -76,20 +78,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--key-added", default="X_scGPT", metavar="KEY", help="obsm key of the embeddings")
     p.add_argument("--batch-key", metavar="KEY", help="obs column with batches (only for batch-conditioned models)")
     p.add_argument("--no-aliases", action="store_true", help="match gene names exactly (as the official code)")
-    p.add_argument(
-        "--organism",
-        default="human",
-        metavar="SPECIES",
-        help="species of the genes: human, mouse, macaque, cynomolgus, pig, rat, ... (or a Latin name); another "
-        "species' genes are read as their human orthologs (bundled tables; see scgpt.pp.align_vocab)",
-    )
-    p.add_argument(
-        "--orthologs",
-        choices=("one2one", "all"),
-        default="one2one",
-        help="with --organism: one-to-one orthologs only, or all (counts of several genes with one human "
-        "ortholog summed)",
-    )
+    add_organism(p)
     p.add_argument("--max-length", type=int, default=1200, metavar="N", help="tokens per cell incl. <cls>")
     p.add_argument("--batch-size", type=int, default=64, metavar="N", help="cells per forward pass")
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: the best available)")
@@ -215,17 +204,7 @@ def _read_input(args: argparse.Namespace) -> tuple[AnnData, str | None, dict]:
 
 def _species_options(args: argparse.Namespace) -> dict:
     """``organism``/``orthologs`` for the embedding: empty for human genes (so that earlier runs resume as before)."""
-    from ..data import resolve_organism
-
-    try:
-        organism = resolve_organism(args.organism)
-    except ValueError as e:
-        raise CLIError(f"--organism {args.organism}: {e.args[0]}") from None
-    if organism == "human":
-        if args.orthologs != "one2one":
-            raise CLIError("--orthologs is for another species' genes: pass --organism too")
-        return {}
-    return {"organism": organism, "orthologs": args.orthologs}
+    return species_options(args)
 
 
 def _distributed_options(args: argparse.Namespace) -> dict:

@@ -49,11 +49,22 @@ INPUT = "log1p(normalize_total(counts, 1e4)), not binned"
 
 
 def target_tokens(
-    labels: Sequence[str], vocab: GeneVocab, *, control: str, use_aliases: bool = True, fn: str
+    labels: Sequence[str],
+    vocab: GeneVocab,
+    *,
+    control: str,
+    use_aliases: bool = True,
+    organism: str = "human",
+    orthologs: str = "one2one",
+    fn: str,
 ) -> dict[str, np.ndarray]:
     """Vocabulary ids of the target genes of each label; a target outside the vocabulary is an error."""
     genes = sorted({g for label in labels for g in parse_perturbation(label, control=control)})
-    ids = match_genes(genes, vocab, use_aliases=use_aliases).ids if genes else np.zeros(0, dtype=np.int64)
+    ids = (
+        match_genes(genes, vocab, use_aliases=use_aliases, organism=organism, orthologs=orthologs).ids
+        if genes
+        else np.zeros(0, dtype=np.int64)
+    )
     token = dict(zip(genes, ids.tolist()))
     missing = [g for g in genes if token[g] < 0]
     if missing:
@@ -120,12 +131,16 @@ def screen_from_adata(
     layer: str | None,
     gene_key: str | None,
     use_aliases: bool,
+    organism: str = "human",
+    orthologs: str = "one2one",
     fn: str,
 ) -> Screen:
     """The cells of ``adata`` whose label is in ``targets`` (plus the controls) over the panel of measured genes."""
     keep = np.isin(labels, [*targets, control])
     cells = adata if keep.all() else adata[keep]
-    match = match_adata(adata, vocab, gene_key=gene_key, use_aliases=use_aliases, fn=fn)
+    match = match_adata(
+        adata, vocab, gene_key=gene_key, use_aliases=use_aliases, organism=organism, orthologs=orthologs, fn=fn
+    )
     cols = np.flatnonzero(match.matched)
     X = log_normalized(cells, layer, fn=fn)[:, cols].astype(np.float32).tocsr()
     screen = Screen(X, match.ids[cols].astype(np.int64), labels[keep], targets, control, np.zeros(len(cols)))

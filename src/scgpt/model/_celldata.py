@@ -39,6 +39,7 @@ class CellData:
     options
         The keyword arguments of ``finetune`` that concern data: ``labels_key``, ``batch_key``, the
         perturbation options (warned about and ignored here), ``layer``, ``gene_key``, ``use_aliases``,
+        ``organism``, ``orthologs``,
         ``max_length``, ``validation_size``, ``early_stopping``, ``seed``.
 
     Attributes
@@ -117,6 +118,8 @@ class CellData:
             gene_key=o.get("gene_key"),
             layer=o.get("layer"),
             use_aliases=o.get("use_aliases", True),
+            organism=o.get("organism", "human"),
+            orthologs=o.get("orthologs", "one2one"),
             fn=self.name,
         )
         size = self.task.defaults.get("batch_size", 32) if batch_size is None else batch_size

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .._anndata import check_adata
+from .._docs import doc_params
 from .._logging import logger
 from ._tasks import Task, get_task
 
@@ -41,6 +42,7 @@ def split_plan_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[st
 class FinetuneMixin:
     """``finetune`` for :class:`~scgpt.model.ScGPT`."""
 
+    @doc_params()
     def finetune(
         self,
         task: str | Task,
@@ -55,6 +57,8 @@ class FinetuneMixin:
         layer: str | None = None,
         gene_key: str | None = None,
         use_aliases: bool = True,
+        organism: str = "human",
+        orthologs: str = "one2one",
         max_epochs: int | None = None,
         batch_size: int | None = None,
         lr: float | None = None,
@@ -96,6 +100,7 @@ class FinetuneMixin:
             ``var`` column with gene names; ``None`` uses ``var_names``.
         use_aliases
             Also match genes by Ensembl id, previous symbol or alias.
+        {organism}
         max_epochs, batch_size, lr, max_length
             Training settings; ``None`` takes the task's (annotation: 10 epochs, batch 32, lr 1e-4, 3001 tokens).
         validation_size
@@ -147,6 +152,8 @@ class FinetuneMixin:
             layer=layer,
             gene_key=gene_key,
             use_aliases=use_aliases,
+            organism=organism,
+            orthologs=orthologs,
             max_length=max_length,
             validation_size=validation_size,
             early_stopping=early_stopping,

@@ -151,6 +151,8 @@ class InferenceMixin:
         device: str | torch.device | None = None,
         dtype: str | None = None,
         progress: bool | None = None,
+        organism: str = "human",
+        orthologs: str = "one2one",
     ) -> pd.DataFrame:
         """Cell-type probabilities of a classifier fine-tuned with ``finetune("annotation", ...)``.
 
@@ -171,6 +173,7 @@ class InferenceMixin:
         {device}
         {dtype}
         {progress}
+        {organism}
 
         Returns
         -------
@@ -202,6 +205,8 @@ class InferenceMixin:
             device=device,
             dtype=dtype,
             progress=progress,
+            organism=organism,
+            orthologs=orthologs,
             fn="predict_proba",
             **options,
         ).output
@@ -254,6 +259,8 @@ class InferenceMixin:
         device: str | torch.device | None = None,
         dtype: str | None = None,
         progress: bool | None = None,
+        organism: str = "human",
+        orthologs: str = "one2one",
     ) -> AttentionMaps:
         """Mean attention maps between the genes of ``adata``, per group of cells (the official attention GRN).
 
@@ -292,6 +299,7 @@ class InferenceMixin:
         {device}
         {dtype}
         {progress}
+        {organism}
 
         Returns
         -------
@@ -320,6 +328,8 @@ class InferenceMixin:
             progress=progress,
             include_zero_genes=include_zero_genes,
             tokens=tokens,
+            organism=organism,
+            orthologs=orthologs,
             fn="infer_grn",
         )
         out = res.output
@@ -341,6 +351,8 @@ class InferenceMixin:
         layer: str | None = None,
         gene_key: str | None = None,
         use_aliases: bool = True,
+        organism: str = "human",
+        orthologs: str = "one2one",
         batch_size: int = 64,
         device: str | torch.device | None = None,
         dtype: str | None = None,
@@ -371,6 +383,8 @@ class InferenceMixin:
             layer=layer,
             gene_key=gene_key,
             use_aliases=use_aliases,
+            organism=organism,
+            orthologs=orthologs,
             batch_size=batch_size,
             device=device,
             dtype=dtype,

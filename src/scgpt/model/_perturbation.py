@@ -109,7 +109,8 @@ class PairData:
         (default ``"control"``), ``train_perturbations`` (default: every non-control label not in
         ``val_perturbations``), ``val_perturbations`` (default: the labels of a seeded ``validation_size`` share
         of the target genes, :func:`scgpt.data.split_perturbations` ``mode="single"``, so validation measures
-        unseen targets), ``layer``, ``gene_key``, ``use_aliases``, ``max_length``, ``validation_size``,
+        unseen targets), ``layer``, ``gene_key``, ``use_aliases``, ``organism``, ``orthologs``, ``max_length``,
+        ``validation_size``,
         ``early_stopping``, ``seed``.
     """
 
@@ -143,8 +144,9 @@ class PairData:
             seed=seed,
             fn=fn,
         )
+        species = {"organism": options.get("organism", "human"), "orthologs": options.get("orthologs", "one2one")}
         self.targets = target_tokens(
-            [ctrl, *self.train, *self.val], model.vocab, control=ctrl, use_aliases=use_aliases, fn=fn
+            [ctrl, *self.train, *self.val], model.vocab, control=ctrl, use_aliases=use_aliases, fn=fn, **species
         )
         self.screen = screen_from_adata(
             model.vocab,
@@ -156,6 +158,7 @@ class PairData:
             gene_key=options.get("gene_key"),
             use_aliases=use_aliases,
             fn=fn,
+            **species,
         )
         max_length = options.get("max_length")
         self.recipe = task.recipe if max_length is None else task.recipe.replace(max_length=max_length)
@@ -424,6 +427,8 @@ def predict_perturbation(
     layer: str | None = None,
     gene_key: str | None = None,
     use_aliases: bool = True,
+    organism: str = "human",
+    orthologs: str = "one2one",
     batch_size: int = 64,
     device: str | torch.device | None = None,
     dtype: str | None = None,
@@ -451,7 +456,8 @@ def predict_perturbation(
         raise ValueError(f"{fn}: gene_chunk must be at least 2, got {gene_chunk}.")
     labels = perturbation_labels(adata, perturbation_key=key, control=ctrl, fn=fn).to_numpy()
     names = requested_labels(perturbations, ctrl, fn)
-    targets = target_tokens(names, model.vocab, control=ctrl, use_aliases=use_aliases, fn=fn)
+    species = {"organism": organism, "orthologs": orthologs}
+    targets = target_tokens(names, model.vocab, control=ctrl, use_aliases=use_aliases, fn=fn, **species)
 
     controls = np.flatnonzero(labels == ctrl)
     X_ctrl = log_normalized(adata[controls], layer=layer, fn=fn)
@@ -459,7 +465,7 @@ def predict_perturbation(
     rng = np.random.default_rng(seed)
     n_used = min(n_control_cells, len(controls))
     sample = np.sort(rng.choice(len(controls), n_used, replace=False))
-    match = match_adata(adata, model.vocab, gene_key=gene_key, use_aliases=use_aliases, fn=fn)
+    match = match_adata(adata, model.vocab, gene_key=gene_key, use_aliases=use_aliases, fn=fn, **species)
     cols = np.flatnonzero(match.matched)
     X_in = X_ctrl[sample][:, cols].toarray().astype(np.float32)
 

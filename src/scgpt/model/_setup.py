@@ -12,8 +12,10 @@ import numpy as np
 import pandas as pd
 
 from .._anndata import check_adata, missing_values
+from .._docs import doc_params
 from .._logging import warn
 from ..data._genes import gene_names
+from ..data._orthologs import resolve_organism
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -81,6 +83,7 @@ class SetupMixin:
 
     # ------------------------------------------------------------------ data setup
     @classmethod
+    @doc_params()
     def setup_anndata(
         cls,
         adata: AnnData,
@@ -89,6 +92,8 @@ class SetupMixin:
         batch_key: str | None = None,
         labels_key: str | None = None,
         gene_key: str | None = None,
+        organism: str = "human",
+        orthologs: str = "one2one",
     ) -> None:
         """Register the fields of an AnnData for :meth:`train`.
 
@@ -109,6 +114,7 @@ class SetupMixin:
             ``obs`` column with cell-type labels (for the classification objective).
         gene_key
             ``var`` column with gene names; ``None`` uses ``var_names``.
+        {organism}
 
         Returns
         -------
@@ -119,6 +125,8 @@ class SetupMixin:
 
         check_adata(adata, fn="setup_anndata")
         gene_names(adata, gene_key)  # clear errors for missing keys / duplicated names
+        if isinstance(organism, str):
+            resolve_organism(organism)  # a clear error for an unknown species, before any work
         for key, what in ((batch_key, "batch_key"), (labels_key, "labels_key")):
             if key is not None:
                 n_na = int(missing_values(_obs_column(adata, key, what)).sum())
@@ -128,6 +136,8 @@ class SetupMixin:
                         "(model.finetune leaves unlabelled cells out itself)."
                     )
         setup_args = {"layer": layer, "batch_key": batch_key, "labels_key": labels_key, "gene_key": gene_key}
+        if organism != "human" or orthologs != "one2one":  # human setups stay as they were
+            setup_args.update(organism=organism, orthologs=orthologs)
         manager = AnnDataManager(
             fields=[
                 fields.LayerField("X", layer, is_count_data=True),

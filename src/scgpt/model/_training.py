@@ -262,7 +262,13 @@ class TrainingMixin:
         manager = self._manager(adata)
         setup = manager.registry["setup_args"]
         source = AnnDataSource.matched(
-            adata, self.vocab, gene_key=setup.get("gene_key"), layer=setup.get("layer"), fn="train"
+            adata,
+            self.vocab,
+            gene_key=setup.get("gene_key"),
+            layer=setup.get("layer"),
+            organism=setup.get("organism", "human"),
+            orthologs=setup.get("orthologs", "one2one"),
+            fn="train",
         )
         obs: dict[str, np.ndarray] = {}
         c = self.config

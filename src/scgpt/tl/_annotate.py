@@ -112,6 +112,8 @@ def annotate(
     knn_backend: Literal["auto", "sklearn", "pynndescent", "faiss"] = "auto",
     gene_key: str | None = None,
     use_aliases: bool = True,
+    organism: str = "human",
+    orthologs: str = "one2one",
     layer: str | None = None,
     max_length: int | None = None,
     batch_size: int = 64,
@@ -163,6 +165,7 @@ def annotate(
         needs faiss. A reference index keeps the backend it was built with.
     {gene_key}
     {use_aliases}
+    {organism}
     {layer}
     max_length
         Tokens per cell including ``<cls>``; ``None``: 1200 for ``knn``, the fine-tuning length for ``finetune``.
@@ -198,7 +201,7 @@ def annotate(
     check_key_added(f"{key_added}_confidence", reads=(labels_key,), slot="obs", fn="annotate")
     inference = {
         "gene_key": gene_key, "use_aliases": use_aliases, "layer": layer, "batch_size": batch_size, "seed": seed,
-        "device": device, "dtype": dtype, "progress": progress,
+        "device": device, "dtype": dtype, "progress": progress, "organism": organism, "orthologs": orthologs,
     }  # fmt: skip
     model_name = None
     index = None
@@ -237,6 +240,8 @@ def annotate(
                 labels_key=labels_key,
                 gene_key=gene_key,
                 use_aliases=use_aliases,
+                organism=organism,
+                orthologs=orthologs,
                 layer=layer,
                 max_length=max_length,
                 seed=seed,
@@ -264,6 +269,8 @@ def annotate(
         "min_confidence": min_confidence,
         "n_neighbors": (index.n_neighbors if n_neighbors is None else n_neighbors) if index else None,
         "use_rep": use_rep,
+        "organism": organism,
+        "orthologs": orthologs,
         "seed": seed,
         "reference_cells": index.n_cells if index else None if reference is None else int(reference.n_obs),
     }

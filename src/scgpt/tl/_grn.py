@@ -38,9 +38,20 @@ GENE_EMBEDDING_KEY = "X_scGPT_gene"
 
 
 # ---------------------------------------------------------------------------- genes
-def _known_genes(adata: AnnData, model: ScGPT, *, gene_key: str | None, use_aliases: bool, fn: str):
+def _known_genes(
+    adata: AnnData,
+    model: ScGPT,
+    *,
+    gene_key: str | None,
+    use_aliases: bool,
+    fn: str,
+    organism: str = "human",
+    orthologs: str = "one2one",
+):
     """``(columns, tokens)`` of the genes of ``adata`` that the vocabulary knows."""
-    match = match_genes(gene_names(adata, gene_key), model.vocab, use_aliases=use_aliases)
+    match = match_genes(
+        gene_names(adata, gene_key), model.vocab, use_aliases=use_aliases, organism=organism, orthologs=orthologs
+    )
     cols = np.flatnonzero(match.matched)
     if not len(cols):
         raise ValueError(f"{fn}: none of the {adata.n_vars} genes is in the model's vocabulary.")
@@ -81,6 +92,8 @@ def gene_programs(
     layer: str | None = None,
     gene_key: str | None = None,
     use_aliases: bool = True,
+    organism: str = "human",
+    orthologs: str = "one2one",
     seed: int = 0,
     key_added: str = "scgpt_program",
     copy: bool = False,
@@ -115,6 +128,7 @@ def gene_programs(
         Layer with the expression; ``None``: ``X``.
     {gene_key}
     {use_aliases}
+    {organism}
     seed
         Seed of the k-NN graph, Leiden, the UMAP and the control genes.
     key_added
@@ -147,7 +161,10 @@ def gene_programs(
     adata = adata.copy() if copy else adata
     actual_if_view(adata, fn="gene_programs")
     model_obj, model_name = resolve_model(model)
-    known, tokens = _known_genes(adata, model_obj, gene_key=gene_key, use_aliases=use_aliases, fn="gene_programs")
+    known, tokens = _known_genes(
+        adata, model_obj, gene_key=gene_key, use_aliases=use_aliases, fn="gene_programs", organism=organism,
+        orthologs=orthologs,
+    )  # fmt: skip
     cols = known if genes is None else _named_columns(adata, genes, known, what="genes", fn="gene_programs")
     if len(cols) <= n_neighbors:
         raise ValueError(f"gene_programs: {len(cols)} genes are too few for a {n_neighbors}-neighbour graph.")
@@ -414,6 +431,8 @@ def infer_grn(
     key_added: str = "scgpt_grn",
     gene_key: str | None = None,
     use_aliases: bool = True,
+    organism: str = "human",
+    orthologs: str = "one2one",
     layer: str | None = None,
     batch_key: str | None = None,
     batch_size: int = 16,
@@ -476,6 +495,7 @@ def infer_grn(
         Name of the network (see Returns).
     {gene_key}
     {use_aliases}
+    {organism}
     layer
         Layer with counts; ``None``: ``X``.
     {batch_key}
@@ -512,7 +532,9 @@ def infer_grn(
     model_obj, model_name = resolve_model(model)
     layer_list, head_list = _layers_and_heads(model_obj, layers, heads, fn=fn)
 
-    known, tokens = _known_genes(adata, model_obj, gene_key=gene_key, use_aliases=use_aliases, fn=fn)
+    known, tokens = _known_genes(
+        adata, model_obj, gene_key=gene_key, use_aliases=use_aliases, fn=fn, organism=organism, orthologs=orthologs
+    )
     token_of = dict(zip(known.tolist(), tokens, strict=True))
     cols = _select_genes(adata, known, genes=genes, tfs=tfs, n_top_genes=n_top_genes, layer=layer, fn=fn)
     if len(cols) < 2:
@@ -529,6 +551,7 @@ def infer_grn(
     else:
         inference = {
             "gene_key": gene_key, "use_aliases": use_aliases, "layer": layer, "batch_key": batch_key,
+            "organism": organism, "orthologs": orthologs,
             "batch_size": batch_size, "seed": seed, "device": device, "dtype": dtype, "progress": progress,
         }  # fmt: skip
         maps, counts = _attention_maps(

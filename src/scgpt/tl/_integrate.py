@@ -60,6 +60,8 @@ def _panel(
     layer: str | None,
     gene_key: str | None = None,
     use_aliases: bool = True,
+    organism: str = "human",
+    orthologs: str = "one2one",
     match: GeneMatch | None = None,
 ) -> np.ndarray:
     """Columns of the genes to fine-tune on.
@@ -68,7 +70,10 @@ def _panel(
     official integration tutorial (1,200 highly variable genes).
     """
     if match is None:
-        match = match_adata(adata, model.vocab, gene_key=gene_key, use_aliases=use_aliases, fn="integrate")
+        match = match_adata(
+            adata, model.vocab, gene_key=gene_key, use_aliases=use_aliases, organism=organism, orthologs=orthologs,
+            fn="integrate",
+        )  # fmt: skip
     known = np.flatnonzero(match.matched)
     if n_top_genes is None or n_top_genes >= len(known):
         return known
@@ -98,6 +103,8 @@ def integrate(
     key_added: str = "X_scGPT_integrated",
     gene_key: str | None = None,
     use_aliases: bool = True,
+    organism: str = "human",
+    orthologs: str = "one2one",
     layer: str | None = None,
     batch_size: int | None = None,
     seed: int = 0,
@@ -154,6 +161,7 @@ def integrate(
         ``obsm`` (and ``uns``) key written.
     {gene_key}
     {use_aliases}
+    {organism}
     layer
         Layer with raw counts (of the RNA modality for a MuData; the other modalities are read from ``X``);
         ``None`` uses ``X``.
@@ -201,6 +209,7 @@ def integrate(
         return _integrate_modalities(
             adata, model, modalities=modalities, batch_key=batch_key, mode=mode, n_top_genes=n_top_genes,
             binary=binary, max_length=max_length, key_added=key_added, gene_key=gene_key, use_aliases=use_aliases,
+            organism=organism, orthologs=orthologs,
             layer=layer, batch_size=batch_size, seed=seed, device=device, dtype=dtype, progress=progress, copy=copy,
             start=start, finetune_kwargs=finetune_kwargs, inplace=isinstance(model, ScGPT),
         )  # fmt: skip
@@ -212,7 +221,8 @@ def integrate(
     _check_batches(batches, batch_key, training=mode == "finetune" and model_obj.registry_.get("task") != "integration")
     inference = {
         "gene_key": gene_key, "use_aliases": use_aliases, "layer": layer, "batch_size": 64, "seed": seed,
-        "device": device, "dtype": dtype, "progress": progress, "max_length": max_length,
+        "device": device, "dtype": dtype, "progress": progress, "max_length": max_length, "organism": organism,
+        "orthologs": orthologs,
     }  # fmt: skip
     training = dict(finetune_kwargs)  # batch_size alone is harmless without training
     if batch_size is not None:
@@ -230,15 +240,15 @@ def integrate(
         if model_obj.registry_.get("task") != "integration":
             panel = _panel(
                 cells, model_obj, n_top_genes=n_top_genes, batches=batches, layer=layer, gene_key=gene_key,
-                use_aliases=use_aliases,
+                use_aliases=use_aliases, organism=organism, orthologs=orthologs,
             )  # fmt: skip
             logger.info(
                 f"fine-tuning for integration on {cells.n_obs} cells, {len(panel)} genes, {batches.nunique()} batches"
             )
             tuned = model_obj.finetune(
                 "integration", cells[:, panel], batch_key=batch_key, gene_key=gene_key, use_aliases=use_aliases,
-                layer=layer, seed=seed, progress=progress, max_length=max_length or len(panel) + 1,
-                inplace=isinstance(model, ScGPT), **finetune_kwargs,
+                organism=organism, orthologs=orthologs, layer=layer, seed=seed, progress=progress,
+                max_length=max_length or len(panel) + 1, inplace=isinstance(model, ScGPT), **finetune_kwargs,
             )  # fmt: skip
             _kept(model, tuned)
         elif training:
@@ -251,6 +261,8 @@ def integrate(
         "model": model_name,
         "batch_key": batch_key,
         "n_top_genes": n_top_genes,
+        "organism": organism,
+        "orthologs": orthologs,
         "seed": seed,
         "finetune": {k: v for k, v in finetune_kwargs.items() if isinstance(v, int | float | str | bool)},
     }
@@ -280,6 +292,8 @@ def _integrate_modalities(
     key_added: str,
     gene_key: str | None,
     use_aliases: bool,
+    organism: str,
+    orthologs: str,
     layer: str | None,
     batch_size: int | None,
     seed: int,
@@ -324,7 +338,10 @@ def _integrate_modalities(
         obs["batch"] = np.asarray(batches.astype(str))
     if binary is None:
         binary = [m for m in mods[1:] if is_binary_modality(m, mdata.mod[m])]
-    options = {"gene_key": gene_key, "use_aliases": use_aliases, "layer": layer, "obs": obs, "binary": binary}
+    options = {
+        "gene_key": gene_key, "use_aliases": use_aliases, "layer": layer, "obs": obs, "binary": binary,
+        "organism": organism, "orthologs": orthologs,
+    }  # fmt: skip
     if tuned_already:
         if training:
             raise TypeError(f"The model is fine-tuned for 'multiomic' already; options {sorted(training)}")
@@ -337,7 +354,10 @@ def _integrate_modalities(
         length = max_length or TASKS["multiomic"].recipe.max_length
         rna = mdata.mod[mods[0]]
         rna_batches = None if batches is None else batches.reindex(rna.obs_names)
-        match = match_adata(rna, model_obj.vocab, gene_key=gene_key, use_aliases=use_aliases, fn="integrate")
+        match = match_adata(
+            rna, model_obj.vocab, gene_key=gene_key, use_aliases=use_aliases, organism=organism, orthologs=orthologs,
+            fn="integrate",
+        )  # fmt: skip
         panel = _panel(rna, model_obj, n_top_genes=n_top_genes, batches=rna_batches, layer=layer, match=match)
         joint, features = joint_cells(
             mdata, model_obj, mods, tokens=None, rna_panel=panel, max_length=length, match=match, **options
@@ -372,6 +392,8 @@ def _integrate_modalities(
         "batch_key": batch_key,
         "n_top_genes": n_top_genes,
         "binary": list(binary),
+        "organism": organism,
+        "orthologs": orthologs,
         "seed": seed,
         "finetune": {k: v for k, v in finetune_kwargs.items() if isinstance(v, int | float | str | bool)},
     }

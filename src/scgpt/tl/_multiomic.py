@@ -96,6 +96,8 @@ def joint_cells(
     gene_key: str | None,
     use_aliases: bool,
     obs: pd.DataFrame,
+    organism: str = "human",
+    orthologs: str = "one2one",
     match: GeneMatch | None = None,
 ) -> tuple[AnnData, dict[str, list[str]]]:
     """The cells x tokens AnnData of a MuData (counts) and the features per modality.
@@ -111,7 +113,10 @@ def joint_cells(
     cells = mdata.obs_names
     rna = mdata.mod[first]
     if match is None:
-        match = match_adata(rna, model.vocab, gene_key=gene_key, use_aliases=use_aliases, fn="integrate")
+        match = match_adata(
+            rna, model.vocab, gene_key=gene_key, use_aliases=use_aliases, organism=organism, orthologs=orthologs,
+            fn="integrate",
+        )  # fmt: skip
     keep = match.matched.copy()
     if tokens is not None:
         keep &= np.isin(match.ids, model.vocab.lookup(tokens))

@@ -56,6 +56,8 @@ def predict_perturbation(
     layer: str | None = None,
     gene_key: str | None = None,
     use_aliases: bool = True,
+    organism: str = "human",
+    orthologs: str = "one2one",
     batch_size: int = 64,
     device: str | torch.device | None = None,
     dtype: str | None = None,
@@ -97,6 +99,7 @@ def predict_perturbation(
         Layer with raw counts; ``None`` uses ``adata.X``.
     {gene_key}
     {use_aliases}
+    {organism}
     {batch_size}
     {device}
     {dtype}
@@ -134,6 +137,8 @@ def predict_perturbation(
         layer=layer,
         gene_key=gene_key,
         use_aliases=use_aliases,
+        organism=organism,
+        orthologs=orthologs,
         batch_size=batch_size,
         device=device,
         dtype=dtype,
@@ -165,6 +170,8 @@ def predict_perturbation(
         "model": model_name,
         **{k: info[k] for k in ("perturbation_key", "control", "n_control_cells", "n_control_cells_available")},
         "seed": seed,
+        "organism": organism,
+        "orthologs": orthologs,
         **{k: info[k] for k in ("gene_chunk", "n_chunks", "layer", "batch_size", "dtype", "n_genes_predicted")},
         **{k: info[k] for k in ("n_genes_not_in_vocabulary", "genes_not_in_vocabulary_examples", "unmeasured_targets")},
         "max_pairwise_delta_pearson": max_r,

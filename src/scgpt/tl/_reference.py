@@ -690,7 +690,7 @@ def build_reference(
     max_length
         Tokens per cell when embedding here (``use_rep=None``).
     **inference
-        Further options of the embedding with ``use_rep=None`` (``gene_key``, ``use_aliases``, ``layer``,
+        Further options of the embedding with ``use_rep=None`` (``gene_key``, ``use_aliases``, ``organism``, ``layer``,
         ``batch_size``, ``device``, ``dtype``, ``progress``).
 
     Returns
