@@ -108,7 +108,7 @@ def test_stored_entries_per_row_in_memory_backed_and_zarr(pbmc, tmp_path, fmt):
     """Expressed genes per cell, the same from a matrix in memory, a backed .h5ad and a zarr store, CSR or CSC."""
     import anndata as ad
 
-    from scgpt._anndata import matrix_stored_per_row, open_on_disk
+    from scgpt.data import matrix_stored_per_row, open_on_disk
 
     cells = pbmc[:50].copy()
     want = np.diff(sp.csr_matrix(cells.X).indptr)

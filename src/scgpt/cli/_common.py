@@ -323,7 +323,7 @@ def check_input(path: str, *, soma: bool = False) -> None:
 
     With ``soma``, a TileDB-SOMA experiment (a folder or a remote URI) is accepted too.
     """
-    from .._anndata import is_zarr_store
+    from ..data import is_zarr_store
 
     if path == PBMC68K or Path(path).expanduser().is_file() or is_zarr_store(path):
         return
@@ -352,7 +352,7 @@ def read_h5ad(path: str, *, backed: bool = False) -> AnnData:
         return pbmc68k_counts()
     import anndata as ad
 
-    from .._anndata import is_zarr_store, open_on_disk
+    from ..data import is_zarr_store, open_on_disk
 
     if backed:  # the matrices stay on disk: .h5ad opened backed, .zarr stores read a block of rows at a time
         adata = open_on_disk(path)
@@ -385,8 +385,7 @@ def counts_adata(adata: AnnData, layer: str | None, gene_key: str | None) -> Ann
     import anndata as ad
     import pandas as pd
 
-    from .._anndata import get_matrix
-    from ..data import gene_names
+    from ..data import gene_names, get_matrix
 
     names = gene_names(adata, gene_key)  # errors for a missing key and duplicated names
     return ad.AnnData(X=get_matrix(adata, layer), obs=adata.obs, var=pd.DataFrame(index=pd.Index(names, name=None)))

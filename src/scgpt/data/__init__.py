@@ -22,6 +22,22 @@ from ._genes import (
     match_adata,
     match_genes,
 )
+from ._matrix import (
+    as_csr,
+    check_adata,
+    check_values,
+    get_matrix,
+    is_zarr_store,
+    iter_row_chunks,
+    log_normalize_counts,
+    log_normalized,
+    looks_like_counts,
+    matrix_stored_per_row,
+    missing_values,
+    open_on_disk,
+    read_rows,
+    stored_per_row,
+)
 from ._orthologs import ORGANISMS, ortholog_table, resolve_organism
 from ._perturbation import (
     PerturbationSplit,

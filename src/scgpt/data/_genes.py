@@ -412,7 +412,7 @@ def match_adata(
 
 def adata_counts_fraction(adata: AnnData, match: GeneMatch, *, layer: str | None = None) -> np.ndarray:
     """Per cell, the share of its counts (``X`` or ``layer``) in the genes ``match`` uses; read in row chunks."""
-    from .._anndata import iter_row_chunks
+    from ._matrix import iter_row_chunks
 
     out = np.full(adata.n_obs, np.nan)
     for start, X in iter_row_chunks(adata, layer, 8192):

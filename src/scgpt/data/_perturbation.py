@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 
-from .._anndata import as_csr as _as_csr
-from .._anndata import check_adata, check_values, get_matrix, log_normalize_counts, looks_like_counts, missing_values
 from .._logging import logger, warn
+from ._matrix import as_csr as _as_csr
+from ._matrix import check_adata, check_values, get_matrix, log_normalize_counts, looks_like_counts, missing_values
 
 if TYPE_CHECKING:
     from anndata import AnnData

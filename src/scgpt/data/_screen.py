@@ -32,10 +32,10 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .._anndata import log_normalized
 from .._logging import warn
 from ._collate import CellBatch, _mix
 from ._genes import match_adata, match_genes
+from ._matrix import log_normalized
 from ._perturbation import parse_perturbation, perturbation_label, split_perturbations
 
 if TYPE_CHECKING:

@@ -359,7 +359,7 @@ class SomaSource:
         self._present = np.unique(m.ids[m.ids >= 0])
 
     def rows(self, idx: np.ndarray) -> sp.csr_matrix:
-        from .._anndata import check_values
+        from ._matrix import check_values
 
         block = self.matrix[np.asarray(idx, dtype=np.int64)]
         check_values(block, what=self.uri)

@@ -66,7 +66,7 @@ class AnnDataSource:
     """
 
     def __init__(self, adata: AnnData, col_tokens: np.ndarray, n_tokens: int, layer: str | None = None) -> None:
-        from .._anndata import check_values, get_matrix
+        from ._matrix import check_values, get_matrix
 
         X = get_matrix(adata, layer)
         if adata.isbacked:
@@ -150,7 +150,7 @@ class H5adCollection:
         self.paths = [Path(p) for p in paths]
         self.layer = layer
         self.n_tokens = len(vocab)
-        from .._anndata import matrix_stored_per_row
+        from ._matrix import matrix_stored_per_row
 
         self._X, self._tokens, sizes, lengths = [], [], [], []
         for p in self.paths:
@@ -179,7 +179,7 @@ class H5adCollection:
         return cls([root / name for name in stores], vocab, **kwargs)
 
     def rows(self, idx: np.ndarray) -> sp.csr_matrix:
-        from .._anndata import check_values
+        from ._matrix import check_values
 
         idx = np.asarray(idx)
         file_of = np.searchsorted(self.offsets, idx, side="right") - 1
@@ -211,7 +211,7 @@ def _open_lazy(path: Path, layer: str | None, gene_key: str | None):
     """A row-indexable on-disk matrix and the gene names of an ``.h5ad`` file or ``.zarr`` AnnData store."""
     import pandas as pd
 
-    from .._anndata import get_matrix, open_on_disk
+    from ._matrix import get_matrix, open_on_disk
 
     adata = open_on_disk(path)
     X, var = get_matrix(adata, layer), adata.var

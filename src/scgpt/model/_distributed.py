@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .._anndata import get_matrix, stored_per_row
 from .._logging import logger
+from ..data import get_matrix, stored_per_row
 from ._device import resolve_device
 from ._engine import Accumulator, InferenceResult, chunk_grid, default_chunk_size, run_inference
 

@@ -31,9 +31,9 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from .._anndata import check_adata, check_values, get_matrix, looks_like_counts, missing_values, read_rows
 from .._logging import warn
 from .._settings import settings
+from ..data import check_adata, check_values, get_matrix, looks_like_counts, missing_values, read_rows
 from ..data._collate import CellBatch, Collator
 from ..data._genes import GeneMatch, match_adata
 from ..nn import Encoded, ScGPTNet

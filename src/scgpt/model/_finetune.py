@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .._anndata import check_adata
 from .._docs import doc_params
 from .._logging import logger
+from ..data import check_adata
 from ._tasks import Task, get_task
 
 if TYPE_CHECKING:

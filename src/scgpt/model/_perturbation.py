@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import scipy.sparse as sp
 
-from .._anndata import check_adata, log_normalized
 from .._logging import warn
 from .._settings import settings
+from ..data import check_adata, log_normalized
 from ..data._genes import match_adata
 from ..data._perturbation import parse_perturbation, perturbation_label, perturbation_labels
 from ..data._screen import (

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .._anndata import check_adata, missing_values
 from .._docs import doc_params
 from .._logging import warn
+from ..data import check_adata, missing_values
 from ..data._genes import gene_names
 from ..data._orthologs import resolve_organism
 

@@ -15,9 +15,8 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 
-from .._anndata import log_normalized
 from .._docs import doc_params
-from ..data._perturbation import parse_perturbation, perturbation_label, perturbation_labels, rank_genes_vs_control
+from ..data import log_normalized, parse_perturbation, perturbation_label, perturbation_labels, rank_genes_vs_control
 from ._utils import finish, new_axes
 
 if TYPE_CHECKING:

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import scipy.sparse as sp
 
-from .._anndata import check_key_added, check_values, iter_row_chunks, record, warn_overwrite, writable
 from .._docs import doc_params
+from .._face import check_key_added, record, warn_overwrite, writable
 from .._logging import logger
-from ..data import bin_csr, cell_keys, gene_keys, gene_names
+from ..data import bin_csr, cell_keys, check_values, gene_keys, gene_names, iter_row_chunks
 
 if TYPE_CHECKING:
     from anndata import AnnData

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from .._anndata import check_key_added, record, warn_overwrite, writable
 from .._docs import doc_params
+from .._face import check_key_added, record, warn_overwrite, writable
 from .._logging import logger
 from .._settings import settings
 from ..data import (

@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import scipy.sparse as sp
 
-from .._anndata import check_adata, check_key_added, get_matrix, record, warn_overwrite, writable
 from .._docs import doc_params
+from .._face import check_key_added, record, warn_overwrite, writable
 from .._logging import logger, warn
+from ..data import check_adata, get_matrix
 from ._binning import bin_values
 
 if TYPE_CHECKING:

@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
-from .._anndata import check_adata, check_key_added, missing_values, record, warn_overwrite, writable
 from .._docs import doc_params
+from .._face import check_key_added, record, warn_overwrite, writable
 from .._logging import logger, warn
+from ..data import check_adata, missing_values
 from ..model import ScGPT, label_codes, resolve_model
 from ._reference import (
     EXACT_MAX_CELLS,

@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .._anndata import check_adata, get_matrix, record, warn_overwrite
+from .._face import record, warn_overwrite
 from .._logging import logger
 from .._settings import settings
+from ..data import check_adata, get_matrix
 from ._hvg import variable_genes
 
 if TYPE_CHECKING:

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._anndata import record, resolve_target, warn_overwrite
 from .._docs import doc_params
+from .._face import record, resolve_target, warn_overwrite
 from .._logging import logger
 from ..data import adata_counts_fraction, check_counts, counts_summary, describe_match
 from ..model import ScGPT, resolve_model

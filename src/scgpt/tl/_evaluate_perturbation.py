@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from .._anndata import check_adata, log_normalized
 from .._logging import log_added, logger, warn
-from ..data._perturbation import perturbation_label, perturbation_labels, rank_genes_vs_control
+from ..data import check_adata, log_normalized, perturbation_label, perturbation_labels, rank_genes_vs_control
 from ._perturbation_baselines import PREDICTION_KEY, _mean_by_label, _unknown_message
 
 if TYPE_CHECKING:

@@ -22,10 +22,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .._anndata import actual_if_view, check_adata, log_normalized, missing_values, record, warn_overwrite
 from .._docs import doc_params
+from .._face import actual_if_view, record, warn_overwrite
 from .._logging import logger
-from ..data import gene_names, match_genes
+from ..data import check_adata, gene_names, log_normalized, match_genes, missing_values
 from ..model import resolve_model
 from ._hvg import variable_genes
 
@@ -298,7 +298,7 @@ def _select_genes(
     elif n_top_genes is None or n_top_genes >= len(known):
         cols = known
     else:
-        from .._anndata import get_matrix
+        from ..data import get_matrix
 
         counts = get_matrix(adata, layer)[:, known]
         cols = known[variable_genes(counts, n_top_genes, None)]

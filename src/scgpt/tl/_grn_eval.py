@@ -18,8 +18,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .._anndata import check_adata, check_key_added, missing_values, record, warn_overwrite
+from .._face import check_key_added, record, warn_overwrite
 from .._logging import log_added, logger, warn
+from ..data import check_adata, missing_values
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -307,7 +308,7 @@ def _reference(reference: object, *, fn: str) -> pd.DataFrame:
     if isinstance(reference, str):
         if reference != "collectri":
             raise ValueError(f"{fn}: reference must be 'collectri' or a DataFrame, got {reference!r}.")
-        from ..datasets._grn import collectri
+        from ..datasets import collectri
 
         reference = collectri()
     _check_columns(reference, ("source", "target"), what="reference", fn=fn)
@@ -444,7 +445,7 @@ def _coexpression(
     adata: AnnData, genes: pd.Index, sources: pd.Index, *, layer: str | None, methods: Sequence[str]
 ) -> dict[str, np.ndarray]:
     """Pearson / Spearman correlation (sources x genes) of log-normalised expression over the cells."""
-    from .._anndata import log_normalized
+    from ..data import log_normalized
 
     logger.info(f"    co-expression baselines ({', '.join(methods)}) over {adata.n_obs} cells")
     X = log_normalized(adata, layer)[:, adata.var_names.get_indexer(genes)].tocsc()
@@ -540,7 +541,7 @@ def enrich_programs(
     gene_sets
         A dict from set name to genes, a DataFrame with ``source`` (set name) and ``target`` (gene) columns
         (decoupler's format), a path to a ``.gmt`` file, or ``"hallmark"`` for the 50 bundled MSigDB
-        Hallmark sets (human symbols; :func:`scgpt.datasets._grn.hallmark`).
+        Hallmark sets (human symbols; :func:`scgpt.datasets.hallmark`).
     key
         ``var`` column with the programs.
     background
@@ -682,7 +683,7 @@ def enrich_programs(
 def _gene_sets(gene_sets: object, *, fn: str) -> dict[str, list[str]]:
     """Gene sets as a dict from name to unique genes, from a dict, a DataFrame, a GMT path or ``"hallmark"``."""
     if isinstance(gene_sets, str) and gene_sets == "hallmark":
-        from ..datasets._grn import hallmark
+        from ..datasets import hallmark
 
         sets = hallmark()
     elif isinstance(gene_sets, str | PathLike):
@@ -692,7 +693,7 @@ def _gene_sets(gene_sets: object, *, fn: str) -> dict[str, list[str]]:
                 f"{fn}: gene_sets={str(gene_sets)!r} is neither 'hallmark' nor an existing .gmt file; pass a path, "
                 "a dict from set name to genes, or a DataFrame with 'source' (set) and 'target' (gene) columns."
             )
-        from ..datasets._grn import read_gmt
+        from ..datasets import read_gmt
 
         sets = read_gmt(path)
     elif isinstance(gene_sets, pd.DataFrame):

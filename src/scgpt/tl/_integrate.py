@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
-from .._anndata import check_key_added, missing_values, record, resolve_target, warn_overwrite
 from .._docs import doc_params
+from .._face import check_key_added, record, resolve_target, warn_overwrite
 from .._logging import logger
-from ..data import GeneMatch, match_adata
+from ..data import GeneMatch, match_adata, missing_values
 from ..model import TASKS, ScGPT, modality_names, resolve_model, with_modalities
 from ._hvg import variable_genes
 
@@ -321,15 +321,7 @@ def _integrate_modalities(
     model_obj, model_name = resolve_model(model)
     tuned_already = model_obj.registry_.get("task") == "multiomic"
     if tuned_already:
-        known = modality_names(model_obj)
-        if mods[0] != known[0] or set(mods) - set(known):
-            raise ValueError(f"The model was fine-tuned on modalities {known}; got {mods}.")
-        tuned_batch = model_obj.registry_.get("batch_key")
-        if tuned_batch is not None and batch_key is None:
-            raise ValueError(
-                f"The model was fine-tuned with batch_key={tuned_batch!r} (batch labels join its decoders): pass "
-                "batch_key= with each cell's batch."
-            )
+        _check_tuned_modalities(model_obj, mods, batch_key)
     obs = pd.DataFrame(index=mdata.obs_names)
     batches = None
     if batch_key is not None:
@@ -403,6 +395,19 @@ def _integrate_modalities(
         n_features=n_features, batches=[] if batches is None else [str(b) for b in pd.unique(batches.astype(str))],
     )  # fmt: skip
     return out if copy else None
+
+
+def _check_tuned_modalities(model: ScGPT, mods: list[str], batch_key: str | None) -> None:
+    """A model fine-tuned on modalities embeds the same modalities (RNA first), with batches if it was trained so."""
+    known = modality_names(model)
+    if mods[0] != known[0] or set(mods) - set(known):
+        raise ValueError(f"The model was fine-tuned on modalities {known}; got {mods}.")
+    tuned_batch = model.registry_.get("batch_key")
+    if tuned_batch is not None and batch_key is None:
+        raise ValueError(
+            f"The model was fine-tuned with batch_key={tuned_batch!r} (batch labels join its decoders): pass "
+            "batch_key= with each cell's batch."
+        )
 
 
 def _kept(model: ScGPT | str | os.PathLike | None, tuned: ScGPT) -> None:

@@ -14,9 +14,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .._anndata import get_matrix
 from .._logging import logger
-from ..data import GeneMatch, match_adata
+from ..data import GeneMatch, get_matrix, match_adata
 from ..model import ScGPT, feature_token
 from ._hvg import log1p_variance_rank
 

@@ -19,9 +19,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
-from .._anndata import log_normalized
 from .._logging import logger, warn
-from ..data import parse_perturbation, perturbation_label, perturbation_labels
+from ..data import log_normalized, parse_perturbation, perturbation_label, perturbation_labels
 
 if TYPE_CHECKING:
     from anndata import AnnData

@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from .._anndata import check_adata
 from .._files import atomic_path
 from .._logging import logger, warn
+from ..data import check_adata
 
 if TYPE_CHECKING:
     from anndata import AnnData
