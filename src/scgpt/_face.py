@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._logging import log_added, warn
+from ._logging import caller, log_added, warn
 from .data import check_adata
 
 if TYPE_CHECKING:
@@ -20,11 +20,12 @@ if TYPE_CHECKING:
     from mudata import MuData
 
 
-def check_key_added(key: str, *, reads=(), slot: str, fn: str, param: str = "key_added") -> None:
+def check_key_added(key: str, *, reads=(), slot: str, param: str = "key_added") -> None:
     """Outputs never overwrite inputs: an error when ``key`` names an entry of ``slot`` that the function reads.
 
     Call it before any work; :func:`warn_overwrite` then says so when an earlier result is replaced.
     """
+    fn = caller()
     if key in {r for r in reads if r is not None}:
         raise ValueError(
             f"{fn}: {param}={key!r} names the {slot} entry it reads; choose another {param} so that the input "
@@ -32,17 +33,19 @@ def check_key_added(key: str, *, reads=(), slot: str, fn: str, param: str = "key
         )
 
 
-def warn_overwrite(adata: AnnData, slot: str, key: str, *, fn: str, copy: bool = False) -> None:
+def warn_overwrite(adata: AnnData, slot: str, key: str, *, copy: bool = False) -> None:
     """Warn that ``adata.<slot>[key]`` exists and is about to be replaced (call it just before writing).
 
     Silent for ``copy=True`` calls: the entry replaced is in the copy, not in the caller's data.
     """
+    fn = caller()
     if not copy and key in getattr(adata, slot):
         warn(f"{fn}: adata.{slot}[{key!r}] exists and is overwritten.")
 
 
-def actual_if_view(adata: AnnData, *, fn: str) -> None:
+def actual_if_view(adata: AnnData) -> None:
     """Turn a view into an actual AnnData in place, with a warning (as scanpy does before writing)."""
+    fn = caller()
     if adata.is_view:
         warn(
             f"{fn} received a view of an AnnData; it is made into an actual AnnData (a copy of the subset) "
@@ -118,12 +121,13 @@ class Target:
             self.mdata.uns[key] = self.adata.uns[key]
 
 
-def writable(adata: object, *, fn: str, copy: bool, in_memory: bool = False) -> AnnData:
+def writable(adata: object, *, copy: bool, in_memory: bool = False) -> AnnData:
     """The AnnData a face function writes to: checked, copied with ``copy=True``, a view made actual.
 
     ``in_memory`` refuses backed input (for functions that subset or rewrite the matrix).
     """
-    check_adata(adata, fn=fn)
+    fn = caller()
+    check_adata(adata)
     if adata.isbacked and (copy or in_memory):
         what = f"{fn}(copy=True)" if copy else fn
         raise ValueError(
@@ -132,22 +136,23 @@ def writable(adata: object, *, fn: str, copy: bool, in_memory: bool = False) -> 
         )
     if copy:
         return adata.copy()
-    actual_if_view(adata, fn=fn)
+    actual_if_view(adata)
     return adata
 
 
-def resolve_target(data: object, *, mod: str, fn: str, copy: bool) -> Target:
+def resolve_target(data: object, *, mod: str, copy: bool) -> Target:
     """The AnnData to work on: ``data``, or its modality ``mod`` when it is a MuData (copied first with ``copy``).
 
     Raises clear errors for other types, missing modalities and empty data; a view is made actual with a warning.
     """
+    fn = caller()
     if type(data).__name__ == "MuData":  # avoids importing mudata for AnnData input
         mdata = data.copy() if copy else data
         if mod not in mdata.mod:
             raise KeyError(f"mod={mod!r} is not a modality of the MuData (modalities: {list(mdata.mod)}).")
-        return Target(writable(mdata.mod[mod], fn=fn, copy=False), mdata, mod)
+        return Target(writable(mdata.mod[mod], copy=False), mdata, mod)
     from anndata import AnnData
 
     if not isinstance(data, AnnData):
         raise TypeError(f"{fn} expects an AnnData or MuData, got {type(data).__name__}.")
-    return Target(writable(data, fn=fn, copy=copy))
+    return Target(writable(data, copy=copy))

@@ -52,15 +52,19 @@ def warn(message: str, category: type[Warning] = UserWarning) -> None:
 
 # ---------------------------------------------------------------------------- who called
 _CALLER: contextvars.ContextVar[str | None] = contextvars.ContextVar("scgpt_caller", default=None)
+_DETAIL: contextvars.ContextVar[str | None] = contextvars.ContextVar("scgpt_detail", default=None)
 F = TypeVar("F", bound=Callable)
 
 
 def caller(default: str = "scgpt") -> str:
     """The public function the user called (``"embed"``, ``"finetune('annotation')"``), for messages.
 
-    Set once per call by :func:`calling` or :func:`named`; ``default`` when code runs outside any.
+    Set once per call by :func:`calling` or :func:`named`; ``default`` when code runs outside any. A part of the
+    input being checked (:func:`describing`) follows in brackets: ``"annotate (reference)"``.
     """
-    return _CALLER.get() or default
+    name = _CALLER.get() or default
+    detail = _DETAIL.get()
+    return f"{name} ({detail})" if detail else name
 
 
 @contextlib.contextmanager
@@ -76,6 +80,16 @@ def calling(name: str) -> Iterator[None]:
     finally:
         if token is not None:
             _CALLER.reset(token)
+
+
+@contextlib.contextmanager
+def describing(detail: str) -> Iterator[None]:
+    """Say which part of the input messages raised inside are about (``"reference"``, ``"prediction 'x'"``)."""
+    token = _DETAIL.set(detail)
+    try:
+        yield
+    finally:
+        _DETAIL.reset(token)
 
 
 def named(name: str | None = None) -> Callable[[F], F]:

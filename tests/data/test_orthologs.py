@@ -170,7 +170,7 @@ def test_sources_read_another_species_in_vocabulary_space():
     X = np.array([[1, 2, 3], [0, 5, 0]], dtype=np.float32)
     cells = ad.AnnData(sp.csr_matrix(X))
     cells.var_names = ["x1", "x2", "y"]
-    src = AnnDataSource.matched(cells, vocab, organism=table, orthologs="all", fn="test")
+    src = AnnDataSource.matched(cells, vocab, organism=table, orthologs="all")
     rows = src.rows(np.array([0, 1])).toarray()
     assert rows[:, vocab["CD3E"]].tolist() == [3, 5] and rows[:, vocab["MS4A1"]].tolist() == [3, 0]
     assert rows.sum() == X.sum() and sorted(src.present_tokens()) == sorted([vocab["CD3E"], vocab["MS4A1"]])

@@ -100,9 +100,9 @@ def test_the_model_remembers_its_setup(tuned, screen):
 
 def _screen_obj(model, adata, labels):
     obs = adata.obs["perturbation"].astype(str).to_numpy()
-    targets = target_tokens(sorted(set(labels) | {"control"}), model.vocab, control="control", fn="t")
+    targets = target_tokens(sorted(set(labels) | {"control"}), model.vocab, control="control")
     return screen_from_adata(
-        model.vocab, adata, obs, targets, control="control", layer=None, gene_key=None, use_aliases=True, fn="t"
+        model.vocab, adata, obs, targets, control="control", layer=None, gene_key=None, use_aliases=True
     )
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .._logging import warn
+from .._logging import caller, warn
 from ._orthologs import (
     HUMAN_LIKE,
     ORTHOLOGY,
@@ -106,8 +106,9 @@ class GeneMatch:
         out[self.ids[cols]] = cols
         return out
 
-    def restricted_to(self, ids: np.ndarray, *, fn: str) -> GeneMatch:
+    def restricted_to(self, ids: np.ndarray) -> GeneMatch:
         """The same match with only the genes whose token is among ``ids`` kept (the others unmatched)."""
+        fn = caller()
         keep = np.isin(self.ids, ids[ids >= 0]) & self.matched
         if not keep.any():
             raise ValueError(f"{fn}: none of the genes is in the model's gene panel ({int((ids >= 0).sum())} genes).")
@@ -319,8 +320,9 @@ def _gene_threshold(match: GeneMatch) -> float:
     return 0.5 if match.organism == "human" else 0.25
 
 
-def check_coverage(match: GeneMatch, *, fn: str) -> GeneMatch:
+def check_coverage(match: GeneMatch) -> GeneMatch:
     """Errors at zero overlap and for a wrong ``organism``; warns when few genes match (50 %, other species 25 %)."""
+    fn = caller()
     rep = match.report()
     if match.organism not in ("human", "custom"):
         known = float((match.orthology != "").mean()) if len(match.names) else 0.0
@@ -373,11 +375,12 @@ def counts_summary(fraction: np.ndarray) -> dict[str, float]:
     return {"median": float(np.median(f)), "p5": float(np.percentile(f, 5)), "min": float(f.min())}
 
 
-def check_counts(summary: dict[str, float], match: GeneMatch, *, fn: str) -> None:
+def check_counts(summary: dict[str, float], match: GeneMatch) -> None:
     """Warn when the median cell has less than :data:`COUNTS_WARN` of its counts in genes the model reads.
 
     Silent when :func:`check_coverage` warned already (few genes matched: the same advice).
     """
+    fn = caller()
     if not summary["median"] < COUNTS_WARN or match.report()["coverage"] < _gene_threshold(match):
         return
     if match.organism == "human":
@@ -402,12 +405,11 @@ def match_adata(
     use_aliases: bool = True,
     organism: str | pd.DataFrame = "human",
     orthologs: str = "one2one",
-    fn: str,
 ) -> GeneMatch:
     """The genes of ``adata`` matched to ``vocab``, with :func:`check_coverage`'s errors and warnings from ``fn``."""
     match = match_genes(gene_names(adata, gene_key), vocab, use_aliases=use_aliases, organism=organism,
                         orthologs=orthologs)  # fmt: skip
-    return check_coverage(match, fn=fn)
+    return check_coverage(match)
 
 
 def adata_counts_fraction(adata: AnnData, match: GeneMatch, *, layer: str | None = None) -> np.ndarray:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import scipy.sparse as sp
 
-from .._logging import logger
+from .._logging import caller, logger
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -30,8 +30,9 @@ def missing_values(values) -> np.ndarray:
     return values.isna().to_numpy() | text.isin(("nan", "none", "")).to_numpy()
 
 
-def check_adata(adata: object, *, fn: str) -> None:
+def check_adata(adata: object) -> None:
     """A clear error for objects that are not a usable AnnData (wrong type, no cells, no genes)."""
+    fn = caller()
     from anndata import AnnData
 
     if not isinstance(adata, AnnData):
@@ -184,7 +185,7 @@ def log_normalize_counts(counts, *, target_sum: float = 1e4) -> sp.csr_matrix:
     return X
 
 
-def log_normalized(adata: AnnData, layer: str | None = None, *, fn: str = "log_normalized") -> sp.csr_matrix:
+def log_normalized(adata: AnnData, layer: str | None = None) -> sp.csr_matrix:
     """``log1p(normalize_total(counts, 1e4))`` of every cell (CSR, float64).
 
     Parameters
@@ -193,8 +194,6 @@ def log_normalized(adata: AnnData, layer: str | None = None, *, fn: str = "log_n
         Cells with counts (or log1p data marked by ``uns["log1p"]``).
     layer
         Layer with the counts; ``None`` uses ``adata.X``.
-    fn
-        Name of the calling function, for messages.
 
     Notes
     -----
@@ -203,6 +202,7 @@ def log_normalized(adata: AnnData, layer: str | None = None, *, fn: str = "log_n
     :func:`scgpt.data.from_gears` write that marker): it is used as it is. Anything else is an error:
     scaled, centred or normalised-but-not-logged values would give meaningless profiles.
     """
+    fn = caller()
     X = as_csr(get_matrix(adata, layer))
     check_values(X, what=f"{fn}: the expression matrix")
     if looks_like_counts(X):

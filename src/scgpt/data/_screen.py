@@ -32,7 +32,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .._logging import warn
+from .._logging import caller, warn
 from ._collate import CellBatch, _mix
 from ._genes import match_adata, match_genes
 from ._matrix import log_normalized
@@ -56,9 +56,9 @@ def target_tokens(
     use_aliases: bool = True,
     organism: str = "human",
     orthologs: str = "one2one",
-    fn: str,
 ) -> dict[str, np.ndarray]:
     """Vocabulary ids of the target genes of each label; a target outside the vocabulary is an error."""
+    fn = caller()
     genes = sorted({g for label in labels for g in parse_perturbation(label, control=control)})
     ids = (
         match_genes(genes, vocab, use_aliases=use_aliases, organism=organism, orthologs=orthologs).ids
@@ -133,25 +133,23 @@ def screen_from_adata(
     use_aliases: bool,
     organism: str = "human",
     orthologs: str = "one2one",
-    fn: str,
 ) -> Screen:
     """The cells of ``adata`` whose label is in ``targets`` (plus the controls) over the panel of measured genes."""
     keep = np.isin(labels, [*targets, control])
     cells = adata if keep.all() else adata[keep]
     match = match_adata(
-        adata, vocab, gene_key=gene_key, use_aliases=use_aliases, organism=organism, orthologs=orthologs, fn=fn
+        adata, vocab, gene_key=gene_key, use_aliases=use_aliases, organism=organism, orthologs=orthologs
     )
     cols = np.flatnonzero(match.matched)
-    X = log_normalized(cells, layer, fn=fn)[:, cols].astype(np.float32).tocsr()
+    X = log_normalized(cells, layer)[:, cols].astype(np.float32).tocsr()
     screen = Screen(X, match.ids[cols].astype(np.int64), labels[keep], targets, control, np.zeros(len(cols)))
     screen.control_mean = screen.mean_of(control)
     return screen
 
 
-def choose_columns(
-    screen: Screen, labels: Sequence[str], budget: int, rng: np.random.Generator, *, fn: str = "perturbation"
-) -> np.ndarray:
+def choose_columns(screen: Screen, labels: Sequence[str], budget: int, rng: np.random.Generator) -> np.ndarray:
     """Panel positions of a minibatch: all when they fit in ``budget``, else the targets plus a random subset."""
+    fn = caller()
     G = len(screen.tokens)
     if G <= budget:
         return np.arange(G)
@@ -351,9 +349,8 @@ class FixedBatches:
         return len(self.batches)
 
 
-def _labels_list(
-    given: Sequence[str] | str, control: str, present: set[str], key: str, what: str, fn: str
-) -> list[str]:
+def _labels_list(given: Sequence[str] | str, control: str, present: set[str], key: str, what: str) -> list[str]:
+    fn = caller()
     items = [given] if isinstance(given, str) else list(given)
     try:
         names = [perturbation_label(p, control=control) for p in items]
@@ -376,9 +373,9 @@ def split_labels(
     val: Sequence[str] | None,
     validation_size: float,
     seed: int,
-    fn: str,
 ) -> tuple[list[str], list[str]]:
     """Training and validation perturbation labels (validation: given, or a seeded split by whole target gene)."""
+    fn = caller()
     present = set(labels.tolist()) - {control}
     if not present:
         raise ValueError(f"{fn}: adata.obs[{key!r}] holds only control cells ({control!r}); nothing to learn from.")

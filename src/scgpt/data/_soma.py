@@ -19,6 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 from anndata.abc import CSRDataset
 
+from .._logging import calling
 from ._genes import check_coverage, match_genes
 from ._sources import _to_token_space
 from ._vocab import GeneVocab
@@ -351,7 +352,8 @@ class SomaSource:
             dup = list(adata.var_names[adata.var_names.duplicated()][:3])
             raise ValueError(f"{uri}: duplicated gene names in var[{gene_key!r}] (e.g. {dup}).")
         m = match_genes(adata.var_names, vocab, use_aliases=use_aliases, organism=organism, orthologs=orthologs)
-        check_coverage(m, fn="SomaSource")
+        with calling("SomaSource"):
+            check_coverage(m)
         self.uri, self.n_tokens, self.n_obs = str(uri), len(vocab), adata.n_obs
         self.matrix: SomaMatrix = adata.X
         self.obs_joinids = self.matrix.obs_joinids

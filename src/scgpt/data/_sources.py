@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import scipy.sparse as sp
 
+from .._logging import calling, describing
 from ._genes import check_coverage, match_adata, match_genes
 from ._vocab import GeneVocab
 
@@ -88,7 +89,6 @@ class AnnDataSource:
         use_aliases: bool = True,
         organism: str = "human",
         orthologs: str = "one2one",
-        fn: str,
     ) -> AnnDataSource:
         """The cells of ``adata`` with its genes matched to ``vocab`` (clear errors from ``fn`` at no overlap).
 
@@ -96,7 +96,7 @@ class AnnDataSource:
         :func:`scgpt.pp.align_vocab`); genes that share a token have their counts summed.
         """
         match = match_adata(
-            adata, vocab, gene_key=gene_key, use_aliases=use_aliases, organism=organism, orthologs=orthologs, fn=fn
+            adata, vocab, gene_key=gene_key, use_aliases=use_aliases, organism=organism, orthologs=orthologs
         )
         return cls(adata, match.ids, len(vocab), layer)
 
@@ -156,7 +156,8 @@ class H5adCollection:
         for p in self.paths:
             X, names = _open_lazy(p, layer, gene_key)
             m = match_genes(names, vocab, use_aliases=use_aliases, organism=organism, orthologs=orthologs)
-            check_coverage(m, fn=f"H5adCollection ({p.name})")
+            with calling("H5adCollection"), describing(p.name):
+                check_coverage(m)
             self._X.append(X)
             self._tokens.append(m.ids)
             sizes.append(X.shape[0])

@@ -120,7 +120,6 @@ class CellData:
             use_aliases=o.get("use_aliases", True),
             organism=o.get("organism", "human"),
             orthologs=o.get("orthologs", "one2one"),
-            fn=self.name,
         )
         size = self.task.defaults.get("batch_size", 32) if batch_size is None else batch_size
         dm = model.make_datamodule(

@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from .._logging import warn
+from .._logging import caller, named, warn
 from .._settings import settings
 from ..data import check_adata, check_values, get_matrix, looks_like_counts, missing_values, read_rows
 from ..data._collate import CellBatch, Collator
@@ -453,6 +453,7 @@ class InferenceResult:
     dtype: str
 
 
+@named()
 def run_inference(
     model: ScGPT,
     adata: AnnData,
@@ -479,7 +480,6 @@ def run_inference(
     chunks: Sequence[tuple[int, int]] | None = None,
     cls: bool = True,
     token_flags: np.ndarray | None = None,
-    fn: str = "embed",
 ) -> InferenceResult:
     """Run ``model`` over the cells of ``adata`` (in memory or backed) and feed every minibatch to ``accumulator``.
 
@@ -518,20 +518,19 @@ def run_inference(
         Put ``<cls>`` first (``False`` for perturbation models, which see genes only).
     token_flags
         Perturbation flag of every vocabulary token (perturbation models: 1 on the target genes).
-    fn
-        Name used in messages.
     """
-    check_adata(adata, fn=fn)
+    fn = caller()
+    check_adata(adata)
     if max_length < 1 + int(cls):
         raise ValueError(f"max_length must be at least 2 (<cls> and one gene), got {max_length}.")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
     get_matrix(adata, layer)  # clear error for a missing layer before any work
     match = match_adata(
-        adata, model.vocab, gene_key=gene_key, use_aliases=use_aliases, organism=organism, orthologs=orthologs, fn=fn
+        adata, model.vocab, gene_key=gene_key, use_aliases=use_aliases, organism=organism, orthologs=orthologs
     )
     if tokens is not None:
-        match = match.restricted_to(model.vocab.lookup(tokens), fn=fn)
+        match = match.restricted_to(model.vocab.lookup(tokens))
     keys = np.zeros(adata.n_vars, dtype=np.uint64)
     keys[match.matched] = model.vocab.gene_keys()[match.ids[match.matched]]
     labels, unseen = batch_label_codes(model, adata, batch_key)

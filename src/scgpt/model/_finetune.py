@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .._docs import doc_params
-from .._logging import logger
+from .._logging import calling, logger
 from ..data import check_adata
 from ._tasks import Task, get_task
 
@@ -138,55 +138,56 @@ class FinetuneMixin:
         import torch
 
         t = get_task(task)
-        check_adata(adata, fn=f"finetune({t.name!r})")
-        data = t.data_hook()(
-            self,
-            t,
-            adata,
-            labels_key=labels_key,
-            batch_key=batch_key,
-            perturbation_key=perturbation_key,
-            control=control,
-            train_perturbations=train_perturbations,
-            val_perturbations=val_perturbations,
-            layer=layer,
-            gene_key=gene_key,
-            use_aliases=use_aliases,
-            organism=organism,
-            orthologs=orthologs,
-            max_length=max_length,
-            validation_size=validation_size,
-            early_stopping=early_stopping,
-            seed=seed,
-        )
-        torch.manual_seed(seed)
-        new = self.adapt(**t.heads(self.config, data.categories))
-        freeze(new, freeze_layers)
-        dm = data.datamodule(new, batch_size=batch_size)
-        new.registry_.update(data.registry)
-        logger.info(data.summary())
-        defaults = t.defaults
-        plan_kwargs, trainer_kwargs = split_plan_options(train_kwargs)
-        plan_kwargs["lr"] = defaults.get("lr", 1e-4) if lr is None else lr
-        plan_kwargs.setdefault("eps", defaults.get("eps", 1e-8))
-        plan_kwargs.setdefault("schedule", t.schedule)
-        trainer_kwargs.setdefault("restore_best", data.validation)  # the official best_model: best validation epoch
-        try:
-            new.train(
-                datamodule=dm,
-                recipe=data.recipe,
-                max_epochs=defaults.get("max_epochs", 10) if max_epochs is None else max_epochs,
+        with calling(f"finetune({t.name!r})"):
+            check_adata(adata)
+            data = t.data_hook()(
+                self,
+                t,
+                adata,
+                labels_key=labels_key,
+                batch_key=batch_key,
+                perturbation_key=perturbation_key,
+                control=control,
+                train_perturbations=train_perturbations,
+                val_perturbations=val_perturbations,
+                layer=layer,
+                gene_key=gene_key,
+                use_aliases=use_aliases,
+                organism=organism,
+                orthologs=orthologs,
+                max_length=max_length,
+                validation_size=validation_size,
+                early_stopping=early_stopping,
                 seed=seed,
-                early_stopping=data.stop and data.validation,
-                plan_kwargs=plan_kwargs,
-                **data.train_options,
-                **trainer_kwargs,
             )
-        finally:
-            for p in new.net.parameters():
-                p.requires_grad_(True)
-        data.finish(new)
-        if inplace:
-            self._become(new)
-            return self
-        return new
+            torch.manual_seed(seed)
+            new = self.adapt(**t.heads(self.config, data.categories))
+            freeze(new, freeze_layers)
+            dm = data.datamodule(new, batch_size=batch_size)
+            new.registry_.update(data.registry)
+            logger.info(data.summary())
+            defaults = t.defaults
+            plan_kwargs, trainer_kwargs = split_plan_options(train_kwargs)
+            plan_kwargs["lr"] = defaults.get("lr", 1e-4) if lr is None else lr
+            plan_kwargs.setdefault("eps", defaults.get("eps", 1e-8))
+            plan_kwargs.setdefault("schedule", t.schedule)
+            trainer_kwargs.setdefault("restore_best", data.validation)  # the official best_model: best validation epoch
+            try:
+                new.train(
+                    datamodule=dm,
+                    recipe=data.recipe,
+                    max_epochs=defaults.get("max_epochs", 10) if max_epochs is None else max_epochs,
+                    seed=seed,
+                    early_stopping=data.stop and data.validation,
+                    plan_kwargs=plan_kwargs,
+                    **data.train_options,
+                    **trainer_kwargs,
+                )
+            finally:
+                for p in new.net.parameters():
+                    p.requires_grad_(True)
+            data.finish(new)
+            if inplace:
+                self._become(new)
+                return self
+            return new

@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from .._docs import doc_params
+from .._logging import named
 from ._engine import CellRows, GenePairs, InferenceResult, rank_normalize, run_inference
 from ._tasks import TASKS
 
@@ -62,6 +63,7 @@ class InferenceMixin:
         return task.inference_options(self.registry_)
 
     @doc_params(max_length=doc_max_length_auto)
+    @named()
     def get_latent_representation(
         self,
         adata: AnnData | None = None,
@@ -128,15 +130,13 @@ class InferenceMixin:
 
             res = run_sharded(
                 self, adata, devices=devices, num_nodes=num_nodes, strategy=strategy, **common, **options,
-                fn="get_latent_representation",
-            )  # fmt: skip
+                )  # fmt: skip
         else:
-            res = run_inference(
-                self, adata, CellRows(normalize=True), **common, **options, fn="get_latent_representation"
-            )
+            res = run_inference(self, adata, CellRows(normalize=True), **common, **options)
         return res if return_info else res.output
 
     @doc_params()
+    @named()
     def predict_proba(
         self,
         adata: AnnData | None = None,
@@ -207,7 +207,6 @@ class InferenceMixin:
             progress=progress,
             organism=organism,
             orthologs=orthologs,
-            fn="predict_proba",
             **options,
         ).output
         return pd.DataFrame(probs, index=adata.obs_names.copy(), columns=pd.Index(self.registry_["label_categories"]))
@@ -238,6 +237,7 @@ class InferenceMixin:
         return pd.DataFrame(values, index=pd.Index(tokens, name="gene"))
 
     @doc_params()
+    @named()
     def get_attention(
         self,
         adata: AnnData | None = None,
@@ -330,7 +330,6 @@ class InferenceMixin:
             tokens=tokens,
             organism=organism,
             orthologs=orthologs,
-            fn="infer_grn",
         )
         out = res.output
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -338,6 +337,7 @@ class InferenceMixin:
         mean[out["counts"] == 0] = np.nan
         return AttentionMaps(mean, out["counts"], out["n_cells"])
 
+    @named()
     def predict_perturbation(
         self,
         adata: AnnData,

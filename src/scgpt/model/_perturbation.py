@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import scipy.sparse as sp
 
-from .._logging import warn
+from .._logging import caller, warn
 from .._settings import settings
 from ..data import check_adata, log_normalized
 from ..data._genes import match_adata
@@ -56,7 +56,7 @@ LABEL_OPTIONS = ("labels_key", "batch_key")
 
 
 # ---------------------------------------------------------------------------- the setup a model remembers
-def perturbation_setup(model: ScGPT, *, fn: str) -> dict[str, Any]:
+def perturbation_setup(model: ScGPT) -> dict[str, Any]:
     """The perturbation setup of a fine-tuned model (``perturbation_key``, ``control``, gene panel, ...).
 
     Read from ``model.registry_`` (models fine-tuned or saved by this package), else from
@@ -64,6 +64,7 @@ def perturbation_setup(model: ScGPT, *, fn: str) -> dict[str, Any]:
     (e.g. one fine-tuned by the official code) gives ``{}``. Raises for a model without the
     perturbation-flag embedding and affine decoder.
     """
+    fn = caller()
     c = model.config
     if not c.n_pert_flags or c.expr_decoder != "affine":
         task = model.registry_.get("task")
@@ -126,7 +127,7 @@ class PairData:
                 f"{fn} feeds un-binned log1p values, which needs a continuous value encoder (input_emb_style="
                 f"'continuous', as the released models); this model has {model.config.input_emb_style!r}."
             )
-        labels = perturbation_labels(adata, perturbation_key=key, control=ctrl, fn=fn).to_numpy().astype(str)
+        labels = perturbation_labels(adata, perturbation_key=key, control=ctrl).to_numpy().astype(str)
         defaults = task.defaults
         early_stopping, validation_size = options.get("early_stopping"), options.get("validation_size")
         self.stop = defaults.get("early_stopping", False) if early_stopping is None else early_stopping
@@ -142,11 +143,10 @@ class PairData:
             val=options.get("val_perturbations"),
             validation_size=validation_size,
             seed=seed,
-            fn=fn,
         )
         species = {"organism": options.get("organism", "human"), "orthologs": options.get("orthologs", "one2one")}
         self.targets = target_tokens(
-            [ctrl, *self.train, *self.val], model.vocab, control=ctrl, use_aliases=use_aliases, fn=fn, **species
+            [ctrl, *self.train, *self.val], model.vocab, control=ctrl, use_aliases=use_aliases, **species
         )
         self.screen = screen_from_adata(
             model.vocab,
@@ -157,7 +157,6 @@ class PairData:
             layer=options.get("layer"),
             gene_key=options.get("gene_key"),
             use_aliases=use_aliases,
-            fn=fn,
             **species,
         )
         max_length = options.get("max_length")
@@ -344,7 +343,6 @@ def predict_mean_expression(
                     tokens=names,
                     cls=False,
                     token_flags=flags,
-                    fn="predict_perturbation",
                 )
                 mean = res.output[0, cols].astype(np.float64)
                 sums[cols] += mean
@@ -395,8 +393,9 @@ class PerturbationPrediction:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def requested_labels(perturbations: Any, control: str, fn: str) -> list[str]:
+def requested_labels(perturbations: Any, control: str) -> list[str]:
     """The labels of the requested perturbations, with clear errors for none, the control and repeats."""
+    fn = caller()
     items = [perturbations] if isinstance(perturbations, str) else list(perturbations)
     if not items:
         raise ValueError(f"{fn}: no perturbations requested.")
@@ -433,16 +432,16 @@ def predict_perturbation(
     device: str | torch.device | None = None,
     dtype: str | None = None,
     progress: bool | None = None,
-    fn: str = "predict_perturbation",
 ) -> PerturbationPrediction:
     """The mean profile after each perturbation, predicted from a seeded sample of control cells of ``adata``.
 
     See :meth:`ScGPT.predict_perturbation <scgpt.model.ScGPT.predict_perturbation>`.
     """
+    fn = caller()
     from .._logging import logger
 
-    check_adata(adata, fn=fn)
-    setup = perturbation_setup(model, fn=fn)
+    check_adata(adata)
+    setup = perturbation_setup(model)
     if not setup:
         logger.info(f"{fn}: the model carries no fine-tuning record (an official perturbation model?); defaults used")
     key = perturbation_key if perturbation_key is not None else setup.get("perturbation_key", "perturbation")
@@ -454,18 +453,18 @@ def predict_perturbation(
     chunk = int(setup.get("max_length", DEFAULT_MAX_LENGTH)) if gene_chunk is None else int(gene_chunk)
     if chunk < 2:
         raise ValueError(f"{fn}: gene_chunk must be at least 2, got {gene_chunk}.")
-    labels = perturbation_labels(adata, perturbation_key=key, control=ctrl, fn=fn).to_numpy()
+    labels = perturbation_labels(adata, perturbation_key=key, control=ctrl).to_numpy()
     names = requested_labels(perturbations, ctrl, fn)
     species = {"organism": organism, "orthologs": orthologs}
-    targets = target_tokens(names, model.vocab, control=ctrl, use_aliases=use_aliases, fn=fn, **species)
+    targets = target_tokens(names, model.vocab, control=ctrl, use_aliases=use_aliases, **species)
 
     controls = np.flatnonzero(labels == ctrl)
-    X_ctrl = log_normalized(adata[controls], layer=layer, fn=fn)
+    X_ctrl = log_normalized(adata[controls], layer=layer)
     ctrl_mean = np.asarray(X_ctrl.mean(0), dtype=np.float64).ravel()
     rng = np.random.default_rng(seed)
     n_used = min(n_control_cells, len(controls))
     sample = np.sort(rng.choice(len(controls), n_used, replace=False))
-    match = match_adata(adata, model.vocab, gene_key=gene_key, use_aliases=use_aliases, fn=fn, **species)
+    match = match_adata(adata, model.vocab, gene_key=gene_key, use_aliases=use_aliases, **species)
     cols = np.flatnonzero(match.matched)
     X_in = X_ctrl[sample][:, cols].toarray().astype(np.float32)
 

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .._docs import doc_params
-from .._logging import warn
+from .._logging import named, warn
 from ..data import check_adata, missing_values
 from ..data._genes import gene_names
 from ..data._orthologs import resolve_organism
@@ -84,6 +84,7 @@ class SetupMixin:
     # ------------------------------------------------------------------ data setup
     @classmethod
     @doc_params()
+    @named()
     def setup_anndata(
         cls,
         adata: AnnData,
@@ -123,7 +124,7 @@ class SetupMixin:
         """
         from scvi.data import AnnDataManager, fields
 
-        check_adata(adata, fn="setup_anndata")
+        check_adata(adata)
         gene_names(adata, gene_key)  # clear errors for missing keys / duplicated names
         if isinstance(organism, str):
             resolve_organism(organism)  # a clear error for an unknown species, before any work

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._logging import logger
+from .._logging import logger, named
 from .._settings import settings
 from ..data._splits import random_split
 from ._setup import _categories, _registered_codes
@@ -61,6 +61,7 @@ class TrainingMixin:
         return new
 
     # ------------------------------------------------------------------ training
+    @named()
     def train(
         self,
         adata: AnnData | None = None,
@@ -178,6 +179,7 @@ class TrainingMixin:
         self.registry_["last_recipe"] = rec.to_dict()
         return self
 
+    @named()
     def make_datamodule(
         self,
         source: CellSource,
@@ -268,7 +270,6 @@ class TrainingMixin:
             layer=setup.get("layer"),
             organism=setup.get("organism", "human"),
             orthologs=setup.get("orthologs", "one2one"),
-            fn="train",
         )
         obs: dict[str, np.ndarray] = {}
         c = self.config

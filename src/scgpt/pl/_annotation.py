@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from .._docs import doc_params
+from .._logging import named
 from ._utils import finish, new_axes
 
 if TYPE_CHECKING:
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
 
 
 @doc_params()
+@named()
 def confusion(
     adata: AnnData,
     key: str = "scgpt_celltype_evaluation",

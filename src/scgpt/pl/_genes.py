@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._docs import doc_params
+from .._logging import named
 from ._utils import finish, new_axes
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ def _label(adata: AnnData | np.ndarray, key: str, default: str) -> str:
 
 
 @doc_params()
+@named()
 def gene_coverage(
     adata: AnnData | np.ndarray,
     reference: AnnData | np.ndarray | None = None,

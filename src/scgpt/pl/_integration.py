@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .._docs import doc_params
+from .._logging import named
 from ._utils import finish, new_axes
 
 if TYPE_CHECKING:
@@ -19,6 +20,7 @@ AGGREGATES = ("Bio conservation", "Batch correction", "Total", "AvgBIO", "AvgBAT
 
 
 @doc_params()
+@named()
 def benchmark_integration(
     data: AnnData | pd.DataFrame,
     key: str = "scgpt_integration_benchmark",

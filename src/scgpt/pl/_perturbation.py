@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .._docs import doc_params
+from .._logging import caller, named
 from ..data import log_normalized, parse_perturbation, perturbation_label, perturbation_labels, rank_genes_vs_control
 from ._utils import finish, new_axes
 
@@ -52,7 +53,8 @@ def _model_colors(n: int) -> list[str]:
 # --------------------------------------------------------------------------- perturbation
 
 
-def _predictions(pred: AnnData | Mapping[str, AnnData] | None, fn: str) -> dict[str, AnnData]:
+def _predictions(pred: AnnData | Mapping[str, AnnData] | None) -> dict[str, AnnData]:
+    fn = caller()
     from anndata import AnnData
 
     if pred is None:
@@ -77,8 +79,9 @@ def _row_label(name: str, control: str) -> str:
         return name
 
 
-def _predicted_values(p: AnnData, name: str, label: str, genes: list[str], control: str, fn: str) -> np.ndarray:
+def _predicted_values(p: AnnData, name: str, label: str, genes: list[str], control: str) -> np.ndarray:
     """The predicted profile of ``label`` on ``genes`` (a row of ``p.X``)."""
+    fn = caller()
     import scipy.sparse as sp
 
     rows = [i for i, s in enumerate(p.obs_names) if _row_label(str(s), control) == label]
@@ -98,8 +101,8 @@ def _shown_genes(
     label: str,
     var_names: pd.Index,
     n_genes: int,
-    fn: str,
 ) -> list[str] | None:
+    fn = caller()
     if de_genes is None:
         return None
     if isinstance(de_genes, Mapping):
@@ -117,6 +120,7 @@ def _shown_genes(
 
 
 @doc_params()
+@named()
 def perturbation(
     adata: AnnData,
     perturbation: str | Sequence[str],
@@ -176,7 +180,7 @@ def perturbation(
     fn = "scgpt.pl.perturbation"
     if n_genes < 1:
         raise ValueError(f"{fn}: n_genes must be positive, got {n_genes}.")
-    labels = perturbation_labels(adata, perturbation_key=perturbation_key, control=control, fn=fn)
+    labels = perturbation_labels(adata, perturbation_key=perturbation_key, control=control)
     label = perturbation_label(perturbation, control=control)
     if label == control:
         raise ValueError(f"{fn}: {control!r} is the control label; choose a perturbation.")
@@ -192,7 +196,7 @@ def perturbation(
 
     cells = labels.isin([control, label]).to_numpy()
     names = labels.to_numpy()[cells]
-    X = log_normalized(adata[cells] if not cells.all() else adata, layer, fn=fn)
+    X = log_normalized(adata[cells] if not cells.all() else adata, layer)
     if genes is None:
         ranked = rank_genes_vs_control(X, names, [label], control, n_genes=n_genes)[label]
         genes = [str(g) for g in adata.var_names[ranked]]
@@ -282,7 +286,8 @@ def _lower_is_better(metric: str) -> bool:
     return any(word in name for word in ("mse", "mae", "rmse", "error", "distance", "loss"))
 
 
-def _results_table(results: AnnData | pd.DataFrame, key: str, fn: str) -> pd.DataFrame:
+def _results_table(results: AnnData | pd.DataFrame, key: str) -> pd.DataFrame:
+    fn = caller()
     if isinstance(results, pd.DataFrame):
         table = results
     else:
@@ -302,6 +307,7 @@ def _results_table(results: AnnData | pd.DataFrame, key: str, fn: str) -> pd.Dat
 
 
 @doc_params()
+@named()
 def perturbation_metrics(
     results: pd.DataFrame | AnnData,
     *,

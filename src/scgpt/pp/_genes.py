@@ -10,7 +10,7 @@ import pandas as pd
 
 from .._docs import doc_params
 from .._face import check_key_added, record, warn_overwrite, writable
-from .._logging import logger
+from .._logging import logger, named
 from .._settings import settings
 from ..data import (
     GeneVocab,
@@ -48,6 +48,7 @@ model
     :class:`~scgpt.model.ScGPT`); ``None`` uses ``scgpt.settings.default_model`` when it is set, else the
     bundled whole-human vocabulary (that of the released scGPT models)."""
 )
+@named()
 def align_vocab(
     adata: AnnData,
     model: ScGPT | str | os.PathLike | None = None,
@@ -132,22 +133,21 @@ def align_vocab(
     >>> mouse_adata.uns["id_in_vocab"]["counts_fraction"]  # doctest: +SKIP
     """
     start = time.perf_counter()
-    adata = writable(adata, fn="align_vocab", copy=copy)
-    check_key_added(key_added, reads=(gene_key,), slot="var", fn="align_vocab")
+    adata = writable(adata, copy=copy)
+    check_key_added(key_added, reads=(gene_key,), slot="var")
     voc, source = _vocabulary(model, vocab)
     how = "" if isinstance(organism, str) and organism == "human" else f" through {_organism_name(organism)} orthologs"
     logger.info(f"matching genes to the scGPT vocabulary ({len(voc):,} tokens){how}")
     match = match_adata(
         adata, voc, gene_key=gene_key, use_aliases=use_aliases, organism=organism, orthologs=orthologs,
-        fn="align_vocab",
-    )  # fmt: skip
+        )  # fmt: skip
     fraction = adata_counts_fraction(adata, match, layer=layer)
     counts = counts_summary(fraction)
     report = match.report()
     for line in describe_match(report, counts):
         logger.info(f"    {line}")
-    check_counts(counts, match, fn="align_vocab")
-    warn_overwrite(adata, "var", key_added, fn="align_vocab", copy=copy)
+    check_counts(counts, match)
+    warn_overwrite(adata, "var", key_added, copy=copy)
     adata.var[key_added] = match.ids
     added = [f"'{key_added}', vocabulary ids (adata.var)"]
     if match.organism != "human":
@@ -155,10 +155,10 @@ def align_vocab(
             (f"{key_added}_human", match.human.astype(str), "the human gene of each gene"),
             (f"{key_added}_reason", pd.Categorical(match.reason.astype(str)), "what became of each gene"),
         ):
-            warn_overwrite(adata, "var", col, fn="align_vocab", copy=copy)
+            warn_overwrite(adata, "var", col, copy=copy)
             adata.var[col] = values
             added.append(f"'{col}', {what} (adata.var)")
-    warn_overwrite(adata, "obs", f"{key_added}_fraction", fn="align_vocab", copy=copy)
+    warn_overwrite(adata, "obs", f"{key_added}_fraction", copy=copy)
     adata.obs[f"{key_added}_fraction"] = fraction
     added.append(f"'{key_added}_fraction', share of each cell's counts the model reads (adata.obs)")
     params = {

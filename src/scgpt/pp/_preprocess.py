@@ -11,7 +11,7 @@ import scipy.sparse as sp
 
 from .._docs import doc_params
 from .._face import check_key_added, record, warn_overwrite, writable
-from .._logging import logger, warn
+from .._logging import logger, named, warn
 from ..data import check_adata, get_matrix
 from ._binning import bin_values
 
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 _HVG_FLAVORS = ("seurat_v3", "seurat_v3_paper", "cell_ranger", "seurat")
 
 
+@named()
 def highly_variable_genes(
     adata: AnnData,
     n_top_genes: int = 3000,
@@ -66,7 +67,7 @@ def highly_variable_genes(
     import scanpy as sc
 
     start = time.perf_counter()
-    check_adata(adata, fn="highly_variable_genes")
+    check_adata(adata)
     if flavor not in _HVG_FLAVORS:
         raise ValueError(f"flavor must be one of {list(_HVG_FLAVORS)}, got {flavor!r}.")
     if n_top_genes < 1:
@@ -97,6 +98,7 @@ def _min_counts(value: int | bool | None, name: str) -> int:
 
 
 @doc_params()
+@named()
 def preprocess(
     adata: AnnData,
     *,
@@ -175,13 +177,13 @@ def preprocess(
     import scanpy as sc
 
     start = time.perf_counter()
-    adata = writable(adata, fn="preprocess", copy=copy, in_memory=True)
+    adata = writable(adata, copy=copy, in_memory=True)
     for param, key in (
         ("result_normed_key", result_normed_key),
         ("result_log1p_key", result_log1p_key),
         ("result_binned_key", result_binned_key),
     ):
-        check_key_added(key, reads=(layer, hvg_layer), slot="layers", fn="preprocess", param=param)
+        check_key_added(key, reads=(layer, hvg_layer), slot="layers", param=param)
     number = isinstance(normalize_total, numbers.Real) and not isinstance(normalize_total, bool)
     if not (normalize_total is None or normalize_total == "median" or (number and normalize_total > 0)):
         raise ValueError(f"normalize_total must be a positive number, 'median' or None; got {normalize_total!r}.")
@@ -201,7 +203,7 @@ def preprocess(
     last = counts_key
     if normalize_total is not None:
         target = None if normalize_total == "median" else float(normalize_total)
-        warn_overwrite(adata, "layers", result_normed_key, fn="preprocess", copy=copy)
+        warn_overwrite(adata, "layers", result_normed_key, copy=copy)
         adata.layers[result_normed_key] = sc.pp.normalize_total(
             adata, target_sum=target, layer=counts_key, inplace=False
         )["X"]
@@ -216,7 +218,7 @@ def preprocess(
             np.log1p(logged.data, out=logged.data)
         else:
             logged = np.log1p(np.asarray(src, dtype=np.float32))
-        warn_overwrite(adata, "layers", result_log1p_key, fn="preprocess", copy=copy)
+        warn_overwrite(adata, "layers", result_log1p_key, copy=copy)
         adata.layers[result_log1p_key] = logged
         last = result_log1p_key
         added.append(f"'{result_log1p_key}', log1p of normalised values (adata.layers)")

@@ -11,7 +11,7 @@ import pandas as pd
 
 from .._docs import doc_params
 from .._face import check_key_added, record, warn_overwrite, writable
-from .._logging import logger, warn
+from .._logging import describing, logger, named, warn
 from ..data import check_adata, missing_values
 from ..model import ScGPT, label_codes, resolve_model
 from ._reference import (
@@ -75,7 +75,8 @@ def _knn_index(
         return index, model_name
     if labels_key is None:
         raise ValueError("method='knn' needs `reference=` (labelled cells) and `labels_key=` (their label column).")
-    check_adata(reference, fn="annotate (reference)")
+    with describing("reference"):
+        check_adata(reference)
     keep, codes, classes = label_codes(reference, labels_key)
     reference = reference if keep.all() else reference[keep]
     model_name = None
@@ -98,6 +99,7 @@ def _knn_index(
 
 # ---------------------------------------------------------------------------- the tool
 @doc_params()
+@named()
 def annotate(
     adata: AnnData,
     model: ScGPT | str | os.PathLike | None = None,
@@ -197,9 +199,9 @@ def annotate(
         raise ValueError(f"method must be 'finetune' or 'knn', got {method!r}.")
     if n_neighbors is not None and n_neighbors < 1:
         raise ValueError(f"n_neighbors must be at least 1, got {n_neighbors}.")
-    adata = writable(adata, fn="annotate", copy=copy)
-    check_key_added(key_added, reads=(labels_key,), slot="obs", fn="annotate")
-    check_key_added(f"{key_added}_confidence", reads=(labels_key,), slot="obs", fn="annotate")
+    adata = writable(adata, copy=copy)
+    check_key_added(key_added, reads=(labels_key,), slot="obs")
+    check_key_added(f"{key_added}_confidence", reads=(labels_key,), slot="obs")
     inference = {
         "gene_key": gene_key, "use_aliases": use_aliases, "layer": layer, "batch_size": batch_size, "seed": seed,
         "device": device, "dtype": dtype, "progress": progress, "organism": organism, "orthologs": orthologs,
@@ -260,7 +262,7 @@ def annotate(
         labels = np.where(low, unknown_label, labels)
         logger.info(f"    {int(low.sum())} cells below confidence {min_confidence} labelled {unknown_label!r}")
     order = classes + ([unknown_label] if min_confidence is not None and unknown_label not in classes else [])
-    warn_overwrite(adata, "obs", key_added, fn="annotate", copy=copy)
+    warn_overwrite(adata, "obs", key_added, copy=copy)
     adata.obs[key_added] = pd.Categorical(labels, categories=order)
     adata.obs[f"{key_added}_confidence"] = confidence.astype(np.float32)
     params = {
@@ -283,6 +285,7 @@ def annotate(
 
 
 # ---------------------------------------------------------------------------- evaluation
+@named()
 def evaluate_annotation(
     adata: AnnData, true_key: str, pred_key: str, *, key_added: str | None = None
 ) -> dict[str, Any]:
@@ -348,7 +351,7 @@ def evaluate_annotation(
         "n_cells": int(keep.sum()),
         "n_missing_predictions": int(no_pred.sum()),
     }
-    warn_overwrite(adata, "uns", key_added, fn="evaluate_annotation")
+    warn_overwrite(adata, "uns", key_added)
     adata.uns[key_added] = metrics
     missing = f", {metrics['n_missing_predictions']} without a prediction (counted as errors)" if no_pred.any() else ""
     logger.info(

@@ -11,7 +11,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .._face import record, warn_overwrite
-from .._logging import logger
+from .._logging import logger, named
 from .._settings import settings
 from ..data import check_adata, get_matrix
 from ._hvg import variable_genes
@@ -59,6 +59,7 @@ def _log_normalised_hvg(adata: AnnData, *, layer: str | None, batch_key: str, n_
     return tmp
 
 
+@named()
 def benchmark_integration(
     adata: AnnData,
     *,
@@ -121,7 +122,7 @@ def benchmark_integration(
     ``adata.obsm`` (``X_pca``, ``X_pca_harmony``, ``X_scVI``).
     """
     start = time.perf_counter()
-    check_adata(adata, fn="benchmark_integration")
+    check_adata(adata)
     for key, what in ((batch_key, "batch_key"), (label_key, "label_key")):
         if key not in adata.obs:
             raise KeyError(f"{what}={key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)}).")
@@ -190,7 +191,7 @@ def benchmark_integration(
     table["AvgBIO"] = table[list(AVG_BIO)].mean(1)
     table["AvgBATCH"] = table[list(AVG_BATCH)].mean(1)
     table.index.name = "embedding"
-    warn_overwrite(adata, "uns", key_added, fn="benchmark_integration")
+    warn_overwrite(adata, "uns", key_added)
     params = {
         "batch_key": batch_key,
         "label_key": label_key,

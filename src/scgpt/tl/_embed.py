@@ -10,7 +10,7 @@ import numpy as np
 
 from .._docs import doc_params
 from .._face import record, resolve_target, warn_overwrite
-from .._logging import logger
+from .._logging import logger, named
 from ..data import adata_counts_fraction, check_counts, counts_summary, describe_match
 from ..model import ScGPT, resolve_model
 
@@ -26,6 +26,7 @@ max_length
     model fine-tuned for integration (which reads cells as in its fine-tuning). Cells expressing more genes keep a
     seeded random subset."""
 )
+@named()
 def embed(
     adata: AnnData | MuData,
     model: ScGPT | str | os.PathLike | None = None,
@@ -113,7 +114,7 @@ def embed(
     >>> sc.pp.neighbors(adata, use_rep="X_scGPT")  # doctest: +SKIP
     """
     start = time.perf_counter()
-    target = resolve_target(adata, mod=mod, fn="embed", copy=copy)
+    target = resolve_target(adata, mod=mod, copy=copy)
     cells = target.adata
     model_obj, model_name = resolve_model(model)
     logger.info(f"computing scGPT embeddings of {cells.n_obs} cells")
@@ -140,8 +141,8 @@ def embed(
     counts = counts_summary(adata_counts_fraction(cells, res.match, layer=layer))
     for line in describe_match(rep, counts):
         logger.info(f"    {line}")
-    check_counts(counts, res.match, fn="embed")
-    warn_overwrite(cells, "obsm", key_added, fn="embed", copy=copy)
+    check_counts(counts, res.match)
+    warn_overwrite(cells, "obsm", key_added, copy=copy)
     added = target.write_obsm(key_added, res.output, "cell embeddings")
     if genes:
         gene_emb = np.full((cells.n_vars, model_obj.config.d_model), np.nan, dtype=np.float32)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from .._logging import log_added, logger, warn
+from .._logging import describing, log_added, logger, named, warn
 from ..data import check_adata, log_normalized, perturbation_label, perturbation_labels, rank_genes_vs_control
 from ._perturbation_baselines import PREDICTION_KEY, _mean_by_label, _unknown_message
 
@@ -63,6 +63,7 @@ def direction_accuracy(pred_delta: np.ndarray, true_delta: np.ndarray) -> float:
 
 
 # ---------------------------------------------------------------------------- DE genes
+@named()
 def perturbation_de_genes(
     adata: AnnData,
     perturbations: Sequence[str] | None = None,
@@ -98,7 +99,7 @@ def perturbation_de_genes(
     -------
     Perturbation label -> the ``n_de`` top genes (``var_names``), strongest first.
     """
-    labels = perturbation_labels(adata, perturbation_key=perturbation_key, control=control, fn="perturbation_de_genes")
+    labels = perturbation_labels(adata, perturbation_key=perturbation_key, control=control)
     present = set(labels.unique()) - {control}
     groups = (
         sorted(present) if perturbations is None else [perturbation_label(p, control=control) for p in perturbations]
@@ -107,7 +108,7 @@ def perturbation_de_genes(
     if unknown:
         raise KeyError(_unknown_message(unknown, present, perturbation_key, "perturbation_de_genes"))
     cells = labels.isin([control, *groups]).to_numpy()
-    X = log_normalized(adata[cells] if not cells.all() else adata, layer=layer, fn="perturbation_de_genes")
+    X = log_normalized(adata[cells] if not cells.all() else adata, layer=layer)
     ranked = rank_genes_vs_control(X, labels.to_numpy()[cells], groups, control, n_genes=n_de)
     return {g: list(adata.var_names[ranked[g]]) for g in groups}
 
@@ -136,7 +137,8 @@ def _predictions(pred, methods) -> dict[str, AnnData]:
             raise KeyError(f"evaluate_perturbation: methods {unknown} are not among the predictions ({list(preds)}).")
         preds = {m: preds[m] for m in methods}
     for name, p in preds.items():
-        check_adata(p, fn=f"evaluate_perturbation (prediction {name!r})")
+        with describing(f"prediction {name!r}"):
+            check_adata(p)
     return preds
 
 
@@ -177,6 +179,7 @@ def _score(y: np.ndarray, t: np.ndarray, ctrl: np.ndarray, pertmean: np.ndarray,
     }
 
 
+@named()
 def evaluate_perturbation(
     pred: AnnData | Mapping[str, AnnData],
     adata: AnnData,
@@ -251,11 +254,11 @@ def evaluate_perturbation(
     >>> df[df.perturbation == "mean"].set_index("method")[["pearson_delta", "pearson_delta_pertmean"]]
     """
     start = time.perf_counter()
-    check_adata(adata, fn="evaluate_perturbation")
+    check_adata(adata)
     if n_de < 1:
         raise ValueError(f"evaluate_perturbation: n_de must be positive, got {n_de}.")
     preds = _predictions(pred, methods)
-    labels = perturbation_labels(adata, perturbation_key=perturbation_key, control=control, fn="evaluate_perturbation")
+    labels = perturbation_labels(adata, perturbation_key=perturbation_key, control=control)
     present = sorted(set(labels.unique()) - {control})
     if not present:
         raise ValueError("evaluate_perturbation: adata holds control cells only; there is nothing to score.")
@@ -267,7 +270,7 @@ def evaluate_perturbation(
     scored = sorted({s for names, _ in rows.values() for s in names})
     if not scored:
         raise ValueError("evaluate_perturbation: the predictions hold no perturbation (only control rows).")
-    X = log_normalized(adata, layer=layer, fn="evaluate_perturbation")
+    X = log_normalized(adata, layer=layer)
     order = [control, *present]
     profiles = _mean_by_label(X, labels.to_numpy(), order)[:, cols]
     profile_of = dict(zip(order, profiles))

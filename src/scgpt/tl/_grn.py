@@ -24,7 +24,7 @@ import scipy.sparse as sp
 
 from .._docs import doc_params
 from .._face import actual_if_view, record, warn_overwrite
-from .._logging import logger
+from .._logging import caller, logger, named
 from ..data import check_adata, gene_names, log_normalized, match_genes, missing_values
 from ..model import resolve_model
 from ._hvg import variable_genes
@@ -44,11 +44,11 @@ def _known_genes(
     *,
     gene_key: str | None,
     use_aliases: bool,
-    fn: str,
     organism: str = "human",
     orthologs: str = "one2one",
 ):
     """``(columns, tokens)`` of the genes of ``adata`` that the vocabulary knows."""
+    fn = caller()
     match = match_genes(
         gene_names(adata, gene_key), model.vocab, use_aliases=use_aliases, organism=organism, orthologs=orthologs
     )
@@ -58,8 +58,9 @@ def _known_genes(
     return cols, np.asarray(model.vocab.lookup_tokens(match.ids[cols]), dtype=object)
 
 
-def _named_columns(adata: AnnData, names: Sequence[str], known: np.ndarray, *, what: str, fn: str) -> np.ndarray:
+def _named_columns(adata: AnnData, names: Sequence[str], known: np.ndarray, *, what: str) -> np.ndarray:
     """Columns of user-named genes, with clear errors for names absent from the data or the vocabulary."""
+    fn = caller()
     names = [names] if isinstance(names, str) else [str(n) for n in names]
     if not names:
         raise ValueError(f"{fn}: `{what}` is empty.")
@@ -79,6 +80,7 @@ def _named_columns(adata: AnnData, names: Sequence[str], known: np.ndarray, *, w
 
 # ---------------------------------------------------------------------------- programs
 @doc_params()
+@named()
 def gene_programs(
     adata: AnnData,
     model: ScGPT | str | None = None,
@@ -155,17 +157,17 @@ def gene_programs(
     import scanpy as sc
 
     start = time.perf_counter()
-    check_adata(adata, fn="gene_programs")
+    check_adata(adata)
     if min_size < 1 or n_neighbors < 2 or resolution <= 0:
         raise ValueError("gene_programs: min_size must be ≥ 1, n_neighbors ≥ 2 and resolution > 0.")
     adata = adata.copy() if copy else adata
-    actual_if_view(adata, fn="gene_programs")
+    actual_if_view(adata)
     model_obj, model_name = resolve_model(model)
     known, tokens = _known_genes(
-        adata, model_obj, gene_key=gene_key, use_aliases=use_aliases, fn="gene_programs", organism=organism,
+        adata, model_obj, gene_key=gene_key, use_aliases=use_aliases, organism=organism,
         orthologs=orthologs,
     )  # fmt: skip
-    cols = known if genes is None else _named_columns(adata, genes, known, what="genes", fn="gene_programs")
+    cols = known if genes is None else _named_columns(adata, genes, known, what="genes")
     if len(cols) <= n_neighbors:
         raise ValueError(f"gene_programs: {len(cols)} genes are too few for a {n_neighbors}-neighbour graph.")
     token_of = dict(zip(known.tolist(), tokens, strict=True))
@@ -185,7 +187,7 @@ def gene_programs(
     if not names:
         logger.warning(f"gene_programs: no cluster has {min_size} genes or more; lower min_size or resolution.")
 
-    warn_overwrite(adata, "var", key_added, fn="gene_programs", copy=copy)
+    warn_overwrite(adata, "var", key_added, copy=copy)
     full_emb = np.full((adata.n_vars, emb.shape[1]), np.nan, dtype=np.float32)
     full_emb[cols] = emb
     adata.varm[GENE_EMBEDDING_KEY] = full_emb
@@ -231,6 +233,7 @@ def gene_programs(
     return adata if copy else None
 
 
+@named()
 def program_scores(
     adata: AnnData,
     programs: dict[str, np.ndarray],
@@ -290,11 +293,11 @@ def _select_genes(
     tfs: Sequence[str] | None,
     n_top_genes: int | None,
     layer: str | None,
-    fn: str,
 ) -> np.ndarray:
     """Columns of the network's genes: ``genes`` or the most variable known genes; named TFs always kept (#208)."""
+    fn = caller()
     if genes is not None:
-        cols = _named_columns(adata, genes, known, what="genes", fn=fn)
+        cols = _named_columns(adata, genes, known, what="genes")
     elif n_top_genes is None or n_top_genes >= len(known):
         cols = known
     else:
@@ -304,7 +307,7 @@ def _select_genes(
         cols = known[variable_genes(counts, n_top_genes, None)]
         logger.info(f"    the {len(cols)} most variable of {len(known)} known genes")
     if tfs is not None:
-        tf_cols = _named_columns(adata, tfs, known, what="TFs", fn=fn)
+        tf_cols = _named_columns(adata, tfs, known, what="TFs")
         extra = np.setdiff1d(tf_cols, cols)
         if len(extra) and genes is not None:
             raise ValueError(f"{fn}: the TFs {list(adata.var_names[extra])} are not among `genes`; add them.")
@@ -312,8 +315,9 @@ def _select_genes(
     return np.sort(cols)
 
 
-def _source_columns(adata: AnnData, cols: np.ndarray, tfs: Sequence[str] | None, method: str, fn: str) -> np.ndarray:
+def _source_columns(adata: AnnData, cols: np.ndarray, tfs: Sequence[str] | None, method: str) -> np.ndarray:
     """Positions (within ``cols``) of the genes that may be sources: the TFs."""
+    fn = caller()
     if tfs is not None:
         names = [tfs] if isinstance(tfs, str) else list(tfs)
         return np.flatnonzero(np.isin(adata.var_names[cols], names))
@@ -381,9 +385,10 @@ def _attention_maps(
 
 
 def _check_options(
-    method: str, scores: str, top_k: int | None, groupby: str | None, reference_group: str | None, *, fn: str
+    method: str, scores: str, top_k: int | None, groupby: str | None, reference_group: str | None
 ) -> None:
     """Clear errors for :func:`infer_grn` options that do not fit together, before any work."""
+    fn = caller()
     if method not in ("embedding", "attention"):
         raise ValueError(f"{fn}: method must be 'embedding' or 'attention', got {method!r}.")
     if scores not in ("qk", "softmax"):
@@ -396,8 +401,9 @@ def _check_options(
         raise ValueError(f"{fn}: `reference_group` needs `groupby`.")
 
 
-def _layers_and_heads(model: ScGPT, layers, heads, *, fn: str) -> tuple[list[int], str | list[int]]:
+def _layers_and_heads(model: ScGPT, layers, heads) -> tuple[list[int], str | list[int]]:
     """The layer indices and head indices (or ``"mean"``) of an attention network, checked against the model."""
+    fn = caller()
     n_layers = model.config.n_layers
     layer_list = [layers] if isinstance(layers, int | np.integer) else list(layers)
     bad = [i for i in layer_list if not -n_layers <= i < n_layers]
@@ -412,6 +418,7 @@ def _layers_and_heads(model: ScGPT, layers, heads, *, fn: str) -> tuple[list[int
 
 
 @doc_params()
+@named()
 def infer_grn(
     adata: AnnData,
     model: ScGPT | str | None = None,
@@ -524,19 +531,19 @@ def infer_grn(
     """
     start = time.perf_counter()
     fn = "infer_grn"
-    check_adata(adata, fn=fn)
-    _check_options(method, scores, top_k, groupby, reference_group, fn=fn)
-    groups, group_names = _groups(adata, groupby, reference_group, fn=fn)
+    check_adata(adata)
+    _check_options(method, scores, top_k, groupby, reference_group)
+    groups, group_names = _groups(adata, groupby, reference_group)
     adata = adata.copy() if copy else adata
-    actual_if_view(adata, fn=fn)
+    actual_if_view(adata)
     model_obj, model_name = resolve_model(model)
-    layer_list, head_list = _layers_and_heads(model_obj, layers, heads, fn=fn)
+    layer_list, head_list = _layers_and_heads(model_obj, layers, heads)
 
     known, tokens = _known_genes(
-        adata, model_obj, gene_key=gene_key, use_aliases=use_aliases, fn=fn, organism=organism, orthologs=orthologs
+        adata, model_obj, gene_key=gene_key, use_aliases=use_aliases, organism=organism, orthologs=orthologs
     )
     token_of = dict(zip(known.tolist(), tokens, strict=True))
-    cols = _select_genes(adata, known, genes=genes, tfs=tfs, n_top_genes=n_top_genes, layer=layer, fn=fn)
+    cols = _select_genes(adata, known, genes=genes, tfs=tfs, n_top_genes=n_top_genes, layer=layer)
     if len(cols) < 2:
         raise ValueError(f"{fn}: a network needs at least 2 genes, got {len(cols)}.")
     sources = _source_columns(adata, cols, tfs, method, fn)
@@ -581,7 +588,7 @@ def infer_grn(
 
     added = []
     if len(parts) == 1:
-        warn_overwrite(adata, "varp", key_added, fn=fn, copy=copy)
+        warn_overwrite(adata, "varp", key_added, copy=copy)
         t = adata.var_names.get_indexer(edges["target"])
         s = adata.var_names.get_indexer(edges["source"])
         adata.varp[key_added] = sp.csr_matrix(
@@ -599,7 +606,7 @@ def infer_grn(
     if method == "embedding":
         for name in ("groupby", "reference_group", "layers", "heads", "scores", "rank_normalize", "include_zero_genes"):
             params.pop(name)
-    warn_overwrite(adata, "uns", key_added, fn=fn, copy=copy)
+    warn_overwrite(adata, "uns", key_added, copy=copy)
     record(
         adata,
         key_added,
@@ -628,8 +635,9 @@ def _symmetric_top(S: np.ndarray, top_k: int | None) -> np.ndarray:
     return S
 
 
-def _groups(adata: AnnData, groupby: str | None, reference: str | None, *, fn: str):
+def _groups(adata: AnnData, groupby: str | None, reference: str | None):
     """Integer group codes per cell (-1 = missing) and the group names, with clear errors."""
+    fn = caller()
     if groupby is None:
         return None, None
     if groupby not in adata.obs:

@@ -19,7 +19,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .._face import check_key_added, record, warn_overwrite
-from .._logging import log_added, logger, warn
+from .._logging import caller, log_added, logger, named, warn
 from ..data import check_adata, missing_values
 
 if TYPE_CHECKING:
@@ -35,6 +35,7 @@ METRICS = ("n_edges", "n_true", "density", "auprc", "auprc_ratio", "auroc", "epr
 
 
 # ------------------------------------------------------------------------------------------------ evaluate_grn
+@named()
 def evaluate_grn(
     edges: pd.DataFrame,
     reference: pd.DataFrame | Literal["collectri"] = "collectri",
@@ -143,13 +144,13 @@ def evaluate_grn(
     if key_added is not None and adata is None:
         raise ValueError(f"{fn}: key_added={key_added!r} stores the results in adata.uns; pass `adata` too.")
     if adata is not None:
-        check_adata(adata, fn=fn)
-    net = _check_edges(edges, group=group, signed=signed, fn=fn)
-    ref = _reference(reference, fn=fn)
-    todo = _baselines(baselines, adata, fn=fn)
+        check_adata(adata)
+    net = _check_edges(edges, group=group, signed=signed)
+    ref = _reference(reference)
+    todo = _baselines(baselines, adata)
     expression = [b for b in todo if b in ("pearson", "spearman")]
 
-    gene_set = _gene_set(genes, net, fn=fn)
+    gene_set = _gene_set(genes, net)
     if expression:
         if not adata.var_names.is_unique:
             raise ValueError(f"{fn}: adata.var_names are not unique; call adata.var_names_make_unique() first.")
@@ -224,7 +225,7 @@ def evaluate_grn(
         )
     )
     if key_added is not None:
-        warn_overwrite(adata, "uns", key_added, fn=fn)
+        warn_overwrite(adata, "uns", key_added)
         params = {
             "reference": reference if isinstance(reference, str) else f"DataFrame ({len(ref)} edges)",
             "tfs_only": tfs_only,
@@ -247,7 +248,8 @@ def _names(names: Iterable, shown: int = 5) -> str:
     return ", ".join(names[:shown]) + more
 
 
-def _check_columns(df: object, columns: Sequence[str], *, what: str, fn: str) -> None:
+def _check_columns(df: object, columns: Sequence[str], *, what: str) -> None:
+    fn = caller()
     if not isinstance(df, pd.DataFrame):
         raise TypeError(
             f"{fn}: {what} must be a pandas DataFrame with columns {list(columns)}, got {type(df).__name__}."
@@ -260,9 +262,10 @@ def _check_columns(df: object, columns: Sequence[str], *, what: str, fn: str) ->
         )
 
 
-def _check_edges(edges: object, *, group: str | None, signed: bool, fn: str) -> pd.DataFrame:
+def _check_edges(edges: object, *, group: str | None, signed: bool) -> pd.DataFrame:
     """The network's ``source``, ``target``, ``weight`` (of ``group``), checked: numeric, finite, no duplicates."""
-    _check_columns(edges, ("source", "target", "weight"), what="edges", fn=fn)
+    fn = caller()
+    _check_columns(edges, ("source", "target", "weight"), what="edges")
     net = edges
     if "group" in edges.columns:
         groups = list(pd.unique(edges["group"].astype(str)))
@@ -303,15 +306,16 @@ def _check_edges(edges: object, *, group: str | None, signed: bool, fn: str) -> 
     return out
 
 
-def _reference(reference: object, *, fn: str) -> pd.DataFrame:
+def _reference(reference: object) -> pd.DataFrame:
     """The reference's unique (source, target) pairs, without self-loops."""
+    fn = caller()
     if isinstance(reference, str):
         if reference != "collectri":
             raise ValueError(f"{fn}: reference must be 'collectri' or a DataFrame, got {reference!r}.")
         from ..datasets import collectri
 
         reference = collectri()
-    _check_columns(reference, ("source", "target"), what="reference", fn=fn)
+    _check_columns(reference, ("source", "target"), what="reference")
     ref = pd.DataFrame({"source": reference["source"].astype(str), "target": reference["target"].astype(str)})
     ref = ref[ref["source"] != ref["target"]].drop_duplicates(ignore_index=True)
     if ref.empty:
@@ -319,7 +323,8 @@ def _reference(reference: object, *, fn: str) -> pd.DataFrame:
     return ref
 
 
-def _baselines(baselines: Sequence[str] | None, adata: AnnData | None, *, fn: str) -> list[str]:
+def _baselines(baselines: Sequence[str] | None, adata: AnnData | None) -> list[str]:
+    fn = caller()
     if baselines is None:
         if adata is None:
             logger.info("    no adata: the pearson and spearman baselines are left out (pass adata to compute them)")
@@ -334,7 +339,8 @@ def _baselines(baselines: Sequence[str] | None, adata: AnnData | None, *, fn: st
     return todo
 
 
-def _gene_set(genes: Sequence[str] | None, net: pd.DataFrame, *, fn: str) -> pd.Index:
+def _gene_set(genes: Sequence[str] | None, net: pd.DataFrame) -> pd.Index:
+    fn = caller()
     if genes is None:
         return pd.Index(sorted(set(net["source"]) | set(net["target"])))
     genes = [genes] if isinstance(genes, str) else list(genes)
@@ -514,6 +520,7 @@ def _rank_columns(X: sp.csc_matrix) -> sp.csc_matrix:
 
 
 # -------------------------------------------------------------------------------------------- enrich_programs
+@named()
 def enrich_programs(
     adata: AnnData,
     gene_sets: Mapping[str, Iterable[str]] | pd.DataFrame | str | PathLike[str] = "hallmark",
@@ -575,14 +582,14 @@ def enrich_programs(
 
     start = time.perf_counter()
     fn = "enrich_programs"
-    check_adata(adata, fn=fn)
+    check_adata(adata)
     if key not in adata.var.columns:
         raise KeyError(
             f"{fn}: adata.var has no {key!r} column; run scgpt.tl.gene_programs first (it writes the programs to "
             f"adata.var[{key!r}]), or pass key= naming the column that holds them."
         )
     if key_added is not None:
-        check_key_added(key_added, reads=(key,), slot="uns", fn=fn)
+        check_key_added(key_added, reads=(key,), slot="uns")
     if min_overlap < 1:
         raise ValueError(f"{fn}: min_overlap must be at least 1, got {min_overlap}.")
     if not 0 < fdr <= 1:
@@ -597,7 +604,7 @@ def enrich_programs(
     names = list(labels.cat.categories) if isinstance(labels.dtype, pd.CategoricalDtype) else sorted(set(labels[has]))
     programs = {str(p): set(var_names[has & (labels == p).to_numpy()]) for p in names}
     programs = {p: g for p, g in programs.items() if g}
-    sets = _gene_sets(gene_sets, fn=fn)
+    sets = _gene_sets(gene_sets)
 
     clustered = has.copy()
     if f"{key}_umap" in adata.varm:  # gene_programs' UMAP: a row for every gene it clustered, NaN for the others
@@ -662,7 +669,7 @@ def enrich_programs(
         "n_tests": n_tests,
     }
     if key_added is not None:
-        warn_overwrite(adata, "uns", key_added, fn=fn)
+        warn_overwrite(adata, "uns", key_added)
         record(adata, key_added, params, start=start, added=[], results=table)
     else:
         entry: Any = adata.uns.get(key)
@@ -680,8 +687,9 @@ def enrich_programs(
     return table
 
 
-def _gene_sets(gene_sets: object, *, fn: str) -> dict[str, list[str]]:
+def _gene_sets(gene_sets: object) -> dict[str, list[str]]:
     """Gene sets as a dict from name to unique genes, from a dict, a DataFrame, a GMT path or ``"hallmark"``."""
+    fn = caller()
     if isinstance(gene_sets, str) and gene_sets == "hallmark":
         from ..datasets import hallmark
 
@@ -697,7 +705,7 @@ def _gene_sets(gene_sets: object, *, fn: str) -> dict[str, list[str]]:
 
         sets = read_gmt(path)
     elif isinstance(gene_sets, pd.DataFrame):
-        _check_columns(gene_sets, ("source", "target"), what="gene_sets", fn=fn)
+        _check_columns(gene_sets, ("source", "target"), what="gene_sets")
         sets = {str(s): list(g) for s, g in gene_sets.groupby("source", sort=False, observed=True)["target"]}
     elif isinstance(gene_sets, Mapping):
         sets = {}

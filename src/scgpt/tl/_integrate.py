@@ -12,7 +12,7 @@ import pandas as pd
 
 from .._docs import doc_params
 from .._face import check_key_added, record, resolve_target, warn_overwrite
-from .._logging import logger
+from .._logging import logger, named
 from ..data import GeneMatch, match_adata, missing_values
 from ..model import TASKS, ScGPT, modality_names, resolve_model, with_modalities
 from ._hvg import variable_genes
@@ -72,8 +72,7 @@ def _panel(
     if match is None:
         match = match_adata(
             adata, model.vocab, gene_key=gene_key, use_aliases=use_aliases, organism=organism, orthologs=orthologs,
-            fn="integrate",
-        )  # fmt: skip
+            )  # fmt: skip
     known = np.flatnonzero(match.matched)
     if n_top_genes is None or n_top_genes >= len(known):
         return known
@@ -90,6 +89,7 @@ model
     to save it or to embed new cells with ``integrate(new, model, ...)`` without training again); a model given
     by name or path is loaded and its fine-tuned copy discarded."""
 )
+@named()
 def integrate(
     adata: AnnData | MuData,
     model: ScGPT | str | os.PathLike | None = None,
@@ -213,9 +213,9 @@ def integrate(
             layer=layer, batch_size=batch_size, seed=seed, device=device, dtype=dtype, progress=progress, copy=copy,
             start=start, finetune_kwargs=finetune_kwargs, inplace=isinstance(model, ScGPT),
         )  # fmt: skip
-    target = resolve_target(adata, mod=mod, fn="integrate", copy=copy)
+    target = resolve_target(adata, mod=mod, copy=copy)
     cells = target.adata
-    check_key_added(key_added, slot="obsm", fn="integrate")
+    check_key_added(key_added, slot="obsm")
     model_obj, model_name = resolve_model(model)
     batches = _batch_column(cells, batch_key)
     _check_batches(batches, batch_key, training=mode == "finetune" and model_obj.registry_.get("task") != "integration")
@@ -254,7 +254,7 @@ def integrate(
         elif training:
             raise TypeError(f"The model is fine-tuned for integration already; training options: {sorted(training)}")
         res = tuned.get_latent_representation(cells, batch_key=batch_key, return_info=True, **inference)
-    warn_overwrite(cells, "obsm", key_added, fn="integrate", copy=copy)
+    warn_overwrite(cells, "obsm", key_added, copy=copy)
     added = target.write_obsm(key_added, res.output, "integrated cell embeddings")
     params = {
         "mode": mode,
@@ -317,7 +317,7 @@ def _integrate_modalities(
             "embedding of the RNA, leave modalities=None (mod='rna')."
         )
     mods = check_modalities(mdata, modalities)
-    check_key_added(key_added, slot="obsm", fn="integrate")
+    check_key_added(key_added, slot="obsm")
     model_obj, model_name = resolve_model(model)
     tuned_already = model_obj.registry_.get("task") == "multiomic"
     if tuned_already:
@@ -348,8 +348,7 @@ def _integrate_modalities(
         rna_batches = None if batches is None else batches.reindex(rna.obs_names)
         match = match_adata(
             rna, model_obj.vocab, gene_key=gene_key, use_aliases=use_aliases, organism=organism, orthologs=orthologs,
-            fn="integrate",
-        )  # fmt: skip
+            )  # fmt: skip
         panel = _panel(rna, model_obj, n_top_genes=n_top_genes, batches=rna_batches, layer=layer, match=match)
         joint, features = joint_cells(
             mdata, model_obj, mods, tokens=None, rna_panel=panel, max_length=length, match=match, **options
@@ -375,7 +374,7 @@ def _integrate_modalities(
         batch_size=64, seed=seed, device=device, dtype=dtype, progress=progress, return_info=True,
     )  # fmt: skip
     out = mdata.copy() if copy else mdata
-    warn_overwrite(out, "obsm", key_added, fn="integrate", copy=copy)
+    warn_overwrite(out, "obsm", key_added, copy=copy)
     out.obsm[key_added] = res.output
     params = {
         "mode": mode,

@@ -114,8 +114,7 @@ def joint_cells(
     if match is None:
         match = match_adata(
             rna, model.vocab, gene_key=gene_key, use_aliases=use_aliases, organism=organism, orthologs=orthologs,
-            fn="integrate",
-        )  # fmt: skip
+            )  # fmt: skip
     keep = match.matched.copy()
     if tokens is not None:
         keep &= np.isin(match.ids, model.vocab.lookup(tokens))

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._docs import doc_params
-from .._logging import logger, warn
+from .._logging import logger, named, warn
 from ..model import ScGPT, resolve_model
 from ._perturbation_baselines import prediction_anndata
 
@@ -43,6 +43,7 @@ def _collapsed_pairs(delta: np.ndarray, names: list[str]) -> tuple[list[tuple[st
 
 
 @doc_params()
+@named()
 def predict_perturbation(
     adata: AnnData,
     model: ScGPT | str | os.PathLike | None,

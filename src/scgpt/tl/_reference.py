@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from .._files import atomic_path
-from .._logging import logger, warn
+from .._logging import logger, named, warn
 from ..data import check_adata
 
 if TYPE_CHECKING:
@@ -62,6 +62,7 @@ SEARCH_DEFAULTS = {"pynndescent": {"epsilon": 0.1}, "faiss": {"nprobe": 32}, "sk
 Backend = Literal["auto", "sklearn", "pynndescent", "faiss"]
 
 
+@named()
 def reference_dir(model_dir: str | os.PathLike, name: str) -> Path:
     """The folder of the reference index ``name`` saved next to a model: ``<model_dir>/reference_<name>/``.
 
@@ -624,6 +625,7 @@ def embedding_provenance(adata: AnnData, use_rep: str) -> dict[str, Any]:
     return {k: params[k] for k in ("model", "max_length", "dtype") if k in params and params[k] is not None}
 
 
+@named()
 def build_reference(
     reference: AnnData,
     model: ScGPT | str | os.PathLike | None = None,
@@ -709,7 +711,7 @@ def build_reference(
 
     start = time.perf_counter()
     if use_rep is None or type(reference).__name__ != "AnnData" or reference.n_obs == 0:
-        check_adata(reference, fn="build_reference")  # genes are only needed to embed here
+        check_adata(reference)  # genes are only needed to embed here
     keep, codes, classes = label_codes(reference, labels_key)
     fingerprint: dict[str, Any] = {}
     if use_rep is None:
