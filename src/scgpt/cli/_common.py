@@ -432,11 +432,15 @@ def train_and_save(train: Callable[..., ScGPT], args: argparse.Namespace, out: P
     """
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-    from ..train import TrainingInterrupted
+    from ..train import PLAN_OPTIONS, TrainingInterrupted
 
     kwargs = {k: getattr(args, k) for k in TRAIN_KWARGS}
     kwargs["max_steps"] = -1 if args.max_steps is None else args.max_steps
     kwargs.update(extra)
+    if getattr(getattr(train, "func", train), "__name__", "") == "train":  # ScGPT.train: the plan's own options
+        kwargs["plan_kwargs"] = {k: kwargs.pop(k) for k in PLAN_OPTIONS if k in kwargs and kwargs[k] is not None}
+        for k in PLAN_OPTIONS:
+            kwargs.pop(k, None)
     ckpt_dir = out / CHECKPOINTS
     if args.resume is True and not (ckpt_dir / "last.ckpt").is_file():
         logger.info(f"--resume: no {ckpt_dir / 'last.ckpt'} yet; starting from the beginning")
