@@ -237,7 +237,7 @@ def test_key_added_writes_params_and_results(case):
 
 
 def test_what_is_written_survives_write_h5ad(case, tmp_path):
-    """Catches an entry anndata cannot save (a tuple, a list holding None, a DataFrame in attrs) or one read back
+    """Catches an entry anndata cannot save (a tuple, a list holding None) or one read back
     different (the results table, the params, the extras such as the confusion matrix or the DE genes)."""
     name, adata, run, extras = case
     df = run(adata, key_added="my_evaluation")
