@@ -155,21 +155,8 @@ def evaluate_grn(
     """
     start = time.perf_counter()
     fn = "evaluate_grn"
-    if isinstance(adata, pd.DataFrame):
-        raise TypeError(
-            f"{fn} takes the AnnData first: evaluate_grn(adata) scores adata.uns[key]['edges'] (written by "
-            "scgpt.tl.infer_grn), evaluate_grn(adata, edges) an edge table with adata's cells for the co-expression "
-            "baselines, evaluate_grn(edges=edges, reference=...) an edge table without cells."
-        )
-    if key_added is not None and adata is None:
-        raise ValueError(f"{fn}: key_added={key_added!r} stores the results in adata.uns; pass `adata` too.")
-    if adata is not None:
-        check_adata(adata, fn=fn)
     from_uns = edges is None
-    if from_uns:
-        edges = _stored_edges(adata, key, fn=fn)
-        if key_added is not None:
-            check_key_added(key_added, reads=(key,), slot="uns", fn=fn)
+    edges = _network(adata, edges, key, key_added, fn=fn)
     net = _check_edges(edges, group=group, signed=signed, fn=fn)
     ref = _reference(reference, fn=fn)
     todo = _baselines(baselines, adata, fn=fn)
@@ -280,13 +267,32 @@ def evaluate_grn(
     return table
 
 
-def _stored_edges(adata: AnnData | None, key: str, *, fn: str) -> pd.DataFrame:
-    """The network :func:`scgpt.tl.infer_grn` wrote to ``adata.uns[key]['edges']``; errors name the networks present."""
+def _network(
+    adata: AnnData | None, edges: pd.DataFrame | None, key: str, key_added: str | None, *, fn: str
+) -> pd.DataFrame:
+    """The edges to score: ``edges``, or those :func:`scgpt.tl.infer_grn` wrote to ``adata.uns[key]``.
+
+    Errors name the networks present, and the new order of the arguments to a call in the old one.
+    """
+    if isinstance(adata, pd.DataFrame):
+        raise TypeError(
+            f"{fn} takes the AnnData first: evaluate_grn(adata) scores adata.uns[key]['edges'] (written by "
+            "scgpt.tl.infer_grn), evaluate_grn(adata, edges) an edge table with adata's cells for the co-expression "
+            "baselines, evaluate_grn(edges=edges, reference=...) an edge table without cells."
+        )
+    if key_added is not None and adata is None:
+        raise ValueError(f"{fn}: key_added={key_added!r} stores the results in adata.uns; pass `adata` too.")
+    if adata is not None:
+        check_adata(adata, fn=fn)
+    if edges is not None:
+        return edges
     if adata is None:
         raise ValueError(
             f"{fn}: nothing to score; pass `adata` holding a network of scgpt.tl.infer_grn (adata.uns[key]['edges']), "
             "or `edges=` (a source, target, weight table)."
         )
+    if key_added is not None:
+        check_key_added(key_added, reads=(key,), slot="uns", fn=fn)
     entry = adata.uns.get(key)
     if isinstance(entry, Mapping) and isinstance(entry.get("edges"), pd.DataFrame):
         return entry["edges"]
