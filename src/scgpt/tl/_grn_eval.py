@@ -226,16 +226,7 @@ def evaluate_grn(
     table = pd.DataFrame.from_dict(rows, orient="index")[list(METRICS)]
     table.index.name = "method"
     table = table.astype({"n_edges": int, "n_true": int})
-    row = table.loc[name]
-    logger.info(
-        f"    {name}: AUPRC ratio {row['auprc_ratio']:.3g}, EPR {row['epr']:.3g}, AUROC {row['auroc']:.3g}"
-        + "".join(f"; {m}: EPR {table.loc[m, 'epr']:.3g}" for m in table.index[1:] if m != EXPECTED_RANDOM)
-        + (
-            f" (random expectation: AUPRC ratio {table.loc[EXPECTED_RANDOM, 'auprc_ratio']:.3g}, EPR 1)"
-            if EXPECTED_RANDOM in table.index
-            else ""
-        )
-    )
+    _log_scores(table, name)
     if key_added is not None:
         warn_overwrite(adata, "uns", key_added, fn=fn)
         params = {
@@ -252,19 +243,24 @@ def evaluate_grn(
             "seed": seed,
         }
         universe = {"n_sources": len(sources), "n_genes": len(gene_set), "n_pairs": n_pairs, "n_true": n_true}
-        record(
-            adata,
-            key_added,
-            params,
-            start=start,
-            added=[],
-            results=table,
-            universe=universe,
-            evaluator=f"scgpt.tl.{fn}",
-        )
+        extra = {"results": table, "universe": universe, "evaluator": f"scgpt.tl.{fn}"}
+        record(adata, key_added, params, start=start, added=[], **extra)
     else:
         log_added(start, [])
     return table
+
+
+def _log_scores(table: pd.DataFrame, name: str) -> None:
+    row = table.loc[name]
+    logger.info(
+        f"    {name}: AUPRC ratio {row['auprc_ratio']:.3g}, EPR {row['epr']:.3g}, AUROC {row['auroc']:.3g}"
+        + "".join(f"; {m}: EPR {table.loc[m, 'epr']:.3g}" for m in table.index[1:] if m != EXPECTED_RANDOM)
+        + (
+            f" (random expectation: AUPRC ratio {table.loc[EXPECTED_RANDOM, 'auprc_ratio']:.3g}, EPR 1)"
+            if EXPECTED_RANDOM in table.index
+            else ""
+        )
+    )
 
 
 def _network(
