@@ -103,6 +103,24 @@ strategy
     other interactive sessions; not for a TileDB-SOMA experiment, which cannot be read in forked processes),
     or a :class:`lightning.fabric.strategies.DDPStrategy`."""
 
+doc_labels_key = """\
+labels_key
+    ``obs`` column with the true cell types."""
+
+doc_perturbation_key = """\
+perturbation_key
+    ``obs`` column with the perturbation labels (``"JAK2"``, ``"JAK2+STAT1"`` for a combination)."""
+
+doc_control = """\
+control
+    Label of the control cells in ``obs[perturbation_key]``."""
+
+doc_eval_key_added = """\
+key_added
+    ``None`` (the default) writes nothing into ``adata``; a name writes ``adata.uns[key_added] = {"params": ...,
+    "results": <the returned DataFrame>, ...}`` (see Returns), where the plots of :mod:`scgpt.pl` find it by
+    ``key=``."""
+
 doc_inference = "\n".join(
     [doc_gene_key, doc_use_aliases, doc_layer, doc_batch_key, doc_max_length, doc_batch_size, doc_seed, doc_device]
     + [doc_dtype, doc_progress]
@@ -132,3 +150,12 @@ def doc_params(**replacements: str) -> Callable[[F], F]:
         return obj
 
     return decorate
+
+
+def evaluation_key_doc(function: str) -> str:
+    """The ``key`` parameter of a plot that reads the results of the evaluator ``scgpt.tl.<function>``."""
+    return (
+        "key\n"
+        f"    With an AnnData: the ``uns`` entry written by :func:`scgpt.tl.{function}` (its ``key_added``);\n"
+        "    ``None``: the only such entry (the error lists them when there are several, or none)."
+    )

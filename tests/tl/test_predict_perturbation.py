@@ -151,7 +151,7 @@ def test_same_format_as_the_baselines(screen, model, labels):
     assert list(pred.obs_names) == list(base.obs_names) and list(pred.var_names) == list(base.var_names)
     assert set(pred.layers) == set(base.layers) and set(base.obs.columns) <= set(pred.obs.columns)
     np.testing.assert_allclose(pred.var["control_mean"], base.var["control_mean"])
-    scores = scgpt.tl.evaluate_perturbation({"scgpt": pred, "no_change": base}, screen)
+    scores = scgpt.tl.evaluate_perturbation(screen, {"scgpt": pred, "no_change": base})
     assert set(scores["method"]) == {"scgpt", "no_change"} and set(asked) <= set(scores["perturbation"])
 
 

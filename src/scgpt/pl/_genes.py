@@ -43,7 +43,7 @@ def _label(adata: AnnData | np.ndarray, key: str, default: str) -> str:
 
 
 @doc_params()
-@named()
+@named("scgpt.pl.gene_coverage")
 def gene_coverage(
     adata: AnnData | np.ndarray,
     reference: AnnData | np.ndarray | None = None,

@@ -72,7 +72,7 @@ def _palette(n: int, stored: object = None) -> list[str]:
 
 
 @doc_params()
-@named()
+@named("scgpt.pl.attention")
 def attention(
     adata: AnnData,
     key: str = "scgpt_grn",
@@ -196,7 +196,7 @@ def attention(
 
 
 @doc_params()
-@named()
+@named("scgpt.pl.grn")
 def grn(
     adata_or_edges: AnnData | pd.DataFrame,
     key: str = "scgpt_grn",
@@ -362,7 +362,7 @@ def _chosen_programs(names: list[str], programs: str | Sequence[str] | None) -> 
 
 
 @doc_params()
-@named()
+@named("scgpt.pl.gene_programs")
 def gene_programs(
     adata: AnnData,
     groupby: str,
@@ -501,7 +501,7 @@ def gene_programs(
 
 
 @doc_params()
-@named()
+@named("scgpt.pl.gene_embedding")
 def gene_embedding(
     adata: AnnData,
     key: str = "scgpt_program",

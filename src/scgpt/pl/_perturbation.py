@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 
-from .._docs import doc_params
+from .._docs import doc_params, evaluation_key_doc
 from .._logging import caller, named
 from ..data import log_normalized, parse_perturbation, perturbation_label, perturbation_labels, rank_genes_vs_control
-from ._utils import finish, new_axes
+from ._utils import evaluation_entry, finish, missing_evaluation, new_axes
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -120,7 +120,7 @@ def _shown_genes(
 
 
 @doc_params()
-@named()
+@named("scgpt.pl.perturbation")
 def perturbation(
     adata: AnnData,
     perturbation: str | Sequence[str],
@@ -156,16 +156,16 @@ def perturbation(
         A prediction (:func:`scgpt.tl.perturbation_baseline` or :func:`scgpt.tl.predict_perturbation` output,
         named by its ``uns["perturbation_prediction"]["method"]``) or a dict method name -> prediction; each must
         have a row for the perturbation and cover the shown genes. ``None``: observed changes only.
-    perturbation_key
-        ``obs`` column with the perturbation labels.
+    {perturbation_key}
     control
         Label of control cells (they must occur).
     n_genes
         Number of genes shown.
     de_genes
         The genes to show, strongest first (the first ``n_genes`` of them), or a dict perturbation -> genes such
-        as ``df.attrs["de_genes"]`` of :func:`scgpt.tl.evaluate_perturbation`. ``None``: the top ``n_genes`` of
-        :func:`scgpt.tl.perturbation_de_genes` (Welch t-test against the control cells, ranked by absolute score).
+        as ``df.attrs["de_genes"]`` of :func:`scgpt.tl.evaluate_perturbation` (or its ``uns[key_added]["de_genes"]``).
+        ``None``: the top ``n_genes`` of :func:`scgpt.tl.perturbation_de_genes` (Welch t-test against the control
+        cells, ranked by absolute score).
     layer
         Layer of ``adata`` with the counts; ``None`` uses ``adata.X``.
     {plot}
@@ -286,36 +286,38 @@ def _lower_is_better(metric: str) -> bool:
     return any(word in name for word in ("mse", "mae", "rmse", "error", "distance", "loss"))
 
 
-def _results_table(results: AnnData | pd.DataFrame, key: str) -> pd.DataFrame:
+def _results_table(data: AnnData | pd.DataFrame, key: str | None) -> pd.DataFrame:
     fn = caller()
-    if isinstance(results, pd.DataFrame):
-        table = results
+    if isinstance(data, pd.DataFrame):
+        table = data
     else:
-        uns = getattr(results, "uns", None)
+        uns = getattr(data, "uns", None)
         if uns is None:
-            raise TypeError(f"{fn}: results must be the DataFrame of scgpt.tl.evaluate_perturbation or an AnnData.")
-        entry = uns.get(key)
-        if isinstance(entry, Mapping) and isinstance(entry.get("results"), pd.DataFrame):
-            entry = entry["results"]
-        if not isinstance(entry, pd.DataFrame):
-            raise KeyError(f"{fn}: adata.uns[{key!r}] holds no evaluation table (scgpt.tl.evaluate_perturbation).")
-        table = entry
+            raise TypeError(f"{fn}: data must be the DataFrame of scgpt.tl.evaluate_perturbation or an AnnData.")
+        entry = uns.get(key) if key is not None else None
+        if isinstance(entry, pd.DataFrame):  # a table stored by hand
+            table = entry
+        else:
+            entry = evaluation_entry(data, key, "evaluate_perturbation", needs=("results",))
+            table = entry["results"]
+            if not isinstance(table, pd.DataFrame):
+                raise missing_evaluation(data, key, "evaluate_perturbation")
     missing = [c for c in ("method", "perturbation") if c not in table.columns]
     if missing:
         raise KeyError(f"{fn}: the results lack the columns {missing} (the table of scgpt.tl.evaluate_perturbation).")
     return table
 
 
-@doc_params()
-@named()
+@doc_params(key=evaluation_key_doc("evaluate_perturbation"))
+@named("scgpt.pl.perturbation_metrics")
 def perturbation_metrics(
-    results: pd.DataFrame | AnnData,
+    data: pd.DataFrame | AnnData,
     *,
     metric: str = "pearson_delta",
     methods: str | Sequence[str] | None = None,
     baselines: str | Sequence[str] = BASELINES,
     kind: Literal["box", "strip", "bar"] = "box",
-    key: str = "perturbation_evaluation",
+    key: str | None = None,
     ax: Axes | None = None,
     show: bool | None = None,
     return_fig: bool = False,
@@ -331,9 +333,10 @@ def perturbation_metrics(
 
     Parameters
     ----------
-    results
-        The table of :func:`scgpt.tl.evaluate_perturbation` (columns ``method``, ``perturbation`` and the
-        metrics), or an AnnData holding it in ``uns[key]``.
+    data
+        The table :func:`scgpt.tl.evaluate_perturbation` returned (columns ``method``, ``perturbation`` and the
+        metrics), or an AnnData holding its results in ``uns[key]`` (``evaluate_perturbation(...,
+        key_added=key)``, or the table itself).
     metric
         Column to show, e.g. ``"pearson_delta"``, ``"pearson_delta_pertmean"``, ``"mse_top1000"``.
     methods
@@ -343,8 +346,7 @@ def perturbation_metrics(
     kind
         ``"box"`` (boxes with the perturbations as points), ``"strip"`` (the points only) or ``"bar"`` (the
         mean with the standard deviation, and the points).
-    key
-        ``uns`` entry holding the table when ``results`` is an AnnData.
+    {key}
     {plot}
 
     Returns
@@ -357,7 +359,7 @@ def perturbation_metrics(
     fn = "scgpt.pl.perturbation_metrics"
     if kind not in ("box", "strip", "bar"):
         raise ValueError(f"{fn}: kind must be 'box', 'strip' or 'bar', got {kind!r}.")
-    table = _results_table(results, key, fn)
+    table = _results_table(data, key, fn)
     available = [
         c
         for c in table.columns

@@ -11,7 +11,7 @@ import pandas as pd
 
 from .._docs import doc_params
 from .._face import check_key_added, record, warn_overwrite, writable
-from .._logging import describing, logger, named, warn
+from .._logging import describing, log_added, logger, named, warn
 from ..data import check_adata, missing_values
 from ..model import ScGPT, label_codes, resolve_model
 from ._reference import (
@@ -285,76 +285,126 @@ def annotate(
 
 
 # ---------------------------------------------------------------------------- evaluation
+OVERALL = "overall"
+"""Row of :func:`evaluate_annotation` with the scores over all cells (macro means of the per-type scores)."""
+
+
+@doc_params()
 @named()
 def evaluate_annotation(
-    adata: AnnData, true_key: str, pred_key: str, *, key_added: str | None = None
-) -> dict[str, Any]:
-    """Accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix of an annotation.
+    adata: AnnData,
+    *,
+    labels_key: str,
+    key: str = "scgpt_celltype",
+    key_added: str | None = None,
+) -> pd.DataFrame:
+    """Precision, recall, F1 and accuracy of an annotation, per cell type and overall, and its confusion matrix.
+
+    Every cell with a true label counts: a missing prediction is an error (column ``"(no prediction)"`` of the
+    confusion matrix), and so is a prediction of a label that is no true cell type (e.g. ``"unknown"``). Cells
+    without a true label (missing, or the strings "nan"/"None") are left out with a warning.
 
     Parameters
     ----------
     adata
         Annotated data with both label columns.
-    true_key
-        ``obs`` column with the true cell types.
-    pred_key
-        ``obs`` column with the predictions (e.g. ``"scgpt_celltype"``).
-    key_added
-        ``uns`` entry written (default ``f"{pred_key}_evaluation"``).
+    {labels_key}
+    key
+        ``obs`` column with the predictions: the ``key_added`` of :func:`scgpt.tl.annotate` (default), or the
+        labels of any other classifier.
+    {eval_key_added}
 
     Returns
     -------
-    The metrics, also stored in ``adata.uns[key_added]``: ``accuracy``, ``macro_f1`` (over the true
-    cell types; predictions of other labels, e.g. ``"unknown"``, count as errors), ``per_class``
-    (DataFrame: precision, recall, f1, support), ``confusion`` (DataFrame, true x predicted counts),
-    ``n_cells`` and ``n_missing_predictions``. Every cell with a true label counts: a missing prediction is
-    an error (column ``"(no prediction)"`` of the confusion matrix). Cells without a true label (missing,
-    or the strings "nan"/"None") are left out with a warning.
+    A DataFrame (as scikit-learn's ``classification_report``), index ``cell type``: one row per true cell type
+    (sorted), then the row ``"overall"``; columns
+
+    - ``precision``, ``recall``, ``f1``: of the cell type; in the ``"overall"`` row their means over the true
+      cell types (macro averages: ``f1`` is the macro-F1, ``recall`` the balanced accuracy);
+    - ``accuracy``: the share of the row's cells predicted right (for a cell type, its recall);
+    - ``n_cells``: cells with that true label (``"overall"``: all cells scored);
+    - ``n_missing_predictions``: those of them without a prediction.
+
+    ``df.attrs["confusion"]`` holds the confusion matrix as plain lists (``pd.DataFrame(**df.attrs["confusion"])``
+    gives it: rows the true cell types, columns the predicted labels, those that are no true cell type last),
+    which :func:`scgpt.pl.confusion` draws from the DataFrame alone. With ``key_added``:
+
+    ``adata.uns[key_added]`` : dict
+        ``params`` (``labels_key``, ``key``), ``results`` (the DataFrame), ``confusion`` (the confusion matrix,
+        a DataFrame of cell counts) and ``evaluator`` (``"scgpt.tl.evaluate_annotation"``).
+
+    Examples
+    --------
+    >>> scgpt.tl.annotate(query, clf)  # doctest: +SKIP
+    >>> df = scgpt.tl.evaluate_annotation(query, labels_key="cell_type")  # doctest: +SKIP
+    >>> df.loc["overall", ["accuracy", "f1"]]  # accuracy, macro-F1  # doctest: +SKIP
+    >>> scgpt.pl.confusion(df)  # doctest: +SKIP
     """
-    for key in (true_key, pred_key):
-        if key not in adata.obs:
-            raise KeyError(f"{key!r} is not a column of adata.obs.")
-    if true_key == pred_key:
-        raise ValueError(f"true_key and pred_key are the same column ({true_key!r}); the score would be 1 by design.")
-    key_added = key_added or f"{pred_key}_evaluation"
-    no_truth = missing_values(adata.obs[true_key])
+    start = time.perf_counter()
+    fn = "evaluate_annotation"
+    check_adata(adata)
+    for name, column in (("labels_key", labels_key), ("key", key)):
+        if column not in adata.obs:
+            raise KeyError(f"{fn}: {name}={column!r} is not a column of adata.obs.")
+    if labels_key == key:
+        raise ValueError(f"labels_key and key are the same column ({key!r}); the score would be 1 by design.")
+    if key_added is not None:
+        check_key_added(key_added, reads=(key,), slot="uns")
+    no_truth = missing_values(adata.obs[labels_key])
     if no_truth.all():
-        raise ValueError(f"No cell has a true label in {true_key!r}.")
+        raise ValueError(f"No cell has a true label in {labels_key!r}.")
     if no_truth.any():
         first = adata.obs_names[np.flatnonzero(no_truth)[0]]
-        warn(f"{int(no_truth.sum())} cells have no true label in {true_key!r} (first: {first!r}); they are left out.")
+        warn(f"{int(no_truth.sum())} cells have no true label in {labels_key!r} (first: {first!r}); they are left out.")
     keep = ~no_truth
-    true = adata.obs[true_key].astype(str).to_numpy()[keep]
-    no_pred = missing_values(adata.obs[pred_key])[keep]
-    pred = np.where(no_pred, NO_PREDICTION, adata.obs[pred_key].astype(str).to_numpy()[keep])
+    true = adata.obs[labels_key].astype(str).to_numpy()[keep]
+    no_pred = missing_values(adata.obs[key])[keep]
+    pred = np.where(no_pred, NO_PREDICTION, adata.obs[key].astype(str).to_numpy()[keep])
     true_classes = sorted(set(true))
+    if OVERALL in true_classes:
+        raise ValueError(
+            f"{fn}: {OVERALL!r} is a cell type in {labels_key!r}, and the name of the row of the scores over all "
+            "cells; rename that cell type."
+        )
     all_labels = true_classes + sorted(set(pred) - set(true_classes))
     conf = pd.crosstab(
         pd.Categorical(true, categories=true_classes), pd.Categorical(pred, categories=all_labels), dropna=False
     )
-    conf.index.name, conf.columns.name = "true", "predicted"
+    conf.index = pd.Index(true_classes, dtype=object, name="true")
+    conf.columns = pd.Index(all_labels, dtype=object, name="predicted")
     tp = np.diag(conf.loc[true_classes, true_classes]).astype(float)
     support = conf.sum(1).to_numpy(dtype=float)
     predicted = conf[true_classes].sum(0).to_numpy(dtype=float)
     precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
     recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
     f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(tp), where=precision + recall > 0)
-    per_class = pd.DataFrame(
-        {"precision": precision, "recall": recall, "f1": f1, "support": support.astype(int)},
-        index=pd.Index(true_classes, name="cell type"),
+    missing = conf[NO_PREDICTION].to_numpy() if NO_PREDICTION in conf.columns else np.zeros(len(true_classes), int)
+    accuracy = float((true == pred).mean())
+    table = pd.DataFrame(
+        {
+            "precision": [*precision, precision.mean()],
+            "recall": [*recall, recall.mean()],
+            "f1": [*f1, f1.mean()],
+            "accuracy": [*recall, accuracy],
+            "n_cells": [*support.astype(int), int(keep.sum())],
+            "n_missing_predictions": [*missing.astype(int), int(no_pred.sum())],
+        },
+        index=pd.Index([*true_classes, OVERALL], dtype=object, name="cell type"),
     )
-    metrics = {
-        "accuracy": float((true == pred).mean()),
-        "macro_f1": float(f1.mean()),
-        "per_class": per_class,
-        "confusion": conf,
-        "n_cells": int(keep.sum()),
-        "n_missing_predictions": int(no_pred.sum()),
+    table.attrs["confusion"] = {
+        "data": conf.to_numpy().astype(int).tolist(),
+        "index": list(true_classes),
+        "columns": list(all_labels),
     }
-    warn_overwrite(adata, "uns", key_added)
-    adata.uns[key_added] = metrics
-    missing = f", {metrics['n_missing_predictions']} without a prediction (counted as errors)" if no_pred.any() else ""
-    logger.info(
-        f"accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f} on {metrics['n_cells']} cells{missing}"
-    )
-    return metrics
+    n_missing = int(no_pred.sum())
+    missing_text = f", {n_missing} without a prediction (counted as errors)" if n_missing else ""
+    logger.info(f"accuracy {accuracy:.3f}, macro-F1 {f1.mean():.3f} on {int(keep.sum())} cells{missing_text}")
+    if key_added is None:
+        log_added(start, [])
+    else:
+        warn_overwrite(adata, "uns", key_added)
+        params = {"labels_key": labels_key, "key": key}
+        record(
+            adata, key_added, params, start=start, added=[], results=table, confusion=conf, evaluator=f"scgpt.tl.{fn}"
+        )
+    return table

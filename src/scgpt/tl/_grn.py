@@ -151,7 +151,7 @@ def gene_programs(
     Examples
     --------
     >>> scgpt.tl.gene_programs(adata, "demo")  # doctest: +SKIP
-    >>> scgpt.tl.enrich_programs(adata, "hallmark")  # doctest: +SKIP
+    >>> scgpt.tl.enrich_programs(adata, gene_sets="hallmark")  # doctest: +SKIP
     """
     import anndata as ad
     import scanpy as sc
@@ -527,7 +527,7 @@ def infer_grn(
     Examples
     --------
     >>> scgpt.tl.infer_grn(adata, "demo", method="attention", tfs=["SPI1", "CEBPB"])  # doctest: +SKIP
-    >>> scgpt.tl.evaluate_grn(adata.uns["scgpt_grn"]["edges"], adata=adata)  # doctest: +SKIP
+    >>> scgpt.tl.evaluate_grn(adata)  # the network in adata.uns["scgpt_grn"]  # doctest: +SKIP
     """
     start = time.perf_counter()
     fn = "infer_grn"

@@ -292,7 +292,7 @@ def perturbation_baseline(
     ...     m: scgpt.tl.perturbation_baseline(adata, split.test, method=m, train=split.train)
     ...     for m in ("no_change", "train_mean", "linear")
     ... }
-    >>> scgpt.tl.evaluate_perturbation(preds, adata)
+    >>> scgpt.tl.evaluate_perturbation(adata, preds)
     """
     start = time.perf_counter()
     fn = "perturbation_baseline"

@@ -122,7 +122,7 @@ def predict_perturbation(
     --------
     >>> gen = scgpt.model.ScGPT.from_pretrained("scGPT_human").finetune("perturbation", screen)  # doctest: +SKIP
     >>> pred = scgpt.tl.predict_perturbation(screen, gen, ["JAK2", "JAK2+STAT1"])  # doctest: +SKIP
-    >>> scgpt.tl.evaluate_perturbation(pred, screen)  # doctest: +SKIP
+    >>> scgpt.tl.evaluate_perturbation(screen, pred)  # doctest: +SKIP
     """
     start = time.perf_counter()
     fn = "predict_perturbation"
