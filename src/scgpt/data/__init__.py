@@ -23,6 +23,7 @@ from ._genes import (
     match_genes,
 )
 from ._matrix import (
+    MIN_VARIABLE,
     as_csr,
     check_adata,
     check_values,
@@ -37,6 +38,7 @@ from ._matrix import (
     open_on_disk,
     read_rows,
     stored_per_row,
+    varying_genes,
 )
 from ._orthologs import ORGANISMS, ortholog_table, resolve_organism
 from ._perturbation import (

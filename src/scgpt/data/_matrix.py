@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 from .._logging import caller, logger
@@ -215,3 +216,28 @@ def log_normalized(adata: AnnData, layer: str | None = None) -> sp.csr_matrix:
         "(layer= naming the layer that holds them); if the matrix already holds log1p(normalize_total) values, "
         "mark it with adata.uns['log1p'] = {'base': None} (as sc.pp.log1p does)."
     )
+
+
+MIN_VARIABLE = 50
+"""Genes that must vary within every batch for seurat_v3's loess fit (it aborts the process on fewer, or none)."""
+
+
+def varying_genes(counts, groups: np.ndarray | None = None) -> dict[str, int]:
+    """Genes of non-zero variance within each group of cells (``None``: all cells); a group of fewer than 2 cells: 0.
+
+    scanpy's ``seurat_v3`` fits a loess curve per batch and aborts the whole process (segfault) when a batch has
+    no varying gene, e.g. a batch of empty droplets: callers check this first.
+    """
+    X = as_csr(counts).astype(np.float64)
+    keys = np.zeros(X.shape[0], dtype=object) if groups is None else np.asarray(groups).astype(str)
+    out = {}
+    for g in pd.unique(keys):
+        rows = np.flatnonzero(keys == g)
+        if len(rows) < 2:
+            out[str(g)] = 0
+            continue
+        block = X[rows]
+        mean = np.asarray(block.mean(0)).ravel()
+        sq = np.asarray(block.multiply(block).mean(0)).ravel()
+        out[str(g)] = int(((sq - mean**2) > 1e-12).sum())
+    return out

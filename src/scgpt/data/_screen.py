@@ -379,9 +379,9 @@ def split_labels(
     present = set(labels.tolist()) - {control}
     if not present:
         raise ValueError(f"{fn}: adata.obs[{key!r}] holds only control cells ({control!r}); nothing to learn from.")
-    val_list = [] if val is None else _labels_list(val, control, present, key, "val_perturbations", fn)
+    val_list = [] if val is None else _labels_list(val, control, present, key, "val_perturbations")
     if train is not None:
-        pool = _labels_list(train, control, present, key, "train_perturbations", fn)
+        pool = _labels_list(train, control, present, key, "train_perturbations")
     else:
         pool = sorted(present - set(val_list))
     overlap = sorted(set(pool) & set(val_list))

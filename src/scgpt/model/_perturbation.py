@@ -454,7 +454,7 @@ def predict_perturbation(
     if chunk < 2:
         raise ValueError(f"{fn}: gene_chunk must be at least 2, got {gene_chunk}.")
     labels = perturbation_labels(adata, perturbation_key=key, control=ctrl).to_numpy()
-    names = requested_labels(perturbations, ctrl, fn)
+    names = requested_labels(perturbations, ctrl)
     species = {"organism": organism, "orthologs": orthologs}
     targets = target_tokens(names, model.vocab, control=ctrl, use_aliases=use_aliases, **species)
 

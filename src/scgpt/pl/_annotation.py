@@ -82,10 +82,9 @@ def confusion(
     -------
     {plot_returns}
     """
-    fn = "scgpt.pl.confusion"
     if normalize not in ("true", "pred", None):
         raise ValueError(f"normalize must be 'true', 'pred' or None, got {normalize!r}.")
-    conf, overall = _confusion(data, key, fn)
+    conf, overall = _confusion(data, key)
     values = conf.to_numpy(dtype=float)
     if normalize == "true":
         values = values / np.maximum(values.sum(1, keepdims=True), 1)

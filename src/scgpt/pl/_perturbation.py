@@ -191,8 +191,8 @@ def perturbation(
         raise KeyError(
             f"{fn}: perturbation {label!r} has no cells in adata.obs[{perturbation_key!r}] (labels: {shown})."
         )
-    preds = _predictions(pred, fn)
-    genes = _shown_genes(de_genes, label, adata.var_names, n_genes, fn)
+    preds = _predictions(pred)
+    genes = _shown_genes(de_genes, label, adata.var_names, n_genes)
 
     cells = labels.isin([control, label]).to_numpy()
     names = labels.to_numpy()[cells]
@@ -206,7 +206,7 @@ def perturbation(
     ctrl_mean = values[is_control].mean(0)
     observed = values[names == label] - ctrl_mean
     band_low, band_high = np.percentile(values[is_control] - ctrl_mean, CONTROL_QUANTILES, axis=0)
-    predicted = {name: _predicted_values(p, name, label, genes, control, fn) - ctrl_mean for name, p in preds.items()}
+    predicted = {name: _predicted_values(p, name, label, genes, control) - ctrl_mean for name, p in preds.items()}
 
     n = len(genes)
     fig, ax = new_axes(ax, (max(4.0, 1.2 + 0.38 * n), 4.0))
@@ -359,7 +359,7 @@ def perturbation_metrics(
     fn = "scgpt.pl.perturbation_metrics"
     if kind not in ("box", "strip", "bar"):
         raise ValueError(f"{fn}: kind must be 'box', 'strip' or 'bar', got {kind!r}.")
-    table = _results_table(data, key, fn)
+    table = _results_table(data, key)
     available = [
         c
         for c in table.columns

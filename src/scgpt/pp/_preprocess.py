@@ -12,7 +12,7 @@ import scipy.sparse as sp
 from .._docs import doc_params
 from .._face import check_key_added, record, warn_overwrite, writable
 from .._logging import logger, named, warn
-from ..data import check_adata, get_matrix
+from ..data import MIN_VARIABLE, check_adata, get_matrix, varying_genes
 from ._binning import bin_values
 
 if TYPE_CHECKING:
@@ -76,6 +76,17 @@ def highly_variable_genes(
     if batch_key is not None and batch_key not in adata.obs:
         raise KeyError(f"batch_key={batch_key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)}).")
     n_top_genes = min(n_top_genes, adata.n_vars)
+    if flavor.startswith("seurat_v3"):  # its loess fit aborts the process on a batch without varying genes
+        counts = get_matrix(adata, layer)
+        per = varying_genes(counts, None if batch_key is None else adata.obs[batch_key].to_numpy())
+        few = {b: n for b, n in per.items() if n < MIN_VARIABLE}
+        if few:
+            where = f"batches {list(few)[:5]} of {batch_key!r}" if batch_key else "the cells"
+            raise ValueError(
+                f"highly_variable_genes: {where} have fewer than {MIN_VARIABLE} genes that vary ({few}), e.g. empty "
+                "droplets or a batch of one cell; seurat_v3 cannot fit them. Filter such cells first "
+                "(scgpt.pp.preprocess(filter_cell_by_counts=...)), merge small batches, or use flavor='seurat'."
+            )
     logger.info(f"selecting {n_top_genes} highly variable genes ({flavor})")
     sc.pp.highly_variable_genes(
         adata, n_top_genes=n_top_genes, flavor=flavor, layer=layer, batch_key=batch_key, subset=subset, **kwargs

@@ -109,7 +109,7 @@ def perturbation_de_genes(
     )
     unknown = [g for g in groups if g not in present]
     if unknown:
-        raise KeyError(_unknown_message(unknown, present, perturbation_key, "perturbation_de_genes"))
+        raise KeyError(_unknown_message(unknown, present, perturbation_key))
     cells = labels.isin([control, *groups]).to_numpy()
     X = log_normalized(adata[cells] if not cells.all() else adata, layer=layer)
     ranked = rank_genes_vs_control(X, labels.to_numpy()[cells], groups, control, n_genes=n_de)
@@ -161,10 +161,9 @@ def _aligned_rows(name: str, p: AnnData, var_names: pd.Index, present: set[str],
     keep = [i for i, s in enumerate(labels) if s != control]
     unknown = [labels[i] for i in keep if labels[i] not in present]
     if unknown:
-        raise KeyError(
-            _unknown_message(unknown, present, key, f"evaluate_perturbation (prediction {name!r})")
-            + " Only perturbations with observed cells can be scored."
-        )
+        with describing(f"prediction {name!r}"):
+            message = _unknown_message(unknown, present, key)
+        raise KeyError(message + " Only perturbations with observed cells can be scored.")
     X = p[:, var_names].X
     X = X.toarray() if sp.issparse(X) else np.asarray(X, dtype=np.float64)
     return [labels[i] for i in keep], X[keep].astype(np.float64)

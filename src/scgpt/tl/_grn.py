@@ -546,7 +546,7 @@ def infer_grn(
     cols = _select_genes(adata, known, genes=genes, tfs=tfs, n_top_genes=n_top_genes, layer=layer)
     if len(cols) < 2:
         raise ValueError(f"{fn}: a network needs at least 2 genes, got {len(cols)}.")
-    sources = _source_columns(adata, cols, tfs, method, fn)
+    sources = _source_columns(adata, cols, tfs, method)
     names = adata.var_names[cols].astype(str).to_numpy()
     logger.info(f"inferring a gene network ({method}) over {len(cols)} genes, {len(sources)} sources")
 

@@ -80,7 +80,7 @@ def pseudobulk(
     order = [control, *sorted(set(present.index) - {control})] if labels is None else list(labels)
     unknown = [label for label in order if label not in present.index]
     if unknown:
-        raise KeyError(_unknown_message(unknown, present.index, perturbation_key, "pseudobulk"))
+        raise KeyError(_unknown_message(unknown, present.index, perturbation_key))
     cells = np.isin(obs_labels.to_numpy(), order)
     X = log_normalized(adata[cells] if not cells.all() else adata, layer=layer)
     means = _mean_by_label(X, obs_labels.to_numpy()[cells], order)
@@ -205,7 +205,7 @@ def _training_labels(train, obs_labels: pd.Series, requested: list[str], control
         raise ValueError(f"perturbation_baseline: train lists the control label {control!r}; list perturbations only.")
     unknown = [t for t in train if t not in present]
     if unknown:
-        raise KeyError(_unknown_message(unknown, present, key, "perturbation_baseline"))
+        raise KeyError(_unknown_message(unknown, present, key))
     return sorted(set(train))
 
 
