@@ -370,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the sandbox folders")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="pages run at the same time")
     args = p.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # each page's times as it ends, also through a pipe (CI's log)
     if args.jobs < 1:
         p.error(f"--jobs {args.jobs}: give 1 or more pages to run at the same time")
 
