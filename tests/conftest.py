@@ -17,8 +17,21 @@ GOLDEN = FIXTURES / "golden"
 
 os.environ.setdefault("MPLBACKEND", "agg")
 
+# Under pytest-xdist (`-n N`) each worker gets its share of the cores: N workers with torch's default of one thread
+# per core would oversubscribe the CPU, and OpenMP threads spin-waiting for a descheduled peer slow everything down.
+# Set before torch is imported (and again in pytest_configure, in case a plugin imported it first); processes that
+# the tests start inherit the variables.
+XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")) if "PYTEST_XDIST_WORKER" in os.environ else 0
+if XDIST_WORKERS:
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ.setdefault(_var, str(max(1, (os.cpu_count() or 1) // XDIST_WORKERS)))
+
 
 def pytest_configure(config):
+    if XDIST_WORKERS:
+        import torch
+
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     import scgpt
 
     scgpt.settings.progress = False
