@@ -644,7 +644,8 @@ def finetune_perturbation(
     )
     has_val = bool(val)
     train_kwargs.setdefault("restore_best", has_val)
-    for name, default in (("eps", defaults.get("eps", 1e-8)), ("schedule", task.schedule)):
+    task_settings = (("eps", defaults.get("eps", 1e-8)), ("schedule", task.schedule))
+    for name, default in (*task_settings, ("gradient_clip_val", defaults.get("gradient_clip_val"))):
         if train_kwargs.get(name) is None:
             train_kwargs[name] = default
     try:

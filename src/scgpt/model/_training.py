@@ -264,7 +264,8 @@ class TrainingMixin:
         precision
             ``"32-true"``, ``"bf16-mixed"`` or ``"16-mixed"`` (GPU).
         accumulate_grad_batches, gradient_clip_val
-            Gradient accumulation and clipping.
+            Gradient accumulation and clipping (``gradient_clip_val=None`` with a task's recipe: the task's, 1.0
+            as every official loop; ``0``: no clipping).
         checkpoint_dir
             Where Lightning checkpoints (``last.ckpt``) and per-step loss logs
             (``logs/version_<n>/metrics.csv``, a new version per run or resume) go.
@@ -293,6 +294,8 @@ class TrainingMixin:
         from ..train._runner import RUNNER_OPTIONS
 
         rec, task = resolve_recipe(recipe)
+        if gradient_clip_val is None and task is not None:  # the official loops clip at 1.0
+            gradient_clip_val = task.defaults.get("gradient_clip_val")
         if task is not None and task.paired and datamodule is None:
             raise ValueError(
                 f"recipe={task.name!r} trains on pairs of a perturbation screen, not on single cells: use "
@@ -492,8 +495,9 @@ class TrainingMixin:
         if "batches" not in categories and "dab" in recipe.objectives:  # an optional batch_key not given
             recipe = recipe.replace(objectives={k: w for k, w in recipe.objectives.items() if k != "dab"})
         stop = defaults.get("early_stopping", False) if early_stopping is None else early_stopping
-        if validation_size is None:  # by default, cells are held out only to stop early
-            validation_size = defaults.get("validation_size", 0.1) if stop else 0.0
+        if validation_size is None:  # cells are held out to stop early or to keep the best epoch (official tutorials)
+            held_out = stop or defaults.get("restore_best", False)
+            validation_size = defaults.get("validation_size", 0.1) if held_out else 0.0
         if "labels" in obs:
             split = stratified_split(obs["labels"], validation_size, seed=seed)
         else:
@@ -515,7 +519,8 @@ class TrainingMixin:
             + "".join(f", {len(v)} {k}" for k, v in categories.items())
         )
         train_kwargs.setdefault("restore_best", len(split[1]) > 0)  # the official best_model: lowest val_loss
-        for key, default in (("eps", defaults.get("eps", 1e-8)), ("schedule", t.schedule)):
+        task_settings = (("eps", defaults.get("eps", 1e-8)), ("schedule", t.schedule))
+        for key, default in (*task_settings, ("gradient_clip_val", defaults.get("gradient_clip_val"))):
             if train_kwargs.get(key) is None:  # not given, or None from the command line: the task's
                 train_kwargs[key] = default
         try:
