@@ -43,6 +43,7 @@ def main() -> None:
     p.add_argument("--dropout", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--max-cells", type=int, default=0, help="a random subset of cells (0: all), for a quick check")
     a = p.parse_args()
 
     import anndata as ad
@@ -66,6 +67,8 @@ def main() -> None:
     vocab.set_default_index(vocab["<pad>"])
 
     adata = ad.read_h5ad(a.data)
+    if a.max_cells:
+        adata = adata[np.sort(np.random.default_rng(a.seed).permutation(adata.n_obs)[: a.max_cells])].copy()
     adata.var["id_in_vocab"] = [1 if g in vocab else -1 for g in adata.var_names]
     adata = adata[:, adata.var["id_in_vocab"] >= 0].copy()
     adata.obs["batch_id"] = adata.obs[a.batch_key].astype("category").cat.codes.to_numpy()

@@ -69,7 +69,8 @@ def main() -> None:
             "--seed",
             str(args.seed),
         ]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the peer venv's own scgpt, not ours
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode:
             print(f"[official] failed:\n{proc.stderr[-3000:]}", flush=True)
         else:
