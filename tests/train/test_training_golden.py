@@ -647,6 +647,41 @@ def test_sampled_cells_keep_cls_first_and_a_subset_of_their_genes():
         assert all(cell[g] == v for g, v in got.items())
 
 
+def test_integration_minibatches_come_batch_after_batch(pbmc_counts):
+    """The integration recipe's minibatches: one experimental batch each, all of the first batch, then all of
+    the second, as the tutorial's ``SubsetsBatchSampler(inter_subset_shuffle=False)`` (the fixture's steps 0 and
+    1: batch 0, then batch 1). Catches minibatches that mix batches (DSBN would normalise them with one slot)
+    and minibatches of the batches interleaved."""
+    from scgpt.data import AnnDataSource, CellLoader, Collator, GeneVocab
+    from scgpt.data._random import gene_keys
+
+    recipe = TASKS["integration"].recipe
+    assert recipe.per_batch_minibatches and recipe.batch_order == "sequential"
+    vocab = GeneVocab([*pbmc_counts.var_names, "<pad>", "<cls>", "<eoc>"])
+    source = AnnDataSource(pbmc_counts, np.arange(765), len(vocab))
+    present = np.full(len(vocab), -1)
+    present[:765] = np.arange(765)
+    collator = Collator(token_ids=present, gene_key=gene_keys(vocab.itos), cls_id=vocab.cls_id, pad_id=vocab.pad_id)
+    labels = (np.arange(pbmc_counts.n_obs) % 3 == 0).astype(np.int64)  # batches interleaved in the data
+    idx = np.arange(200)
+    for order, sequential in (("sequential", True), ("interleaved", False)):
+        loader = CellLoader(
+            source,
+            idx,
+            collator,
+            batch_size=16,
+            seed=3,
+            obs={"batch_labels": labels},
+            group_by="batch_labels",
+            group_order=order,
+        )
+        seen = [b.batch_labels.tolist() for b in loader]
+        assert all(len(set(b)) == 1 for b in seen)
+        firsts = [b[0] for b in seen]
+        assert (firsts == sorted(firsts)) == sequential, firsts
+        assert sorted(c for b in loader for c in b.cells.tolist()) == list(range(200))
+
+
 # ---------------------------------------------------------------------------- the registry against the official loops
 def test_registry_matches_the_official_loops():
     """The task registry carries the official loops' settings: clipping at 1.0 everywhere, StepLR per epoch with

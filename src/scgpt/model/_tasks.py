@@ -188,6 +188,7 @@ TASKS: dict[str, Task] = {
                 include_zero_genes=True,
                 max_length=1201,
                 per_batch_minibatches=True,
+                batch_order="sequential",  # SubsetsBatchSampler(inter_subset_shuffle=False): batch after batch
             ),
             requires=("batch_key",),
             heads=_integration_heads,

@@ -613,6 +613,7 @@ class TrainingMixin:
             obs=obs,
             chunk_size=chunk_size,
             group_by=group_by,
+            group_order=rec.batch_order,
         )
 
     def _datamodule(self, adata: AnnData, recipe: Recipe, *, batch_size, train_size, validation_size, seed):
