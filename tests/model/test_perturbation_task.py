@@ -61,10 +61,12 @@ def test_registry_entry():
         "max_epochs": 15,
         "validation_size": 0.1,
         "early_stopping": True,
+        "gradient_clip_val": 1.0,
     }
     changes = task.heads(_model(["A"]).config, {})
     assert changes["n_pert_flags"] == 3 and changes["pert_pad_id"] == 0 and changes["expr_decoder"] == "affine"
     assert changes["mvc_style"] is None and changes["n_cls"] == 1 and changes["pad_value"] == 0.0
+    assert changes["dropout"] == 0.0  # the perturbation tutorial's
 
 
 def test_training_loss_falls_and_the_best_epoch_is_kept(tuned):

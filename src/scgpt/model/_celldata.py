@@ -92,8 +92,9 @@ class CellData:
         self.recipe = recipe
         early_stopping, validation_size = options.get("early_stopping"), options.get("validation_size")
         self.stop = task.defaults.get("early_stopping", False) if early_stopping is None else early_stopping
-        if validation_size is None:  # by default, cells are held out only to stop early
-            validation_size = task.defaults.get("validation_size", 0.1) if self.stop else 0.0
+        if validation_size is None:  # cells are held out to stop early or to keep the best epoch (official tutorials)
+            held_out = self.stop or task.defaults.get("restore_best", False)
+            validation_size = task.defaults.get("validation_size", 0.1) if held_out else 0.0
         seed = options.get("seed", 0)
         if "labels" in self.obs:
             self.split = stratified_split(self.obs["labels"], validation_size, seed=seed)

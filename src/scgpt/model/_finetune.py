@@ -171,6 +171,8 @@ class FinetuneMixin:
             plan_kwargs["lr"] = defaults.get("lr", 1e-4) if lr is None else lr
             plan_kwargs.setdefault("eps", defaults.get("eps", 1e-8))
             plan_kwargs.setdefault("schedule", t.schedule)
+            if trainer_kwargs.get("gradient_clip_val") is None:  # not given, or None from the command line
+                trainer_kwargs["gradient_clip_val"] = defaults.get("gradient_clip_val")
             trainer_kwargs.setdefault("restore_best", data.validation)  # the official best_model: best validation epoch
             try:
                 new.train(

@@ -110,7 +110,8 @@ class TrainingMixin:
         **trainer_kwargs
             How to train, passed to :class:`~scgpt.train.TrainRunner`: ``accelerator``, ``devices``, ``strategy``,
             ``num_nodes`` (``strategy="ddp"`` with several devices or nodes trains data-parallel); ``precision``
-            (``"32-true"``, ``"bf16-mixed"``, ``"16-mixed"``); ``accumulate_grad_batches``, ``gradient_clip_val``;
+            (``"32-true"``, ``"bf16-mixed"``, ``"16-mixed"``); ``accumulate_grad_batches``, ``gradient_clip_val``
+            (``None`` with a task's recipe: the task's, 1.0 as every official loop; ``0``: no clipping);
             ``early_stopping``, ``early_stopping_patience``; ``restore_best`` (end with the weights of the epoch
             with the lowest ``val_loss``, the official tutorials' ``best_model``); ``checkpoint_dir`` (``last.ckpt``
             and per-step loss logs ``logs/version_<n>/metrics.csv``), ``checkpoint_every_n_steps``, ``resume``
@@ -140,6 +141,8 @@ class TrainingMixin:
         if unknown:
             raise TypeError(f"train: unknown plan_kwargs {unknown}; the plan takes {list(PLAN_OPTIONS)}.")
         rec, task = resolve_recipe(recipe)
+        if task is not None and trainer_kwargs.get("gradient_clip_val") is None:  # the official loops clip at 1.0
+            trainer_kwargs["gradient_clip_val"] = task.defaults.get("gradient_clip_val")
         if task is not None and task.data == "pairs" and datamodule is None:
             raise ValueError(
                 f"recipe={task.name!r} trains on pairs of a perturbation screen, not on single cells: use "
@@ -255,6 +258,7 @@ class TrainingMixin:
             obs=obs,
             chunk_size=chunk_size,
             group_by=group_by,
+            group_order=rec.batch_order,
         )
 
     def _datamodule(self, adata: AnnData, recipe: Recipe, *, batch_size, train_size, validation_size, seed):
