@@ -329,6 +329,8 @@ class TrainingMixin:
         options = {name: value for name, value in locals().items() if name in RUNNER_OPTIONS}
         options["progress"] = settings.progress if progress is None else progress
         runner = TrainRunner(plan, datamodule, **options, **trainer_kwargs)
+        self.base_model_ = self.base_model()  # the weights it starts from; no file holds the weights after this
+        self.weights_file_ = None
         self.net.train()
         try:
             self.trainer_ = runner(resume=resume)

@@ -79,7 +79,8 @@ def embed(
     ``adata.varm[key_added]`` : :class:`numpy.ndarray` (n_vars, d_model), float32
         Gene embeddings (``genes=True``); NaN for genes outside the vocabulary.
     ``adata.uns[key_added]`` : dict
-        ``params``, the vocabulary coverage (``n_genes_matched``, ``n_genes``) and ``mean_tokens_per_cell``.
+        ``params`` (with the provenance: ``scgpt_version``, ``model`` and ``weights_sha256``, the SHA-256 of
+        the weights file), the vocabulary coverage (``n_genes_matched``, ``n_genes``) and ``mean_tokens_per_cell``.
 
     For a MuData, the modality gets these fields, ``mdata.obsm[key_added]`` holds the cell
     embeddings aligned to ``mdata.obs_names`` (NaN for cells absent from the modality) and
@@ -112,7 +113,7 @@ def embed(
         cells.varm[key_added] = gene_emb
         added.append(f"'{key_added}', gene embeddings (adata.varm)")
     params = {
-        "model": model_name,
+        **model_obj.provenance(model_name),  # scgpt_version, model, weights_sha256
         "gene_key": gene_key,
         "use_aliases": use_aliases,
         "layer": layer,
