@@ -141,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     import matplotlib.pyplot as plt
 
     plt.show = lambda *a, **k: None  # figures are drawn, not displayed
+    # a cache of its own, and never a download: blocks that would download are marked notrun
+    cache = tempfile.mkdtemp(prefix="docs_cache_")
+    os.environ.update(SCGPT_CACHE=cache, SCGPT_OFFLINE="1")
     import scgpt
 
     scgpt.settings.progress = False
