@@ -50,7 +50,8 @@ def test_the_weights_are_hashed_once_per_file_version(cache, pbmc, tmp_path, has
     """A folder's weights are hashed on first use only: not again for another call, another load, or another
     process (the cache on disk); again when the file changes.
 
-    Catches: re-hashing 200 MB on every call, a cache keyed by path alone (a replaced file keeps its old hash).
+    Catches: re-hashing 200 MB on every call, a cache keyed by path alone (a replaced file keeps its old hash),
+    a model reporting the hash of a file that replaced the one it was loaded from.
     """
     folder = tmp_path / "my_model"
     shutil.copytree(_demo_path(), folder)
@@ -70,6 +71,7 @@ def test_the_weights_are_hashed_once_per_file_version(cache, pbmc, tmp_path, has
     shutil.copy(tmp_path / "other" / "best_model.pt", weights)
     changed = hashlib.sha256(weights.read_bytes()).hexdigest()
     assert ScGPT.from_pretrained(folder).weights_sha256() == changed and len(hash_calls) == 2
+    assert model.weights_sha256() is None  # loaded from the file that was replaced: not these weights
 
 
 def test_models_made_in_memory_record_no_weights_hash_but_keep_their_base(cache, pbmc, tiny_model):

@@ -280,13 +280,14 @@ def _fetch(
                 path = _transfer(url, staging, spec, progress)
             except _network_errors() as e:
                 status = getattr(getattr(e, "response", None), "status_code", None)
-                failures.append(f"{url}: {_reason(e)}")
                 cut = isinstance(e, requests.exceptions.ChunkedEncodingError | requests.exceptions.ReadTimeout)
-                if not (cut or (status is not None and status >= 500)):
-                    break  # no connection, or not there: the next source, not another attempt
-                if attempt < RETRIES:
-                    logger.info(f"    {spec.name}: transfer failed ({type(e).__name__}); restarting it")
-                    time.sleep(RETRY_WAIT * 2**attempt)
+                again = (cut or (status is not None and status >= 500)) and attempt < RETRIES
+                if not again:  # no connection, not there, or the last attempt: the next source
+                    tries = f" ({attempt + 1} attempts)" if attempt else ""
+                    failures.append(f"{url}: {_reason(e)}{tries}")
+                    break
+                logger.info(f"    {spec.name}: {_reason(e)}; restarting the transfer")
+                time.sleep(RETRY_WAIT * 2**attempt)
                 continue
             try:
                 digest, how = _check(path, spec, record, pinned)

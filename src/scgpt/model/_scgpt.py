@@ -179,7 +179,7 @@ class ScGPT(InferenceMixin, TrainingMixin):
             return cls.load(src, adata=adata, device=device)
         net, ckpt, _ = load_official(src, strict=strict, generative=generative)
         self = cls._from_parts(net, ckpt.vocab, args=ckpt.args, mod_vocab=ckpt.mod_vocab, source=name)
-        self.weights_file_ = src / WEIGHTS_FILE
+        self._loaded_from(src / WEIGHTS_FILE)
         self.to_device(device)
         if adata is not None:
             self.adata = adata
@@ -221,16 +221,27 @@ class ScGPT(InferenceMixin, TrainingMixin):
         }
 
     # ------------------------------------------------------------------ provenance and model cards
+    def _loaded_from(self, weights: Path) -> None:
+        """Remember the weights file (and its size and mtime: a file replaced later is not these weights)."""
+        st = weights.stat()
+        self.weights_file_ = weights
+        self._weights_stamp = (st.st_size, st.st_mtime_ns)
+
     def weights_sha256(self) -> str | None:
         """SHA-256 of the weights file this model was loaded from (``None`` if it was built or trained in memory).
 
         Computed once per file and cached by path, size and modification time (:func:`scgpt.hub.file_sha256`).
+        ``None`` too when the file was replaced since it was loaded.
         """
-        if self.weights_file_ is None or not Path(self.weights_file_).is_file():
+        path = self.weights_file_
+        if path is None or not Path(path).is_file():
+            return None
+        st = Path(path).stat()
+        if (st.st_size, st.st_mtime_ns) != getattr(self, "_weights_stamp", None):
             return None
         from ..hub import file_sha256
 
-        return file_sha256(self.weights_file_)
+        return file_sha256(path)
 
     def base_model(self) -> dict[str, Any]:
         """The published weights this model started from: ``{"name", "weights_sha256"}`` (``None`` where unknown).
@@ -309,7 +320,7 @@ class ScGPT(InferenceMixin, TrainingMixin):
         info["history"] = {k: list(v) for k, v in self.history_.items() if isinstance(v, list)}
         evaluation = {}
         for section, value in r.items():
-            if isinstance(value, dict):
+            if isinstance(value, dict) and section != "last_recipe":
                 evaluation.update({
                     f"{section}: {k}": f"{v:.4g}" if isinstance(v, float) else v
                     for k, v in value.items()
@@ -409,7 +420,7 @@ class ScGPT(InferenceMixin, TrainingMixin):
         self = cls._from_parts(
             net.eval(), ckpt.vocab, args=ckpt.args, mod_vocab=ckpt.mod_vocab, source=attrs.get("source"), attrs=attrs
         )
-        self.weights_file_ = dir_path / MODEL_FILE
+        self._loaded_from(dir_path / MODEL_FILE)
         if self.base_model_ is None:  # saved before base models were recorded: the base's hash is not known
             self.base_model_ = {"name": self.source_, "weights_sha256": None}
         self.to_device(device)
