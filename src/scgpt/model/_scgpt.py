@@ -364,7 +364,8 @@ class ScGPT(InferenceMixin, TrainingMixin):
 
         A folder holds one model: ``overwrite=True`` replaces a model already there, in either format.
         All files are written to temporary names and moved into place together, so a failed write
-        leaves the previous model intact.
+        leaves the previous model intact. A model card, ``README.md``, is written with them (see
+        :meth:`save_pretrained`).
 
         Parameters
         ----------
@@ -377,8 +378,6 @@ class ScGPT(InferenceMixin, TrainingMixin):
         official
             Also write the official files of the same model (``args.json``, ``vocab.json``,
             ``best_model.pt``), for the official code; :meth:`from_pretrained` reads ``model.pt``.
-
-        A model card, ``README.md``, is written with them (see :meth:`save_pretrained`).
         """
         from ..io._folder import ANNDATA_FILE, OFFICIAL_FILES, model_folder
 
