@@ -290,7 +290,7 @@ def _run_out_of_core(
         return
     rep = run.match.report()
     params = {
-        "model": name,
+        **model.provenance(name),  # scgpt_version, model, weights_sha256
         **options,
         "batch_size": args.batch_size,
         "genes": False,

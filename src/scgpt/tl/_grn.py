@@ -23,7 +23,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .._docs import doc_params
-from .._face import actual_if_view, record, warn_overwrite
+from .._face import actual_if_view, provenance, record, warn_overwrite
 from .._logging import caller, logger, named
 from ..data import check_adata, gene_names, log_normalized, match_genes, missing_values
 from ..model import resolve_model
@@ -206,7 +206,7 @@ def gene_programs(
         adata, members, layer=layer, ctrl_size=ctrl_size, n_bins=n_bins, seed=seed
     )
     params = {
-        "model": model_name,
+        **provenance(model_obj, model_name),
         "genes": None if genes is None else list(map(str, genes)),
         "resolution": resolution,
         "n_neighbors": n_neighbors,
@@ -596,7 +596,8 @@ def infer_grn(
         )
         added.append(f"'{key_added}', the network, row = target, column = source (adata.varp)")
     params = {
-        "model": model_name, "method": method, "genes": None if genes is None else list(map(str, genes)),
+        **provenance(model_obj, model_name), "method": method,
+        "genes": None if genes is None else list(map(str, genes)),
         "tfs": None if tfs is None else list(map(str, [tfs] if isinstance(tfs, str) else tfs)),
         "n_top_genes": n_top_genes, "groupby": groupby, "reference_group": reference_group,
         "layers": layer_list, "heads": head_list, "scores": scores, "rank_normalize": rank_normalize,
