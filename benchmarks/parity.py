@@ -111,10 +111,10 @@ def integration(args, out: Path) -> dict:
     if genes_used < n_genes:  # the HVGs chosen once (seurat_v3 on counts per batch, as both codes do): same genes
         import scanpy as sc
 
-        hvg = sc.pp.highly_variable_genes(
-            adata, flavor="seurat_v3", n_top_genes=genes_used, batch_key=batch_key, inplace=False
+        sc.pp.highly_variable_genes(  # in place: the mask of inplace=False comes back in another order
+            adata, flavor="seurat_v3", n_top_genes=genes_used, batch_key=batch_key, subset=True
         )
-        adata = adata[:, hvg["highly_variable"].to_numpy()].copy()
+        adata = adata.copy()
     data = out / "two_sources.h5ad"
     adata.write_h5ad(data)
     print(
@@ -130,32 +130,48 @@ def integration(args, out: Path) -> dict:
         progress=False,
     )  # fmt: skip
     seconds = {"zero_shot": time.perf_counter() - t0}
-    history = {}
-    for seed in args.seeds:
-        summary, seconds[f"official_s{seed}"] = run_official(
-            args, "_official_integration.py", str(folder), str(data), str(out / f"integration_official_s{seed}.npz"),
-            "--batch-key", batch_key, "--epochs", str(args.integration_epochs), "--batch-size", str(args.batch_size),
-            "--n-hvg", str(args.n_top_genes), "--seed", str(seed),
-        )  # fmt: skip
-        z = np.load(out / f"integration_official_s{seed}.npz")
+    history, tables = {}, {}
+    meta = {"cells": int(adata.n_obs), "genes": n_genes, "genes_used": genes_used, "epochs": args.integration_epochs,
+            "batch_size": args.batch_size, "n_top_genes": args.n_top_genes, "max_cells": args.max_cells}  # fmt: skip
+    result = None
+    for seed in args.seeds:  # each seed scored and recorded as soon as it is done
+        npz = out / f"integration_official_s{seed}.npz"
+        if args.reuse and npz.exists():
+            print(f"  official seed {seed}: reusing {npz}", flush=True)
+        else:
+            summary, seconds[f"official_s{seed}"] = run_official(
+                args, "_official_integration.py", str(folder), str(data), str(npz), "--batch-key", batch_key,
+                "--epochs", str(args.integration_epochs), "--batch-size", str(args.batch_size),
+                "--n-hvg", str(args.n_top_genes), "--seed", str(seed),
+            )  # fmt: skip
+            history[f"official_s{seed}"] = summary["history"]
+            print(
+                f"  official seed {seed}: {seconds[f'official_s{seed}']:.0f} s ({summary['n_genes']} genes)", flush=True
+            )
+        z = np.load(npz)
         assert (z["obs_names"] == np.asarray(adata.obs_names)).all(), "official embedding: cells out of order"
         adata.obsm[f"official_s{seed}"] = z["X_scGPT"].astype(np.float32)
-        history[f"official_s{seed}"] = summary["history"]
-        print(f"  official seed {seed}: {seconds[f'official_s{seed}']:.0f} s ({summary['n_genes']} genes)", flush=True)
-        t0 = time.perf_counter()
-        tuned = ScGPT.from_pretrained(args.model)  # a model object is fine-tuned in place: its history_ is kept
-        res = scgpt.tl.integrate(
-            adata, tuned, batch_key=batch_key, use_aliases=False, n_top_genes=args.n_top_genes,
-            max_epochs=args.integration_epochs, batch_size=args.batch_size, seed=seed, key_added="X_tmp",
-            copy=True, progress=False,
-        )  # fmt: skip
-        seconds[f"ours_s{seed}"] = time.perf_counter() - t0
-        adata.obsm[f"ours_s{seed}"] = res.obsm["X_tmp"]
-        history[f"ours_s{seed}"] = tuned.history_
-        print(f"  ours seed {seed}: {seconds[f'ours_s{seed}']:.0f} s ({res.uns['X_tmp']['n_genes']} genes)", flush=True)
+        npz = out / f"integration_ours_s{seed}.npz"
+        if args.reuse and npz.exists():
+            print(f"  ours seed {seed}: reusing {npz}", flush=True)
+            adata.obsm[f"ours_s{seed}"] = np.load(npz)["X_scGPT"]
+        else:
+            t0 = time.perf_counter()
+            tuned = ScGPT.from_pretrained(args.model)  # a model object is fine-tuned in place: its history_ is kept
+            res = scgpt.tl.integrate(
+                adata, tuned, batch_key=batch_key, use_aliases=False, n_top_genes=args.n_top_genes,
+                max_epochs=args.integration_epochs, batch_size=args.batch_size, seed=seed, key_added="X_tmp",
+                copy=True, progress=False,
+            )  # fmt: skip
+            seconds[f"ours_s{seed}"] = time.perf_counter() - t0
+            adata.obsm[f"ours_s{seed}"] = res.obsm["X_tmp"]
+            np.savez(npz, X_scGPT=res.obsm["X_tmp"], obs_names=np.asarray(adata.obs_names, dtype=str))
+            history[f"ours_s{seed}"] = tuned.history_
+            print(
+                f"  ours seed {seed}: {seconds[f'ours_s{seed}']:.0f} s ({res.uns['X_tmp']['n_genes']} genes)",
+                flush=True,
+            )
 
-    tables = {}
-    for seed in args.seeds:
         scored = adata.copy()
         scored.obsm.clear()
         names = {f"official_s{seed}": "scGPT fine-tuned, official loop", f"ours_s{seed}": "scGPT fine-tuned, ours",
@@ -169,13 +185,9 @@ def integration(args, out: Path) -> dict:
         )  # fmt: skip
         seconds[f"scoring_s{seed}"] = time.perf_counter() - t0
         table = table.rename(index={"X_pca": "PCA (unintegrated)", "X_pca_harmony": "Harmony"})
-        order = [*names.values(), "PCA (unintegrated)", "Harmony"]
-        tables[seed] = table.loc[order]
-    return finish(
-        "integration", args, out, tables, SCIB_COLS, seconds, history,
-        {"cells": int(adata.n_obs), "genes": n_genes, "genes_used": genes_used, "epochs": args.integration_epochs,
-         "batch_size": args.batch_size, "n_top_genes": args.n_top_genes, "max_cells": args.max_cells},
-    )  # fmt: skip
+        tables[seed] = table.loc[[*names.values(), "PCA (unintegrated)", "Harmony"]]
+        result = finish("integration", args, out, tables, SCIB_COLS, seconds, history, meta)
+    return result
 
 
 # ---------------------------------------------------------------------------- annotation
@@ -376,6 +388,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pool-size", type=int, default=300, help="perturbation: control cells per prediction")
     p.add_argument(
         "--max-cells", type=int, default=0, help="cells (integration), reference and query cells (annotation); 0: all"
+    )
+    p.add_argument(
+        "--reuse", action="store_true", help="integration: reuse embeddings already in --out (a run cut short)"
     )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--peer-python", default=os.path.expanduser("~/.venvs/scgpt-peer/bin/python"))
