@@ -100,12 +100,12 @@ def integration(args, out: Path) -> dict:
     model, folder = model_folder(args, out)
     adata = scgpt.datasets.pbmc_two_sources()
     batch_key, labels_key = "source", "cell_type"
-    counts = np.asarray(adata.X.sum(0)).ravel()
+    if args.max_cells and args.max_cells < adata.n_obs:  # a fixed random subset, the same for every seed
+        adata = adata[np.sort(np.random.default_rng(0).permutation(adata.n_obs)[: args.max_cells])].copy()
+    counts = np.asarray(adata.X.sum(0)).ravel()  # of the cells used: the official filter runs on those
     in_vocab = np.array([g in model.vocab for g in adata.var_names])
     keep = in_vocab & (counts >= 3)  # the official Preprocessor's filter_gene_by_counts=3
     adata = adata[:, keep].copy()
-    if args.max_cells and args.max_cells < adata.n_obs:  # a fixed random subset, the same for every seed
-        adata = adata[np.sort(np.random.default_rng(0).permutation(adata.n_obs)[: args.max_cells])].copy()
     n_genes = int(keep.sum())
     genes_used = min(n_genes, args.n_top_genes)
     if genes_used < n_genes:  # the HVGs chosen once (seurat_v3 on counts per batch, as both codes do): same genes
