@@ -432,7 +432,8 @@ def train_and_save(train: Callable[..., ScGPT], args: argparse.Namespace, out: P
     """
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-    from ..train import PLAN_OPTIONS, TrainingInterrupted
+    from ..train import PLAN_OPTIONS, TrainingDiverged, TrainingInterrupted
+    from ..train._runner import no_checkpoint
 
     kwargs = {k: getattr(args, k) for k in TRAIN_KWARGS}
     kwargs["max_steps"] = -1 if args.max_steps is None else args.max_steps
@@ -442,14 +443,16 @@ def train_and_save(train: Callable[..., ScGPT], args: argparse.Namespace, out: P
         for k in PLAN_OPTIONS:
             kwargs.pop(k, None)
     ckpt_dir = out / CHECKPOINTS
-    if args.resume is True and not (ckpt_dir / "last.ckpt").is_file():
-        logger.info(f"--resume: no {ckpt_dir / 'last.ckpt'} yet; starting from the beginning")
-    elif args.resume:
-        logger.info(f"resuming from {ckpt_dir / 'last.ckpt' if args.resume is True else args.resume}")
+    resume = args.resume
+    if resume is True and not (ckpt_dir / "last.ckpt").is_file():
+        logger.warning(f"--resume: {no_checkpoint(ckpt_dir)}; training starts over from step 0")
+        resume = False
+    elif resume:
+        logger.info(f"resuming from {ckpt_dir / 'last.ckpt' if resume is True else resume}")
     start = time.perf_counter()
     try:
-        model = train(checkpoint_dir=ckpt_dir, resume=args.resume, **kwargs)
-    except MisconfigurationException as e:
+        model = train(checkpoint_dir=ckpt_dir, resume=resume, **kwargs)
+    except (MisconfigurationException, TrainingDiverged) as e:
         raise CLIError(str(e)) from None
     except TrainingInterrupted as e:
         where = f"the checkpoint is {e.checkpoint}" if e.checkpoint else "no checkpoint was written yet"

@@ -24,6 +24,26 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
 DEMO = "demo"
+REGISTRY_KEY = "scgpt_registry"
+"""Key of the task registry (``registry_``) in ``args.json`` of an official folder (the official code ignores it)."""
+
+
+def _json_ready(value: Any, where: str) -> Any:
+    """``value`` with numpy scalars and arrays, tuples and paths made plain JSON (a clear error for anything else)."""
+    import json
+
+    import numpy as np
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, np.generic):
+            return v.item()
+        if isinstance(v, np.ndarray):
+            return v.tolist()
+        if isinstance(v, os.PathLike):
+            return os.fspath(v)
+        raise TypeError(f"{where} holds a {type(v).__name__}, which args.json cannot store: {v!r}")
+
+    return json.loads(json.dumps(value, default=plain))
 
 
 def _demo_path() -> Path:
@@ -170,11 +190,26 @@ class ScGPT(SetupMixin, InferenceMixin, TrainingMixin, FinetuneMixin):
         if is_native(src):
             return cls.load(src, adata=adata, device=device)
         net, ckpt, _ = load_official(src, strict=strict, generative=generative)
-        self = cls._from_parts(net, ckpt.vocab, args=ckpt.args, mod_vocab=ckpt.mod_vocab, source=name)
+        args = dict(ckpt.args)
+        registry = args.pop(REGISTRY_KEY, None)  # the task it was fine-tuned for, written by save_pretrained
+        attrs = {"registry": registry} if isinstance(registry, dict) else None
+        self = cls._from_parts(net, ckpt.vocab, args=args, mod_vocab=ckpt.mod_vocab, source=name, attrs=attrs)
         self.to_device(device)
         if adata is not None:
             self.adata = adata
         return self
+
+    def _check_finite(self, fn: str) -> None:
+        """Refuse to write NaN or infinite weights: such a model gives NaN for every cell."""
+        from ..nn._model import nonfinite_tensors
+
+        bad = nonfinite_tensors(self.net.state_dict().items())
+        if bad:
+            raise ValueError(
+                f"{fn}: the model's weights hold NaN or infinite values in {len(bad)} tensors (e.g. {bad[:3]}), so "
+                "every output would be NaN; nothing was written. Training diverged (train again with a lower "
+                "learning rate) or the weights were edited; load the model again."
+            )
 
     def save_pretrained(
         self, path: str | os.PathLike, *, attention_layout: str = "torch", overwrite: bool = False
@@ -182,20 +217,33 @@ class ScGPT(SetupMixin, InferenceMixin, TrainingMixin, FinetuneMixin):
         """Write an official scGPT folder (``args.json``, ``vocab.json``, ``best_model.pt``).
 
         The official ``scgpt`` package and :meth:`from_pretrained` load it; weights round-trip bit
-        for bit. ``attention_layout="flash"`` writes the flash-attn ``Wqkv`` names of the released
+        for bit. A fine-tuned model's ``registry_`` (its task, gene panel, label and batch categories,
+        ``batch_key``, modalities) is kept in ``args.json`` under ``"scgpt_registry"`` (the official code
+        ignores it), so :meth:`from_pretrained` gives a model that knows its task again. ``attention_layout="flash"`` writes the flash-attn ``Wqkv`` names of the released
         weights instead of PyTorch's ``in_proj_*``. A folder holds one model: ``overwrite=True``
         replaces a model already there, in either format (a ``model.pt`` is removed). The files are
-        written to temporary names first, so a failed write leaves the previous model intact.
+        written to temporary names first, so a failed write leaves the previous model intact. Weights with
+        NaN or infinite values (a diverged training run) are refused.
         """
+        self._check_finite("save_pretrained")
         return save_official(
             self.net,
             self.vocab,
             path,
-            args=self.args_,
+            args=self._official_args(),
             mod_vocab=self.mod_vocab,
             attention_layout=attention_layout,
             overwrite=overwrite,
         )
+
+    def _official_args(self) -> dict[str, Any]:
+        """``args.json`` content: the model's args, with the task registry of a fine-tuned model under
+        :data:`REGISTRY_KEY` (so that a model saved in the official layout still knows its task, panel and
+        categories)."""
+        args = {k: v for k, v in self.args_.items() if k != REGISTRY_KEY}
+        if self.registry_:
+            args[REGISTRY_KEY] = _json_ready(self.registry_, "registry_")
+        return args
 
     def _attrs(self) -> dict[str, Any]:
         return {
@@ -217,7 +265,8 @@ class ScGPT(SetupMixin, InferenceMixin, TrainingMixin, FinetuneMixin):
 
         A folder holds one model: ``overwrite=True`` replaces a model already there, in either format.
         All files are written to temporary names and moved into place together, so a failed write
-        leaves the previous model intact.
+        leaves the previous model intact. Weights with NaN or infinite values (a diverged training run)
+        are refused.
 
         Parameters
         ----------
@@ -235,6 +284,7 @@ class ScGPT(SetupMixin, InferenceMixin, TrainingMixin, FinetuneMixin):
 
         if save_anndata and self.adata is None:
             raise ValueError("save_anndata=True but no AnnData is bound to the model.")
+        self._check_finite("save")
         files = [MODEL_FILE, *(OFFICIAL_FILES if official else ()), *((ANNDATA_FILE,) if save_anndata else ())]
         ckpt = NativeCheckpoint(
             self.config, self.vocab, self.net.state_dict(), self.args_, self.mod_vocab, self._attrs()
@@ -244,7 +294,7 @@ class ScGPT(SetupMixin, InferenceMixin, TrainingMixin, FinetuneMixin):
             write_native(ckpt, paths[MODEL_FILE])
             if official:
                 write_official(
-                    self.net, self.vocab, tuple(paths[f] for f in OFFICIAL_FILES), args=self.args_,
+                    self.net, self.vocab, tuple(paths[f] for f in OFFICIAL_FILES), args=self._official_args(),
                     mod_vocab=self.mod_vocab,
                 )  # fmt: skip
             if save_anndata:

@@ -18,6 +18,7 @@ _WHERE = {
     "warmup_cosine": "._plan",
     "TrainRunner": "._runner",
     "TrainingInterrupted": "._runner",
+    "TrainingDiverged": "._runner",
     "quiet_training": "._runner",
     **dict.fromkeys(["OBJECTIVES", "Objective", "Step", "check_recipe", "objective"], "._objectives"),
 }
@@ -29,6 +30,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._perturbation import PerturbationDataModule
     from ._plan import PLAN_OPTIONS, ScGPTTrainingPlan, warmup_cosine
     from ._recipes import Recipe
-    from ._runner import TrainingInterrupted, TrainRunner, quiet_training
+    from ._runner import TrainingDiverged, TrainingInterrupted, TrainRunner, quiet_training
 
 __all__ = sorted(set(_WHERE) - {"quiet_training", "PLAN_OPTIONS"})
