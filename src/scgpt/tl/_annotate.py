@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .._docs import doc_params
-from .._face import check_key_added, record, warn_overwrite, writable
+from .._face import check_key_added, provenance, record, warn_overwrite, writable
 from .._logging import describing, log_added, logger, named, warn
 from ..data import check_adata, missing_values
 from ..model import ScGPT, label_codes, resolve_model
@@ -206,7 +206,7 @@ def annotate(
         "gene_key": gene_key, "use_aliases": use_aliases, "layer": layer, "batch_size": batch_size, "seed": seed,
         "device": device, "dtype": dtype, "progress": progress, "organism": organism, "orthologs": orthologs,
     }  # fmt: skip
-    model_name = None
+    model_name, model_obj, given = None, None, None
     index = None
     if method == "knn":
         if finetune_kwargs:
@@ -218,6 +218,7 @@ def annotate(
             qry_emb = np.asarray(adata.obsm[use_rep])
         else:
             model_obj, model_name = resolve_model(model)
+            given = model_obj
             kw = {
                 **inference,
                 "max_length": max_length or (index.fingerprint.get("embedding") or {}).get("max_length") or 1200,
@@ -228,6 +229,7 @@ def annotate(
         classes, labels_key = index.classes, index.labels_key
     else:
         model_obj, model_name = resolve_model(model)
+        given = model_obj  # its provenance, before a classifier is fine-tuned from it
         if reference is not None:
             if type(reference).__name__ != "AnnData":
                 raise TypeError(
@@ -267,7 +269,7 @@ def annotate(
     adata.obs[f"{key_added}_confidence"] = confidence.astype(np.float32)
     params = {
         "method": method,
-        "model": model_name,
+        **provenance(given, model_name),
         "labels_key": labels_key,
         "min_confidence": min_confidence,
         "n_neighbors": (index.n_neighbors if n_neighbors is None else n_neighbors) if index else None,

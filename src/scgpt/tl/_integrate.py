@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .._docs import doc_params
-from .._face import check_key_added, record, resolve_target, warn_overwrite
+from .._face import check_key_added, provenance, record, resolve_target, warn_overwrite
 from .._logging import logger, named
 from ..data import GeneMatch, match_adata, missing_values
 from ..model import TASKS, ScGPT, modality_names, resolve_model, with_modalities
@@ -217,6 +217,7 @@ def integrate(
     cells = target.adata
     check_key_added(key_added, slot="obsm")
     model_obj, model_name = resolve_model(model)
+    prov = provenance(model_obj, model_name)  # before a fine-tuning in place changes the object
     batches = _batch_column(cells, batch_key)
     _check_batches(batches, batch_key, training=mode == "finetune" and model_obj.registry_.get("task") != "integration")
     inference = {
@@ -258,7 +259,7 @@ def integrate(
     added = target.write_obsm(key_added, res.output, "integrated cell embeddings")
     params = {
         "mode": mode,
-        "model": model_name,
+        **prov,
         "batch_key": batch_key,
         "n_top_genes": n_top_genes,
         "organism": organism,
@@ -319,6 +320,7 @@ def _integrate_modalities(
     mods = check_modalities(mdata, modalities)
     check_key_added(key_added, slot="obsm")
     model_obj, model_name = resolve_model(model)
+    prov = provenance(model_obj, model_name)  # before a fine-tuning in place changes the object
     tuned_already = model_obj.registry_.get("task") == "multiomic"
     if tuned_already:
         _check_tuned_modalities(model_obj, mods, batch_key)
@@ -378,7 +380,7 @@ def _integrate_modalities(
     out.obsm[key_added] = res.output
     params = {
         "mode": mode,
-        "model": model_name,
+        **prov,
         "modalities": mods,
         "batch_key": batch_key,
         "n_top_genes": n_top_genes,
