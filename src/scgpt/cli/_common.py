@@ -436,8 +436,7 @@ def train_and_save(train: Callable[..., ScGPT], args: argparse.Namespace, out: P
     """
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-    from ..train import PLAN_OPTIONS, TrainingDiverged, TrainingInterrupted
-    from ..train._runner import no_checkpoint
+    from ..train import PLAN_OPTIONS, TrainingDiverged, TrainingInterrupted, no_checkpoint
 
     kwargs = {k: getattr(args, k) for k in TRAIN_KWARGS}
     kwargs["max_steps"] = -1 if args.max_steps is None else args.max_steps
