@@ -37,7 +37,7 @@ def integration(tmp_path_factory, pbmc_counts, tiny_model):
     scgpt.tl.integrate(
         cells[:200].copy(), model, batch_key="batch", n_top_genes=100, checkpoint_dir=tmp_path_factory.mktemp("c"),
         **TRAIN,
-    )  # fmt: skip (the object is fine-tuned in place)
+    )  # fmt: skip
     return model, cells[200:].copy()
 
 

@@ -46,6 +46,34 @@ def _json_ready(value: Any, where: str) -> Any:
     return json.loads(json.dumps(value, default=plain))
 
 
+OFFICIAL_RECORD = "official_files"
+"""Key, in a ``model.pt``'s attributes, of the SHA-256 of the official files saved with it (``save(official=True)``)."""
+
+
+def _check_one_model(folder: Path, recorded: dict[str, str] | None) -> None:
+    """Refuse a folder whose ``model.pt`` sits beside official files that were not saved with it.
+
+    ``save(official=True)`` records the SHA-256 of the ``args.json``, ``vocab.json`` and ``best_model.pt`` it writes;
+    official files that are missing from that record or differ from it (an official folder copied by hand over a
+    folder written by :meth:`ScGPT.save`) make two different models in one folder, and neither may win silently.
+    """
+    from ..io._folder import OFFICIAL_FILES
+
+    present = [f for f in OFFICIAL_FILES if (folder / f).is_file()]
+    if not present:
+        return
+    from ..hub import file_sha256
+
+    recorded = recorded or {}
+    foreign = [f for f in present if recorded.get(f) != file_sha256(folder / f)]
+    if foreign:
+        raise ValueError(
+            f"{folder} holds two different models: {MODEL_FILE} and {', '.join(foreign)}, which were not saved with "
+            f"it (an official folder copied over one written by ScGPT.save?). Remove {MODEL_FILE} to load the "
+            f"official model, or remove {', '.join(OFFICIAL_FILES)} to load {MODEL_FILE}."
+        )
+
+
 def _demo_path() -> Path:
     from importlib import resources
 
@@ -235,7 +263,8 @@ class ScGPT(SetupMixin, InferenceMixin, TrainingMixin, FinetuneMixin):
         The official ``scgpt`` package and :meth:`from_pretrained` load it; weights round-trip bit
         for bit. A fine-tuned model's ``registry_`` (its task, gene panel, label and batch categories,
         ``batch_key``, modalities) is kept in ``args.json`` under ``"scgpt_registry"`` (the official code
-        ignores it), so :meth:`from_pretrained` gives a model that knows its task again. ``attention_layout="flash"`` writes the flash-attn ``Wqkv`` names of the released
+        ignores it), so :meth:`from_pretrained` gives a model that knows its task again.
+        ``attention_layout="flash"`` writes the flash-attn ``Wqkv`` names of the released
         weights instead of PyTorch's ``in_proj_*``. A folder holds one model: ``overwrite=True``
         replaces a model already there, in either format (a ``model.pt`` is removed). The files are
         written to temporary names first, so a failed write leaves the previous model intact. Weights with
@@ -258,9 +287,11 @@ class ScGPT(SetupMixin, InferenceMixin, TrainingMixin, FinetuneMixin):
         )
 
     def _official_args(self) -> dict[str, Any]:
-        """``args.json`` content: the model's args, with the task registry of a fine-tuned model under
-        :data:`REGISTRY_KEY` (so that a model saved in the official layout still knows its task, panel and
-        categories)."""
+        """``args.json`` content: the model's args, and the task registry of a fine-tuned model.
+
+        The registry goes under :data:`REGISTRY_KEY`, so that a model saved in the official layout still knows its
+        task, panel and categories.
+        """
         args = {k: v for k, v in self.args_.items() if k != REGISTRY_KEY}
         if self.registry_:
             args[REGISTRY_KEY] = _json_ready(self.registry_, "registry_")
@@ -432,7 +463,9 @@ class ScGPT(SetupMixin, InferenceMixin, TrainingMixin, FinetuneMixin):
             Also write the bound AnnData as ``dir_path/adata.h5ad``.
         official
             Also write the official files of the same model (``args.json``, ``vocab.json``,
-            ``best_model.pt``), for the official code; :meth:`from_pretrained` reads ``model.pt``.
+            ``best_model.pt``), for the official code; :meth:`from_pretrained` reads ``model.pt``, which
+            records their SHA-256: official files in the folder that differ from the record (copied over it by
+            hand) make :meth:`load` and :meth:`from_pretrained` refuse the folder rather than pick one model.
         """
         from ..io._folder import ANNDATA_FILE, OFFICIAL_FILES, model_folder
 
@@ -447,12 +480,15 @@ class ScGPT(SetupMixin, InferenceMixin, TrainingMixin, FinetuneMixin):
         )
         with model_folder(dir_path, files, overwrite=overwrite) as temps:
             paths = dict(zip(files, temps, strict=True))
-            write_native(ckpt, paths[MODEL_FILE])
-            if official:
+            if official:  # first, so that model.pt records which official files were saved with it
+                from ..hub import compute_sha256
+
                 write_official(
                     self.net, self.vocab, tuple(paths[f] for f in OFFICIAL_FILES), args=self._official_args(),
                     mod_vocab=self.mod_vocab,
                 )  # fmt: skip
+                ckpt.attrs[OFFICIAL_RECORD] = {f: compute_sha256(paths[f]) for f in OFFICIAL_FILES}
+            write_native(ckpt, paths[MODEL_FILE])
             if save_anndata:
                 self.adata.write_h5ad(paths[ANNDATA_FILE])
             for fname, text in card.items():
@@ -469,6 +505,7 @@ class ScGPT(SetupMixin, InferenceMixin, TrainingMixin, FinetuneMixin):
         """
         dir_path = Path(dir_path).expanduser()
         ckpt = load_native(dir_path)
+        _check_one_model(dir_path, ckpt.attrs.get(OFFICIAL_RECORD))
         net = ScGPTNet(ckpt.config)
         load_native_weights(net, ckpt, dir_path)
         attrs = ckpt.attrs

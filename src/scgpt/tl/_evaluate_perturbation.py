@@ -170,9 +170,9 @@ def _aligned_rows(name: str, p: AnnData, var_names: pd.Index, present: set[str],
     bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
     if len(bad):
         raise ValueError(
-            f"evaluate_perturbation: prediction {name!r} holds NaN or infinite values for {len(bad)} of the {len(keep)} "
-            f"perturbations (first: {labels[keep[bad[0]]]!r}); a NaN prediction cannot be scored (was the model's "
-            "training diverged?). Drop those rows to score the others, e.g. pred[np.isfinite(pred.X).all(1)]."
+            f"evaluate_perturbation: prediction {name!r} holds NaN or infinite values for {len(bad)} of the "
+            f"{len(keep)} perturbations (first: {labels[keep[bad[0]]]!r}); a NaN prediction cannot be scored (was "
+            "the model's training diverged?). Drop those rows to score the others: pred[np.isfinite(pred.X).all(1)]."
         )
     return [labels[i] for i in keep], X
 
@@ -256,7 +256,8 @@ def evaluate_perturbation(
     direction unless the observed one is also zero. After the rows of each method comes a row with
     ``perturbation == "mean"``: the mean of each metric over all of that method's perturbations (NaN where the
     metric is undefined, e.g. ``pearson_delta_de`` with ``n_de=1``) and the total ``n_cells``. Predictions with NaN
-    or infinite values are refused (a diverged model), not left out of the mean. ``df.attrs`` holds ``de_genes`` (perturbation -> DE genes), ``n_de``,
+    or infinite values are refused (a diverged model), not left out of the mean. ``df.attrs`` holds
+    ``de_genes`` (perturbation -> DE genes), ``n_de``,
     ``de_method`` and ``top1000_genes``. With ``key_added``:
 
     ``adata.uns[key_added]`` : dict

@@ -119,8 +119,9 @@ def _save_last(trainer: pl.Trainer, checkpoint_dir: Path) -> None:
 
 
 class LastCheckpoint(Checkpoint):
-    """Keeps ``checkpoint_dir/last.ckpt`` current: every ``every_n_steps`` optimiser steps, at each epoch end and
-    when training ends, so that a SIGKILL (an OOM kill, a lost node) loses at most that much.
+    """Keeps ``checkpoint_dir/last.ckpt`` current: every ``every_n_steps`` steps, at each epoch end and at the end.
+
+    A SIGKILL (an OOM kill, a lost node) then loses at most that much.
 
     Each save replaces the one file atomically (:func:`_save_last`): no ``last-v1.ckpt`` duplicates, and a kill
     during a write leaves the previous checkpoint. The epoch-end save comes after the epoch's validation (best
@@ -165,7 +166,7 @@ class LastCheckpoint(Checkpoint):
 
 
 class FiniteGuard(pl.Callback):
-    """Stops training at the first optimiser step whose loss or updated weights are not finite (:class:`TrainingDiverged`).
+    """Stops training at the first step whose loss or updated weights are not finite (:class:`TrainingDiverged`).
 
     Checked after every training batch, before :class:`LastCheckpoint` (Lightning runs checkpoint callbacks last),
     so no checkpoint of a diverged state is written. The weights decide (identical on every process, so all stop
@@ -190,8 +191,9 @@ class FiniteGuard(pl.Callback):
             optimizers = trainer.optimizers
             lr = float(optimizers[0].param_groups[0]["lr"]) if optimizers else float("nan")
             last = None if self.checkpoint_dir is None else self.checkpoint_dir / LAST_CHECKPOINT
+            kept = last if last is not None and last.is_file() else None
             raise TrainingDiverged(
-                trainer.global_step, trainer.current_epoch, lr, tensors, loss, last if last and last.is_file() else None,
+                trainer.global_step, trainer.current_epoch, lr, tensors, loss, kept,
                 clipped=bool(trainer.gradient_clip_val),
             )  # fmt: skip
 
