@@ -109,6 +109,8 @@ def test_inference_with_non_finite_weights_is_an_error_not_nan(pbmc):
         model.net.encoder.embedding.weight.data[5, 0] = math.nan
     with pytest.raises(ValueError, match="NaN or infinite"):
         model.get_latent_representation(cells)
+    with pytest.raises(ValueError, match=r"^get_gene_embeddings: the model's weights hold NaN or infinite values"):
+        model.get_gene_embeddings()
 
 
 def test_evaluate_perturbation_refuses_nan_predictions(screen):

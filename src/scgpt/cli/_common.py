@@ -202,7 +202,10 @@ def add_training(p: argparse.ArgumentParser, *, finetune: bool) -> None:
         "after an uninterrupted run",
     )
     g.add_argument(
-        "--checkpoint-every-n-steps", type=int, metavar="N", help="save last.ckpt every N steps (default: each epoch)"
+        "--checkpoint-every-n-steps",
+        type=int,
+        metavar="N",
+        help="also save last.ckpt every N optimiser steps (it is saved at each epoch end in any case)",
     )
     g = p.add_argument_group("devices (PyTorch Lightning)")
     g.add_argument("--accelerator", default="auto", help="cpu, gpu, mps or auto")
