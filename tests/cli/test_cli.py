@@ -235,3 +235,18 @@ def test_embed_organism_reads_mouse_genes_as_their_human_orthologs(
     assert result.uns["X_scGPT"]["params"]["organism"] == "mouse"
     assert main([*args, "--organism", "martian"]) == 2
     assert "--organism martian: organism='martian' is not a species" in capsys.readouterr().err
+
+
+def test_console_warnings_are_one_scgpt_line():
+    """Catches the console command printing warnings in Python's format (``.../bin/scgpt:6: UserWarning: ...``
+    followed by a source line) or over several lines, instead of one ``scgpt: warning: ...`` line."""
+    code = (
+        "import warnings, scgpt.cli as cli\n"
+        "def fake(argv=None):\n"
+        "    warnings.warn('gene X maps to a taken token;\\n  it is left out')\n"
+        "    return 0\n"
+        "cli.main = fake\n"
+        "cli.entry([])\n"
+    )
+    proc = subprocess.run([sys.executable, "-W", "default", "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stderr == "scgpt: warning: gene X maps to a taken token; it is left out\n"
