@@ -225,3 +225,10 @@ def test_bad_input(screen):
     negative.X = sp.csr_matrix(-negative.X.toarray())
     with pytest.raises(ValueError, match="negative values"):
         perturbation_baseline(negative, ["C"], method="train_mean")
+
+
+def test_unseen_gene_warning_names_a_single_as_itself(screen):
+    """Catches the warning listing a single perturbation as "C in C" (the issue's "ATF2 in ATF2; BRD4 in BRD4")."""
+    with pytest.warns(UserWarning, match=r"training \(C\); they add no change") as record:
+        perturbation_baseline(screen, ["C"], method="additive", train=["A", "B"])
+    assert "C in C" not in str(record[0].message)
