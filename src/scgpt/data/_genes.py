@@ -237,8 +237,11 @@ def match_genes(
 
 
 def _report_losers(names: np.ndarray, ids: np.ndarray, kinds: np.ndarray, dup: np.ndarray) -> None:
-    """Say which genes lose their token to another gene: a warning when the evidence is equal (ambiguous), a log
-    line when a stronger match keeps it (an old alias of a gene that is in the data under its own name: routine)."""
+    """Say which genes lose their token to another gene.
+
+    A warning when the evidence is equal (ambiguous); a log line when a stronger match keeps it (an old alias of a
+    gene that is in the data under its own name: routine).
+    """
     rank = {k: i for i, k in enumerate(_KINDS)}
     kept = np.setdiff1d(np.flatnonzero(ids >= 0), dup)
     winner = dict(zip(ids[kept].tolist(), kept.tolist()))
