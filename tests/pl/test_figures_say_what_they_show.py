@@ -115,3 +115,16 @@ def test_benchmark_integration_uses_one_absolute_scale_with_a_colour_bar():
     assert [t.get_text() for t in ax.get_yticklabels()] == ["scGPT", "pca"]  # best total first
     np.testing.assert_allclose(shade[:, 0], [0.62, 0.60])  # the values themselves, not rescaled per column
     assert ax.get_title() == "integration benchmark (scib-metrics)"
+
+
+def test_every_pl_function_is_drawn_in_the_gallery():
+    """Catches a plot function added to scgpt.pl (or one like gene_coverage) that the gallery never renders, so its
+    figure is never looked at; and a gallery that no longer shows a difference network."""
+    import re
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "gallery.md").read_text()
+    cells = "\n".join(re.findall(r"```\{code-cell\} ipython3\n(.*?)```", page, re.S))
+    drawn = set(re.findall(r"scgpt\.pl\.(\w+)\(", cells))
+    assert set(scgpt.pl.__all__) <= drawn, sorted(set(scgpt.pl.__all__) - drawn)
+    assert "reference_group=" in cells  # pl.attention / pl.grn of a difference network
