@@ -62,7 +62,7 @@ def test_a_difference_network_is_titled_as_a_difference():
     adata = _difference_network()
     ax = scgpt.pl.attention(adata, "grn", show=False)
     assert ax.get_title() == "attention network: CD14 monocyte minus T cell (difference)"
-    assert ax.figure.axes[-1].get_ylabel() == "attention weight"  # the colour bar
+    assert ax.figure.axes[-1].get_ylabel() == "attention weight difference"  # the colour bar
     low, high = ax.images[0].get_clim()
     assert low == pytest.approx(-high)  # a difference: diverging, centred at 0
     ax = scgpt.pl.grn(adata, "grn", tfs=["SPI1", "GATA3"], top=4, show=False)

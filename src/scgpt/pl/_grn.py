@@ -207,7 +207,10 @@ def attention(
     ax.set_xlabel("source gene (key)" if attention_net else "source gene")
     ax.set_ylabel("target gene (query)" if attention_net else "target gene")
     ax.grid(False)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=f"{method} weight" if method else "weight")
+    label = f"{method} weight" if method else "weight"
+    if group is not None and " minus " in group:
+        label = f"{label} difference"
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=label)
     ax.set_title(_titled(f"{method} network" if method else "gene network", group))
     return finish(fig, ax, show=show, return_fig=return_fig)
 
