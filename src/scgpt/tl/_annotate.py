@@ -205,8 +205,7 @@ def annotate(
         ``params`` and ``classes``.
     """
     start = time.perf_counter()
-    if method is None:
-        method = "knn" if reference is not None and not finetune_kwargs else "finetune"
+    method = method or ("knn" if reference is not None and not finetune_kwargs else "finetune")  # the fast path
     if method not in ("finetune", "knn"):
         raise ValueError(f"method must be 'finetune' or 'knn', got {method!r}.")
     if n_neighbors is not None and n_neighbors < 1:
@@ -281,9 +280,7 @@ def annotate(
     adata.obs[f"{key_added}_confidence"] = confidence.astype(np.float32)
     added = [f"'{key_added}', predicted cell types (adata.obs)", f"'{key_added}_confidence', confidence (adata.obs)"]
     if method == "knn" and use_rep is None:
-        warn_overwrite(adata, "obsm", f"X_{key_added}", copy=copy)
-        adata.obsm[f"X_{key_added}"] = np.asarray(qry_emb, dtype=np.float32)
-        added.append(f"'X_{key_added}', the query's scGPT embedding the vote used (adata.obsm)")
+        added.append(_keep_embedding(adata, f"X_{key_added}", qry_emb, copy=copy))
     params = {
         "method": method,
         **provenance(given, model_name),
@@ -300,6 +297,13 @@ def annotate(
         params.update(knn_backend=index.backend, reference_index=None if index.path is None else str(index.path))
     record(adata, key_added, params, start=start, added=added, classes=classes)
     return adata if copy else None
+
+
+def _keep_embedding(adata: AnnData, key: str, embedding: np.ndarray, *, copy: bool) -> str:
+    """Write the query embedding the k-NN vote used to ``adata.obsm[key]``; returns the line for the log."""
+    warn_overwrite(adata, "obsm", key, copy=copy)
+    adata.obsm[key] = np.asarray(embedding, dtype=np.float32)
+    return f"'{key}', the query's scGPT embedding the vote used (adata.obsm)"
 
 
 # ---------------------------------------------------------------------------- evaluation
