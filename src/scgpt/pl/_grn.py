@@ -59,7 +59,13 @@ def _network_edges(
     else:
         entry = data.uns.get(key)
         if not isinstance(entry, dict) or "edges" not in entry:
-            raise KeyError(f"adata.uns[{key!r}] has no network edges; run scgpt.tl.infer_grn first.")
+            networks = [str(k) for k, v in data.uns.items() if isinstance(v, dict) and "edges" in v]
+            where = (
+                f"the networks are under {networks}: pass key= (one of them)"
+                if networks
+                else ("run scgpt.tl.infer_grn first")
+            )
+            raise KeyError(f"adata.uns[{key!r}] has no network edges; {where}.")
         edges, method = entry["edges"], entry.get("params", {}).get("method")
     missing = [c for c in ("source", "target", "weight") if c not in edges.columns]
     if missing:
@@ -586,7 +592,9 @@ def gene_embedding(
     """
     umap_key = f"{key}_umap"
     if umap_key not in adata.varm:
-        raise KeyError(f"adata.varm has no {umap_key!r}; run scgpt.tl.gene_programs first.")
+        found = [str(k)[: -len("_umap")] for k in adata.varm if str(k).endswith("_umap")]
+        where = f"programs are under {found}: pass key= (one of them)" if found else "run scgpt.tl.gene_programs first"
+        raise KeyError(f"adata.varm has no {umap_key!r}; {where}.")
     names = _program_names(adata, key)
     if programs is None and max_programs < 1:
         raise ValueError(f"max_programs must be at least 1, got {max_programs}.")
