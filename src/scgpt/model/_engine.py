@@ -453,6 +453,19 @@ class InferenceResult:
     dtype: str
 
 
+def check_weights(net: torch.nn.Module, fn: str) -> None:
+    """Refuse a network with NaN or infinite weights, whose every output would be NaN (one pass over the weights)."""
+    from ..nn._model import nonfinite_tensors
+
+    bad = nonfinite_tensors(net.state_dict().items())
+    if bad:
+        raise ValueError(
+            f"{fn}: the model's weights hold NaN or infinite values in {len(bad)} tensors (e.g. {bad[:3]}), so every "
+            "output would be NaN. The model is damaged (a diverged training run, or an edit of its weights): load it "
+            "again, or fine-tune again with a lower learning rate."
+        )
+
+
 ANNOUNCE_SECONDS = 10.0
 """Runs estimated to take longer than this are announced before they start (work, duration, knobs)."""
 
@@ -555,6 +568,7 @@ def run_inference(
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
     get_matrix(adata, layer)  # clear error for a missing layer before any work
+    check_weights(model.net, fn)
     match = match_adata(
         adata, model.vocab, gene_key=gene_key, use_aliases=use_aliases, organism=organism, orthologs=orthologs
     )
