@@ -37,13 +37,13 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _worker import RssSampler  # noqa: E402
-from embed_throughput import WHOLE_HUMAN, cells  # noqa: E402
+from _worker import RssSampler
+from embed_throughput import WHOLE_HUMAN, cells
 
-import scgpt  # noqa: E402
-from scgpt.data import GeneVocab  # noqa: E402
-from scgpt.model import CellRows, ScGPT, run_inference  # noqa: E402
-from scgpt.model._estimate import forward_flops  # noqa: E402
+import scgpt
+from scgpt.data import GeneVocab
+from scgpt.model import CellRows, ScGPT, run_inference
+from scgpt.model._estimate import forward_flops
 
 
 def _model(vocab: GeneVocab, **extra) -> ScGPT:
@@ -106,9 +106,9 @@ def finetune_step(model: ScGPT, B: int, L: int, kind: str) -> float:
         enc = net.encode(genes, values if kind == "perturbation" else inputs, **kw)
         pred = net.expression(enc)[0]
         loss = ((pred - values)[masked] ** 2).mean()
-        if kind == "annotation":
+        if kind == "annotate":
             loss = loss + torch.nn.functional.cross_entropy(net.classify(enc), labels)
-        if kind == "integration":
+        if kind == "integrate":
             loss = loss + ((net.mvc(enc)[0] - values)[masked] ** 2).mean()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -226,17 +226,19 @@ def main() -> None:
 
     # fine-tune steps
     step_flops = 3 * forward_flops(cfg, step_L)
-    annot = _model(vocab, n_cls=8)
-    record(f"annotate fine-tune step B={step_B} L={step_L}", "cells", lambda: finetune_step(annot, step_B, step_L, "annotation"), step_B, step_flops)  # fmt: skip
-    del annot
-    integ = _model(vocab, mvc_style="concat")
-    record(f"integrate fine-tune step B={step_B} L={step_L}", "cells", lambda: finetune_step(integ, step_B, step_L, "integration"), step_B, step_flops)  # fmt: skip
-    del integ
-    pert = _model(vocab, n_pert_flags=3, pert_pad_id=0)
     pert_flops = 3 * forward_flops(cfg, pert_L)
-    record(f"perturbation fine-tune step B={step_B} L={pert_L}", "cells", lambda: finetune_step(pert, step_B, pert_L, "perturbation"), step_B, pert_flops)  # fmt: skip
-    record(f"perturbation predict B=32 L={pert_L}", "cells", lambda: perturbation_predict(pert, 32, pert_L, 1), 32, forward_flops(cfg, pert_L))  # fmt: skip
-    del pert
+    for kind, extra, L, flops in (
+        ("annotate", {"n_cls": 8}, step_L, step_flops),
+        ("integrate", {"mvc_style": "concat"}, step_L, step_flops),
+        ("perturbation", {"n_pert_flags": 3, "pert_pad_id": 0}, pert_L, pert_flops),
+    ):
+        tuned = _model(vocab, **extra)
+        name = f"{kind} fine-tune step B={step_B} L={L}"
+        record(name, "cells", lambda m=tuned, k=kind, L=L: finetune_step(m, step_B, L, k), step_B, flops)
+    pred_flops = forward_flops(cfg, pert_L)
+    pred_B = 8 if q else 32
+    name = f"perturbation predict B={pred_B} L={pert_L}"
+    record(name, "cells", lambda m=tuned: perturbation_predict(m, pred_B, pert_L, 1), pred_B, pred_flops)
 
     # attention network
     rng = np.random.default_rng(0)
