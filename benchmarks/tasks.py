@@ -88,9 +88,14 @@ def _synthetic_batch(B: int, L: int, n_tokens: int, seed: int, cls_id: int) -> t
     return genes, values
 
 
-def finetune_step(model: ScGPT, B: int, L: int, kind: str) -> float:
-    """Seconds per optimiser step (forward, backward, clipping, AdamW) of a ``kind`` model on B cells of L tokens."""
-    net = model.net
+def finetune_step(
+    model: ScGPT, B: int, L: int, kind: str, *, device: str = "cpu", autocast: torch.dtype | None = None
+) -> float:
+    """Seconds per optimiser step (forward, backward, clipping, AdamW) of a ``kind`` model on B cells of L tokens.
+
+    ``model.net`` is trained in place on ``device`` (with ``autocast``: mixed precision in that dtype).
+    """
+    net = model.net.to(device)
     net.train()
     genes, values = _synthetic_batch(B, L, net.config.n_tokens, seed=1, cls_id=model.vocab.cls_id)
     masked = torch.rand(B, L, generator=torch.Generator().manual_seed(2)) < 0.4
@@ -98,21 +103,28 @@ def finetune_step(model: ScGPT, B: int, L: int, kind: str) -> float:
     inputs = values.masked_fill(masked, -1.0)
     labels = torch.arange(B) % 8
     flags = (torch.rand(B, L, generator=torch.Generator().manual_seed(3)) < 0.01).long() + 1
+    genes, values, masked, inputs, labels, flags = (
+        t.to(device) for t in (genes, values, masked, inputs, labels, flags)
+    )
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    dev = torch.device(device)
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
         kw = {"pert_flags": flags} if kind == "perturbation" else {}
-        enc = net.encode(genes, values if kind == "perturbation" else inputs, **kw)
-        pred = net.expression(enc)[0]
-        loss = ((pred - values)[masked] ** 2).mean()
-        if kind == "annotate":
-            loss = loss + torch.nn.functional.cross_entropy(net.classify(enc), labels)
-        if kind == "integrate":
-            loss = loss + ((net.mvc(enc)[0] - values)[masked] ** 2).mean()
+        with torch.autocast(dev.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+            enc = net.encode(genes, values if kind == "perturbation" else inputs, **kw)
+            pred = net.expression(enc)[0].float()
+            loss = ((pred - values)[masked] ** 2).mean()
+            if kind == "annotate":
+                loss = loss + torch.nn.functional.cross_entropy(net.classify(enc).float(), labels)
+            if kind == "integrate":
+                loss = loss + ((net.mvc(enc)[0].float() - values)[masked] ** 2).mean()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
 
     dt = _timed(step, reps=2)
     net.eval()
@@ -229,7 +241,7 @@ def main() -> None:
     pert_flops = 3 * forward_flops(cfg, pert_L)
     for kind, extra, L, flops in (
         ("annotate", {"n_cls": 8}, step_L, step_flops),
-        ("integrate", {"mvc_style": "concat"}, step_L, step_flops),
+        ("integrate", {"mvc_style": "inner product"}, step_L, step_flops),
         ("perturbation", {"n_pert_flags": 3, "pert_pad_id": 0}, pert_L, pert_flops),
     ):
         tuned = _model(vocab, **extra)
