@@ -279,7 +279,7 @@ def main() -> None:
     print()
     print(
         f"matmul rates (best of M x 512 @ 512 x 1536, {torch.get_num_threads()} threads): "
-        + ", ".join(f"{str(k).replace('torch.', '')} {v:.0f} GFLOP/s" for k, v in rates.items())
+        + ", ".join(f"{str(k).replace('torch.', '')} {v:.1f} GFLOP/s" for k, v in rates.items())
     )
     print(f"load average: {os.getloadavg()[0]:.2f}\n")
     print("| task | units/s | GFLOP/unit | GFLOP/s | matmul GFLOP/s | of matmul | peak RSS MiB |")
