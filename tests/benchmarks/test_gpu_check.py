@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import scgpt
 
 ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow  # a subprocess that imports torch and runs every section: ~20 s
 
 
 def test_gpu_check_runs_on_cpu_and_prints_one_table(tmp_path):
