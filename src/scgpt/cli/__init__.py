@@ -117,14 +117,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as a terminal user expects them: one line ``scgpt: warning: ...``, no Python file or source line."""
+    text = " ".join(str(message).split())
+    print(f"scgpt: warning: {text}", file=sys.stderr if file is None else file)
+
+
 def entry(argv: Sequence[str] | None = None) -> None:
     """The ``scgpt`` console command: :func:`main`, then exit with its status.
+
+    Warnings are printed as one line each, ``scgpt: warning: <message>`` (Python's format, with the path of the
+    script and a source line, is for programs; :func:`main` called in-process leaves warnings as they are).
 
     After a write that failed for lack of space, the HDF5 library can crash while Python shuts down
     (it retries flushing the abandoned file), which would turn the exit status into 139; the process
     then ends without that teardown, once the message is out. The previous files are intact either way.
     """
-    status = main(argv)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        status = main(argv)
     if _failed_write:
         sys.stdout.flush()
         sys.stderr.flush()

@@ -325,7 +325,8 @@ def _finish(args: argparse.Namespace, adata: AnnData, out_path: Path) -> None:
         adata.file.close()
         adata = result
     if args.figure:
-        _umap_figure(adata, args.key_added, Path(args.figure).expanduser(), args.color, seed=args.seed)
+        model = args.model if args.model is not None else settings.default_model
+        _umap_figure(adata, args.key_added, Path(args.figure).expanduser(), args.color, seed=args.seed, model=model)
     with atomic_path(out_path) as tmp:  # the previous file (the input itself with --output = --input) stays intact
         adata.write_h5ad(tmp)
     emb = adata.obsm[args.key_added]
@@ -333,8 +334,14 @@ def _finish(args: argparse.Namespace, adata: AnnData, out_path: Path) -> None:
     print(f"scgpt embed: {emb.shape[0]:,} cells -> {out_path} (obsm[{args.key_added!r}], {emb.shape[1]} dims){figure}")
 
 
-def _umap_figure(adata: AnnData, key: str, path: Path, colors: list[str] | None, *, seed: int) -> None:
-    """Neighbors and UMAP of ``obsm[key]`` (written to ``adata``) and a PNG of it."""
+def _umap_figure(
+    adata: AnnData, key: str, path: Path, colors: list[str] | None, *, seed: int, model: str = "scGPT"
+) -> None:
+    """Neighbors and UMAP of ``obsm[key]`` (written to ``adata``) and a PNG of it.
+
+    The figure names the model and the embedding (``UMAP of <model> embeddings (obsm[key]), n cells``) and each
+    panel the column that colours it (``coloured by <column>``).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -351,7 +358,10 @@ def _umap_figure(adata: AnnData, key: str, path: Path, colors: list[str] | None,
     logger.info("computing neighbors and UMAP of the embeddings")
     sc.pp.neighbors(adata, use_rep=key, random_state=seed)
     sc.tl.umap(adata, random_state=seed)
-    fig = sc.pl.umap(adata, color=colors or None, show=False, return_fig=True)
+    titles = [f"coloured by {c}" for c in colors] if colors else "no obs column to colour by (--color)"
+    fig = sc.pl.umap(adata, color=colors or None, title=titles, show=False, return_fig=True)
+    name = Path(str(model)).name or str(model)  # a folder: its name, not the whole path
+    fig.suptitle(f"UMAP of {name} embeddings (obsm[{key!r}]), {adata.n_obs:,} cells", y=1.02)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=150, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
     plt.close(fig)

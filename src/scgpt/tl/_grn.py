@@ -417,6 +417,23 @@ def _layers_and_heads(model: ScGPT, layers, heads) -> tuple[list[int], str | lis
     return layer_list, head_list
 
 
+def _edge_tables(maps, labels, names, sources, *, symmetric: bool, top_k: int | None, difference: bool) -> list:
+    """One edge table per network map, labelled with its group when there are groups.
+
+    The ``top_k`` sources per target, or the symmetric top-k pairs of an undirected embedding network.
+    """
+    parts = []
+    for M, g in zip(maps, labels, strict=True):
+        if symmetric:
+            part = _top_edges(_symmetric_top(M, top_k), names, sources, None, by_abs=False)
+        else:
+            part = _top_edges(M, names, sources, top_k, by_abs=difference)
+        if g is not None:
+            part["group"] = str(g)
+        parts.append(part)
+    return parts
+
+
 @doc_params()
 @named()
 def infer_grn(
@@ -572,17 +589,8 @@ def infer_grn(
             keep = [i for i in range(len(labels)) if i != ref]
             maps, labels = maps[keep] - maps[ref], [labels[i] for i in keep]
 
-    difference = reference_group is not None
-    parts = []
-    for M, g in zip(maps, labels, strict=True):
-        if method == "embedding" and tfs is None:
-            M = _symmetric_top(M, top_k)
-            part = _top_edges(M, names, sources, None, by_abs=False)
-        else:
-            part = _top_edges(M, names, sources, top_k, by_abs=difference)
-        if g is not None:
-            part["group"] = str(g)
-        parts.append(part)
+    parts = _edge_tables(maps, labels, names, sources, symmetric=method == "embedding" and tfs is None,
+                         top_k=top_k, difference=reference_group is not None)  # fmt: skip
     edges = pd.concat(parts, ignore_index=True)
     edges = edges.sort_values("weight", ascending=False, kind="stable").reset_index(drop=True)
 

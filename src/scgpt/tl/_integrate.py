@@ -256,7 +256,8 @@ def integrate(
             raise TypeError(f"The model is fine-tuned for integration already; training options: {sorted(training)}")
         res = tuned.get_latent_representation(cells, batch_key=batch_key, return_info=True, **inference)
     warn_overwrite(cells, "obsm", key_added, copy=copy)
-    added = target.write_obsm(key_added, res.output, "integrated cell embeddings")
+    what = "zero-shot cell embeddings (not fine-tuned)" if mode == "zero_shot" else "integrated cell embeddings"
+    added = target.write_obsm(key_added, res.output, what)
     params = {
         "mode": mode,
         **prov,
