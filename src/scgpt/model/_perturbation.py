@@ -526,6 +526,7 @@ def finetune_perturbation(
     early_stopping: bool | None = None,
     freeze_layers: int = 0,
     seed: int = 0,
+    adapter_options: dict[str, Any] | None = None,
     **train_kwargs: Any,
 ) -> ScGPT:
     """A copy of ``model`` fine-tuned to predict perturbation responses (``model.finetune("perturbation", ...)``).
@@ -565,6 +566,9 @@ def finetune_perturbation(
         Stop when the validation Pearson-delta stops improving (default: yes when there is validation).
     freeze_layers
         Keep the gene/value encoders and the first ``freeze_layers`` transformer layers fixed.
+    adapter_options
+        ``adapter``, ``adapter_rank``, ``adapter_alpha``, ``adapter_dropout``, ``adapter_modules`` of
+        :meth:`~scgpt.model.ScGPT.finetune` (LoRA adapters instead of training every weight).
     seed
         Seed of the new parts' initialisation, the split, pairing, order, gene subsets and dropout.
     **train_kwargs
@@ -579,7 +583,7 @@ def finetune_perturbation(
     record goes to ``args.json`` (``"scgpt_perturbation"``) when saved in the official layout, so that
     :func:`scgpt.tl.predict_perturbation` needs neither again.
     """
-    from ._training import freeze
+    from ._adapters import prepare, unfreeze
 
     fn = f"finetune({task.name!r})"
     key = "perturbation" if perturbation_key is None else perturbation_key
@@ -611,7 +615,7 @@ def finetune_perturbation(
     recipe = task.recipe if max_length is None else task.recipe.replace(max_length=max_length)
     torch.manual_seed(seed)
     new = model.adapt(**task.heads(model.config, {}))
-    freeze(new, freeze_layers)
+    prepare(new, model, freeze_layers, **(adapter_options or {}))
     size = defaults.get("batch_size", 64) if batch_size is None else batch_size
     dm = PerturbationDataModule(
         screen,
@@ -660,8 +664,7 @@ def finetune_perturbation(
             **train_kwargs,
         )
     finally:
-        for p in new.net.parameters():
-            p.requires_grad_(True)
+        unfreeze(new)
     scores = new.history_.get("val_pearson_delta", [])
     setup["best_val_pearson_delta"] = float(max(scores)) if scores else None
     new.args_[ARGS_KEY] = {"perturbation_key": key, "control": ctrl, **setup}

@@ -14,6 +14,7 @@ from ..io import load_official, save_official
 from ..io._native import MODEL_FILE, NativeCheckpoint, is_native, load_native, load_native_weights, write_native
 from ..io._official import write_official
 from ..nn import ScGPTConfig, ScGPTNet
+from ._adapters import has_adapter, is_adapter_folder
 from ._device import resolve_device
 from ._inference import InferenceMixin
 from ._training import TrainingMixin
@@ -116,6 +117,9 @@ class ScGPT(InferenceMixin, TrainingMixin):
         if task is not None:
             classes = self.registry_.get("label_categories")
             src += f", fine-tuned for {task!r}" + (f" ({len(classes)} classes)" if classes else "")
+        adapter = self.registry_.get("adapter")
+        if adapter is not None:
+            src += f", {adapter['kind']} adapters of rank {adapter['rank']}"
         size = f"{n / 1e6:.1f}M" if n >= 1e5 else f"{n:,}"
         return (
             f"ScGPT({c.n_layers} layers x {c.d_model} wide, {c.n_heads} heads, {len(self.vocab):,} tokens, "
@@ -132,6 +136,7 @@ class ScGPT(InferenceMixin, TrainingMixin):
         strict: bool = False,
         device: str | torch.device | None = None,
         generative: bool = False,
+        base: ScGPT | str | os.PathLike | None = None,
     ) -> ScGPT:
         """Load published weights.
 
@@ -150,6 +155,9 @@ class ScGPT(InferenceMixin, TrainingMixin):
         generative
             Keep the generative-pretraining flag embedding of the released weights (``flag_encoder``,
             unused by inference), to continue generative pretraining.
+        base
+            For a folder holding an ``adapter.pt`` (a fine-tune with ``adapter="lora"``): the base model
+            the adapters were trained on, or where to load it from (default: the name recorded in the file).
 
         Returns
         -------
@@ -160,8 +168,8 @@ class ScGPT(InferenceMixin, TrainingMixin):
             src, name = _demo_path(), DEMO
         else:
             name = str(src)
-        if is_native(src):
-            return cls.load(src, adata=adata, device=device)
+        if is_native(src) or is_adapter_folder(src):
+            return cls.load(src, adata=adata, device=device, base=base)
         net, ckpt, _ = load_official(src, strict=strict, generative=generative)
         self = cls._from_parts(net, ckpt.vocab, args=ckpt.args, mod_vocab=ckpt.mod_vocab, source=name)
         self.to_device(device)
@@ -170,7 +178,12 @@ class ScGPT(InferenceMixin, TrainingMixin):
         return self
 
     def save_pretrained(
-        self, path: str | os.PathLike, *, attention_layout: str = "torch", overwrite: bool = False
+        self,
+        path: str | os.PathLike,
+        *,
+        attention_layout: str = "torch",
+        overwrite: bool = False,
+        merged: bool = False,
     ) -> Path:
         """Write an official scGPT folder (``args.json``, ``vocab.json``, ``best_model.pt``).
 
@@ -179,7 +192,16 @@ class ScGPT(InferenceMixin, TrainingMixin):
         weights instead of PyTorch's ``in_proj_*``. A folder holds one model: ``overwrite=True``
         replaces a model already there, in either format (a ``model.pt`` is removed). The files are
         written to temporary names first, so a failed write leaves the previous model intact.
+        A model fine-tuned with adapters needs ``merged=True``: the official format holds plain weights,
+        so the adapters are merged into them (:meth:`merge_adapter`).
         """
+        if has_adapter(self.net):
+            if not merged:
+                raise ValueError(
+                    "This model carries adapters, which the official format cannot hold: pass merged=True to write "
+                    "the merged weights, or use save() to write the adapters alone."
+                )
+            return self.merge_adapter().save_pretrained(path, attention_layout=attention_layout, overwrite=overwrite)
         return save_official(
             self.net,
             self.vocab,
@@ -189,6 +211,20 @@ class ScGPT(InferenceMixin, TrainingMixin):
             attention_layout=attention_layout,
             overwrite=overwrite,
         )
+
+    def merge_adapter(self) -> ScGPT:
+        """A plain copy of a model fine-tuned with adapters, the adapters merged into its weights.
+
+        Its outputs equal this model's (to float rounding); it saves in every format and runs without
+        ``peft``. This model is not modified.
+
+        Returns
+        -------
+        The merged model; ``registry_["merged_adapter"]`` records the adapter settings and the base model.
+        """
+        from ._adapters import merge
+
+        return merge(self)
 
     def _attrs(self) -> dict[str, Any]:
         return {
@@ -205,6 +241,7 @@ class ScGPT(InferenceMixin, TrainingMixin):
         overwrite: bool = False,
         save_anndata: bool = False,
         official: bool = False,
+        merged: bool = False,
     ) -> Path:
         """Save in this package's format (``dir_path/model.pt``), with training history and data setup.
 
@@ -223,11 +260,34 @@ class ScGPT(InferenceMixin, TrainingMixin):
         official
             Also write the official files of the same model (``args.json``, ``vocab.json``,
             ``best_model.pt``), for the official code; :meth:`from_pretrained` reads ``model.pt``.
+        merged
+            For a model fine-tuned with adapters (``finetune(..., adapter="lora")``): ``False`` writes only what
+            the fine-tune trained (``dir_path/adapter.pt``: adapters, heads, the task's parts, with the base
+            model's name and weights' SHA-256; :meth:`load` puts it back on that base); ``True`` writes the
+            plain model with the adapters merged into the weights (:meth:`merge_adapter`).
         """
-        from ..io._folder import ANNDATA_FILE, OFFICIAL_FILES, model_folder
+        from ..io._folder import ADAPTER_FILE, ANNDATA_FILE, OFFICIAL_FILES, model_folder
 
         if save_anndata and self.adata is None:
             raise ValueError("save_anndata=True but no AnnData is bound to the model.")
+        if has_adapter(self.net):
+            if merged:
+                return self.merge_adapter().save(
+                    dir_path, overwrite=overwrite, save_anndata=save_anndata, official=official
+                )
+            if official:
+                raise ValueError(
+                    "The official format cannot hold adapters: pass merged=True to write the merged model, or "
+                    "official=False to write the adapters alone (adapter.pt)."
+                )
+            from ._adapters import write_adapter
+
+            files = [ADAPTER_FILE, *((ANNDATA_FILE,) if save_anndata else ())]
+            with model_folder(dir_path, files, overwrite=overwrite) as temps:
+                write_adapter(self, temps[0])
+                if save_anndata:
+                    self.adata.write_h5ad(temps[1])
+            return Path(dir_path).expanduser()
         files = [MODEL_FILE, *(OFFICIAL_FILES if official else ()), *((ANNDATA_FILE,) if save_anndata else ())]
         ckpt = NativeCheckpoint(
             self.config, self.vocab, self.net.state_dict(), self.args_, self.mod_vocab, self._attrs()
@@ -246,21 +306,34 @@ class ScGPT(InferenceMixin, TrainingMixin):
 
     @classmethod
     def load(
-        cls, dir_path: str | os.PathLike, *, adata: AnnData | None = None, device: str | torch.device | None = None
+        cls,
+        dir_path: str | os.PathLike,
+        *,
+        adata: AnnData | None = None,
+        device: str | torch.device | None = None,
+        base: ScGPT | str | os.PathLike | None = None,
     ) -> ScGPT:
         """Load a model written by :meth:`save`.
 
         ``adata`` is the AnnData to bind; without it, an ``adata.h5ad`` saved in the folder is read.
+        A folder holding an ``adapter.pt`` loads on top of ``base``, the base model the adapters were trained on
+        or where to load it from (default: the name recorded in the file); another base is refused.
         """
         dir_path = Path(dir_path).expanduser()
-        ckpt = load_native(dir_path)
-        net = ScGPTNet(ckpt.config)
-        load_native_weights(net, ckpt, dir_path)
-        attrs = ckpt.attrs
-        self = cls._from_parts(
-            net.eval(), ckpt.vocab, args=ckpt.args, mod_vocab=ckpt.mod_vocab, source=attrs.get("source"), attrs=attrs
-        )
-        self.to_device(device)
+        if is_adapter_folder(dir_path) and not is_native(dir_path):
+            from ._adapters import load_adapter
+
+            self = load_adapter(cls, dir_path, base=base, device=device)
+        else:
+            ckpt = load_native(dir_path)
+            net = ScGPTNet(ckpt.config)
+            load_native_weights(net, ckpt, dir_path)
+            attrs = ckpt.attrs
+            self = cls._from_parts(
+                net.eval(), ckpt.vocab, args=ckpt.args, mod_vocab=ckpt.mod_vocab, source=attrs.get("source"),
+                attrs=attrs,
+            )  # fmt: skip
+            self.to_device(device)
         if adata is None and (dir_path / "adata.h5ad").is_file():
             import anndata as ad
 

@@ -18,6 +18,7 @@ from .._logging import logger, warn
 from .._settings import settings
 from ..data._genes import gene_names
 from ..data._splits import random_split, stratified_split
+from ._adapters import prepare, unfreeze
 from ._tasks import Task, get_task, resolve_recipe
 
 if TYPE_CHECKING:
@@ -27,6 +28,10 @@ if TYPE_CHECKING:
     from ..train import Recipe, ScGPTDataModule
 
 SETUP_KEY = "_scgpt_setup"
+
+
+class TrainingOutOfMemoryError(MemoryError):
+    """Training ran out of device memory; the message names the settings that would fit."""
 
 
 def _obs_column(adata: AnnData, key: str, what: str) -> pd.Series:
@@ -171,7 +176,10 @@ class TrainingMixin:
         >>> clf = model.adapt(n_cls=12)  # doctest: +SKIP
         """
         from ..nn import ScGPTNet
+        from ._adapters import has_adapter
 
+        if has_adapter(self.net):
+            raise ValueError("This model carries adapters; merge them first: model.merge_adapter().adapt(...).")
         net = ScGPTNet(self.config.replace(**config_changes))
         own = net.state_dict()
         old = self.net.state_dict()
@@ -220,6 +228,7 @@ class TrainingMixin:
         precision: str | int = "32-true",
         accumulate_grad_batches: int = 1,
         gradient_clip_val: float | None = None,
+        gradient_checkpointing: bool = False,
         checkpoint_dir: str | os.PathLike | None = None,
         checkpoint_every_n_steps: int | None = None,
         resume: bool | str | os.PathLike = False,
@@ -265,6 +274,10 @@ class TrainingMixin:
             ``"32-true"``, ``"bf16-mixed"`` or ``"16-mixed"`` (GPU).
         accumulate_grad_batches, gradient_clip_val
             Gradient accumulation and clipping.
+        gradient_checkpointing
+            Recompute each transformer layer's activations in the backward pass instead of keeping them: the
+            activation memory of one layer instead of all of them, for about a third more time per step (same
+            losses and gradients). See ``docs/training.md`` for what fits where.
         checkpoint_dir
             Where Lightning checkpoints (``last.ckpt``) and per-step loss logs
             (``logs/version_<n>/metrics.csv``, a new version per run or resume) go.
@@ -289,6 +302,8 @@ class TrainingMixin:
         -------
         ``self``, trained in place; ``history_`` holds the per-epoch losses and ``trainer_`` the Trainer.
         """
+        import torch
+
         from ..train import ScGPTTrainingPlan, TrainRunner, check_recipe
         from ..train._runner import RUNNER_OPTIONS
 
@@ -330,10 +345,16 @@ class TrainingMixin:
         options["progress"] = settings.progress if progress is None else progress
         runner = TrainRunner(plan, datamodule, **options, **trainer_kwargs)
         self.net.train()
+        checkpointing, self.net.gradient_checkpointing = self.net.gradient_checkpointing, gradient_checkpointing
         try:
             self.trainer_ = runner(resume=resume)
+        except torch.OutOfMemoryError:
+            from ._resources import out_of_memory_message
+
+            raise TrainingOutOfMemoryError(out_of_memory_message(self, datamodule, rec, locals())) from None
         finally:
             self.net.eval()
+            self.net.gradient_checkpointing = checkpointing
         self.history_ = runner.history.history
         self.is_trained_ = True
         self.registry_["last_recipe"] = rec.to_dict()
@@ -360,6 +381,11 @@ class TrainingMixin:
         validation_size: float | None = None,
         early_stopping: bool | None = None,
         freeze_layers: int = 0,
+        adapter: str | None = None,
+        adapter_rank: int = 8,
+        adapter_alpha: float = 16,
+        adapter_dropout: float = 0.0,
+        adapter_modules: Sequence[str] | None = None,
         seed: int = 0,
         **train_kwargs: Any,
     ):
@@ -403,11 +429,24 @@ class TrainingMixin:
             Stop when the validation loss stops improving (annotation: yes; perturbation: yes, on the
             validation Pearson-delta).
         freeze_layers
-            Keep the gene/value encoders and the first ``freeze_layers`` transformer layers fixed (0: train all).
+            Keep the gene/value encoders (gene embeddings included) and the first ``freeze_layers`` transformer
+            layers fixed (0: train all).
+        adapter
+            ``"lora"``: keep every pretrained weight of the trunk fixed and train low-rank adapters on the
+            transformer layers (``peft`` LoRA; install ``scgpt-scverse[peft]``), plus the task's heads and
+            conditioning parts (DSBN, batch/perturbation/modality encoders, new-token embeddings) in full: a few
+            percent of the weights, less memory, and :meth:`save` writes only those (megabytes). ``None``: train
+            all weights (or those ``freeze_layers`` leaves). See ``docs/training.md``.
+        adapter_rank, adapter_alpha, adapter_dropout
+            LoRA rank, scaling (updates scaled by ``alpha / rank``) and dropout on the adapters' input.
+        adapter_modules
+            Linear layers of every transformer layer that get adapters, among ``"in_proj"``, ``"out_proj"``
+            (attention), ``"linear1"``, ``"linear2"`` (feed-forward); default all four.
         seed
             Seed of the new heads' initialisation, the split, the order and the masks.
         **train_kwargs
-            Passed to :meth:`train` (``schedule``, ``accelerator``, ``devices``, ``checkpoint_dir``, ...).
+            Passed to :meth:`train` (``schedule``, ``gradient_checkpointing``, ``precision``, ``accelerator``,
+            ``devices``, ``checkpoint_dir``, ...).
 
         Returns
         -------
@@ -429,6 +468,8 @@ class TrainingMixin:
 
         t = get_task(task)
         check_adata(adata, fn=f"finetune({t.name!r})")
+        adapter_options = {"adapter": adapter, "adapter_rank": adapter_rank, "adapter_alpha": adapter_alpha}
+        adapter_options.update(adapter_dropout=adapter_dropout, adapter_modules=adapter_modules)
         perturbation_options = {
             "perturbation_key": perturbation_key,
             "control": control,
@@ -456,6 +497,7 @@ class TrainingMixin:
                 validation_size=validation_size,
                 early_stopping=early_stopping,
                 freeze_layers=freeze_layers,
+                adapter_options=adapter_options,
                 seed=seed,
                 **train_kwargs,
             )
@@ -485,7 +527,7 @@ class TrainingMixin:
 
         torch.manual_seed(seed)
         new = self.adapt(**t.heads(self.config, categories))
-        freeze(new, freeze_layers)
+        prepare(new, self, freeze_layers, **adapter_options)
 
         defaults = t.defaults
         recipe = t.recipe if max_length is None else t.recipe.replace(max_length=max_length)
@@ -529,8 +571,7 @@ class TrainingMixin:
                 **train_kwargs,
             )
         finally:
-            for p in new.net.parameters():
-                p.requires_grad_(True)
+            unfreeze(new)
         return new
 
     def make_datamodule(
