@@ -66,8 +66,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--device", default="auto", help="cpu, cuda or auto")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per configuration")
+    ap.add_argument(
+        "--malloc-mmap-threshold",
+        type=int,
+        default=1 << 20,
+        help="glibc MALLOC_MMAP_THRESHOLD_ of the workers (bytes; 0: glibc's default, whose dynamic threshold keeps "
+        "freed activations in the heap, so that peak RSS also counts memory the allocator holds on to)",
+    )
     ap.add_argument("--out-json", default="benchmarks/results/finetune_resources.json")
-    ap.add_argument("--from-json", help="print the tables of an earlier run (no measuring)")
+    ap.add_argument("--from-json", help="print the tables of earlier runs (comma-separated files; no measuring)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
@@ -178,8 +185,10 @@ def worker(spec: dict) -> dict:
     }
 
 
-def run_one(spec: dict, timeout: float) -> dict:
+def run_one(spec: dict, timeout: float, mmap_threshold: int = 0) -> dict:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    if mmap_threshold:  # large blocks mmapped and returned when freed: peak RSS follows the live memory
+        env["MALLOC_MMAP_THRESHOLD_"] = str(mmap_threshold)
     cmd = [sys.executable, __file__, "--worker", json.dumps(spec)]
     start = time.perf_counter()
     try:
@@ -302,8 +311,8 @@ def main() -> None:
         print(json.dumps(worker(json.loads(args.worker))))
         return
     if args.from_json:
-        data = json.loads(Path(args.from_json).read_text())
-        print_tables(data["meta"], data["results"])
+        runs = [json.loads(Path(f).read_text()) for f in args.from_json.split(",")]
+        print_tables(runs[0]["meta"], [r for run in runs for r in run["results"]])
         return
     import torch
 
@@ -323,6 +332,7 @@ def main() -> None:
         "max_length": args.max_length,
         "attn_dropout": args.attn_dropout,
         "load_start": round(os.getloadavg()[0], 1),
+        "malloc_mmap_threshold": args.malloc_mmap_threshold,
         "torch": torch.__version__,
     }
     results = []
@@ -334,7 +344,7 @@ def main() -> None:
                     "freeze_layers": args.freeze_layers, "rank": args.rank, "attn_dropout": args.attn_dropout,
                     "warmup": args.warmup, "device": device, "threads": args.threads,
                 }  # fmt: skip
-                r = run_one(spec, args.timeout)
+                r = run_one(spec, args.timeout, args.malloc_mmap_threshold)
                 results.append(r)
                 status = r.get("error") or f"peak {r['peak_bytes'] / 2**30:.2f} GiB, {r['cells_per_s']:.3f} cells/s"
                 print(f"{config:>12} {precision} batch {b:>3}: {status}", flush=True)

@@ -14,6 +14,7 @@ _WHERE = {
     "Task": "._tasks",
     "get_task": "._tasks",
     "ScGPT": "._scgpt",
+    "TrainingOutOfMemoryError": "._training",
     "resolve_model": "._resolve",
     "resolve_device": "._device",
     "resolve_dtype": "._device",
@@ -32,5 +33,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._resolve import resolve_model
     from ._scgpt import ScGPT
     from ._tasks import TASKS, Task, get_task
+    from ._training import TrainingOutOfMemoryError
 
 __all__ = sorted(_WHERE)

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from .._files import torch_save
-from .._logging import logger
+from .._logging import logger, warn
 from ..io._folder import ADAPTER_FILE
 
 if TYPE_CHECKING:
@@ -229,6 +229,11 @@ def prepare(
     from ._training import freeze
 
     if adapter is None:
+        options = {"adapter_rank": (adapter_rank, 8), "adapter_alpha": (adapter_alpha, 16)}
+        options.update(adapter_dropout=(adapter_dropout, 0.0), adapter_modules=(adapter_modules, None))
+        given = [k for k, (value, default) in options.items() if value != default]
+        if given:
+            warn(f"{', '.join(given)} set the adapters of adapter='lora'; without adapter= they are ignored.")
         freeze(model, freeze_layers)
         return
     if freeze_layers:
@@ -378,7 +383,8 @@ def load_adapter(
         )
     config = ScGPTConfig.from_dict(payload["config"])
     changes = {k: v for k, v in config.to_dict().items() if getattr(given.config, k) != v}
-    new = given.adapt(**changes)
+    with torch.random.fork_rng(devices=[]):  # the new parts' initialisation, overwritten below
+        new = given.adapt(**changes)
     attrs = payload.get("attrs") or {}
     settings = attrs.get("registry", {}).get("adapter")
     if settings is None:

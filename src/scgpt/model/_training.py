@@ -348,7 +348,7 @@ class TrainingMixin:
         checkpointing, self.net.gradient_checkpointing = self.net.gradient_checkpointing, gradient_checkpointing
         try:
             self.trainer_ = runner(resume=resume)
-        except torch.OutOfMemoryError:
+        except torch.cuda.OutOfMemoryError:  # torch.OutOfMemoryError, on any device
             from ._resources import out_of_memory_message
 
             raise TrainingOutOfMemoryError(out_of_memory_message(self, datamodule, rec, locals())) from None
