@@ -68,8 +68,8 @@ def score(true, pred) -> dict:
 
     a = ad.AnnData(np.zeros((len(true), 1), dtype=np.float32))
     a.obs["true"], a.obs["pred"] = np.asarray(true, dtype=str), np.asarray(pred, dtype=str)
-    m = scgpt.tl.evaluate_annotation(a, "true", "pred")
-    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
+    overall = scgpt.tl.evaluate_annotation(a, labels_key="true", key="pred").loc["overall"]
+    return {"accuracy": float(overall["accuracy"]), "macro_f1": float(overall["f1"])}
 
 
 def run(args) -> dict:

@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     table = scgpt.tl.benchmark_integration(
         adata,
         batch_key=batch_key,
-        label_key=label_key,
+        labels_key=label_key,
         obsm_keys=["X_scGPT_finetuned", "X_scGPT_zero_shot"],
         scvi_max_epochs=args.scvi_epochs,
         seed=args.seed,

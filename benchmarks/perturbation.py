@@ -71,7 +71,7 @@ def run_split(
         preds["linear (scGPT gene embeddings)"] = scgpt.tl.perturbation_baseline(
             adata, split.test, method="linear", train=split.train, gene_embeddings=demo.get_gene_embeddings()
         )
-        table = scgpt.tl.evaluate_perturbation(preds, adata, genes=genes)
+        table = scgpt.tl.evaluate_perturbation(adata, preds, genes=genes)
     mean = table[table["perturbation"] == "mean"].set_index("method")[METRICS]
     return {
         "seed": seed, "train": list(split.train), "val": list(split.val), "test": list(split.test),

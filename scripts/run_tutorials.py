@@ -4,12 +4,14 @@
     python scripts/run_tutorials.py --update        # run them and store the fresh outputs in the notebooks
     python scripts/run_tutorials.py annotation      # only tutorials/annotation.ipynb
 
-Each notebook runs top to bottom in a fresh kernel with ``tutorials/`` as working directory, offline.
-A run fails on any error. The check compares every code cell's outputs with the stored ones: the
-same kinds of output in the same order, text equal after masking what is volatile (elapsed times,
-memory addresses, temporary paths) and numbers equal within a tolerance (training on another CPU
-can move the last digits); figures must be there, pixels are not compared. Wall times are printed
-and written to ``tutorials/run_times.json`` with ``--update``.
+Each notebook runs top to bottom in a fresh kernel with ``tutorials/`` as working directory, offline, with
+one CPU thread (``OMP_NUM_THREADS=1``: the stored numbers do not depend on the number of cores); ``--jobs``
+notebooks run at the same time (default: one per core, at most 4), the longest first (by
+``tutorials/run_times.json``). A run fails on any error. The check compares every code cell's outputs
+with the stored ones: the same kinds of output in the same order, text equal after masking what is volatile
+(elapsed times, memory addresses, temporary paths) and numbers equal within a tolerance (training on another
+CPU can move the last digits); figures must be there, pixels are not compared. Wall times, with the slowest
+cells of each notebook, are printed and written to ``tutorials/run_times.json`` with ``--update``.
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from datetime import datetime
 from pathlib import Path
 
 import nbformat
@@ -33,6 +38,8 @@ VOLATILE = [
     (re.compile(r"\d+(\.\d+)? ?(s|seconds|min)\b(?! ?cells)"), "<duration>"),
     (re.compile(r"version_\d+"), "version_<n>"),
 ]
+THREADS = dict.fromkeys(("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"), "1")
+"""The kernels' environment: one CPU thread each (several notebooks share the cores; numbers do not depend on them)."""
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e-?\d+)?")
 REL_TOL, ABS_TOL = 0.05, 0.02
 
@@ -89,8 +96,19 @@ def run(path: Path, timeout: int) -> tuple[nbformat.NotebookNode, float]:
         nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
     )
     start = time.perf_counter()
-    client.execute()
+    client.execute(env={**os.environ, **THREADS})
     return nb, time.perf_counter() - start
+
+
+def slowest_cells(nb: nbformat.NotebookNode, n: int = 3) -> str:
+    """The ``n`` slowest code cells of an executed notebook (index among its cells: seconds)."""
+    seconds = []
+    for i, cell in enumerate(nb.cells):
+        timing = cell.get("metadata", {}).get("execution", {})
+        if "iopub.execute_input" in timing and "shell.execute_reply" in timing:
+            start, end = (datetime.fromisoformat(timing[k]) for k in ("iopub.execute_input", "shell.execute_reply"))
+            seconds.append(((end - start).total_seconds(), i))
+    return ", ".join(f"cell {i}: {s:.0f} s" for s, i in sorted(seconds, reverse=True)[:n])
 
 
 def _clean(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
@@ -105,31 +123,46 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("names", nargs="*", help="notebook names (default: all of tutorials/)")
     p.add_argument("--update", action="store_true", help="store the fresh outputs in the notebooks")
     p.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
+    p.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1), help="notebooks run at the same time")
     args = p.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # each notebook's result as it ends, also through a pipe
+    if args.jobs < 1:
+        p.error(f"--jobs {args.jobs}: give 1 or more notebooks to run at the same time")
     paths = [TUTORIALS / f"{n.removesuffix('.ipynb')}.ipynb" for n in args.names] or sorted(TUTORIALS.glob("*.ipynb"))
     times_file = TUTORIALS / "run_times.json"
     times = json.loads(times_file.read_text()) if times_file.exists() else {}
-    failed = []
-    for path in paths:
-        stored = nbformat.read(path, as_version=4)
+    paths.sort(key=lambda path: -times.get(path.stem, math.inf))  # longest first (new notebooks first of all)
+    start = time.perf_counter()
+
+    def execute(path: Path):
         try:
-            fresh, seconds = run(path, args.timeout)
+            return run(path, args.timeout)
         except Exception as e:  # noqa: BLE001 - report every notebook, then fail
-            print(f"FAILED {path.name}: {type(e).__name__}: {str(e)[-3000:]}")
-            failed.append(path.name)
-            continue
-        print(f"{path.name}: ran in {seconds:.0f} s")
-        if args.update:
-            nbformat.write(_clean(fresh), path)
-            times[path.stem] = round(seconds)
-            continue
-        problems = compare(stored, fresh)
-        if problems:
-            failed.append(path.name)
-            print(f"STALE {path.name}: its stored outputs do not come from the current code "
-                  f"(rerun with --update and commit):\n  " + "\n  ".join(problems[:10]))  # fmt: skip
+            return e
+
+    failed = []
+    with ThreadPoolExecutor(args.jobs) as pool:
+        futures = {pool.submit(execute, path): path for path in paths}
+        for future in as_completed(futures):  # reported as they finish
+            path, result = futures[future], future.result()
+            if isinstance(result, Exception):
+                print(f"FAILED {path.name}: {type(result).__name__}: {str(result)[-3000:]}")
+                failed.append(path.name)
+                continue
+            fresh, seconds = result
+            print(f"{path.name}: ran in {seconds:.0f} s (slowest {slowest_cells(fresh)})")
+            if args.update:
+                nbformat.write(_clean(fresh), path)
+                times[path.stem] = round(seconds)
+                continue
+            problems = compare(nbformat.read(path, as_version=4), fresh)
+            if problems:
+                failed.append(path.name)
+                print(f"STALE {path.name}: its stored outputs do not come from the current code "
+                      f"(rerun with --update and commit):\n  " + "\n  ".join(problems[:10]))  # fmt: skip
     if args.update:
         times_file.write_text(json.dumps(dict(sorted(times.items())), indent=1) + "\n")
+    print(f"{len(paths)} notebook(s) in {time.perf_counter() - start:.0f} s, {args.jobs} at a time")
     if failed:
         print(f"{len(failed)} tutorial(s) failed: {', '.join(failed)}")
         return 1

@@ -17,8 +17,26 @@ GOLDEN = FIXTURES / "golden"
 
 os.environ.setdefault("MPLBACKEND", "agg")
 
+# Under pytest-xdist (`-n N`) each worker gets its share of the cores: N workers with torch's default of one thread
+# per core would oversubscribe the CPU, and OpenMP threads spin-waiting for a descheduled peer slow everything down.
+# Set before torch is imported (and again in pytest_configure, in case a plugin imported it first); processes that
+# the tests start inherit the variables.
+XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")) if "PYTEST_XDIST_WORKER" in os.environ else 0
+if XDIST_WORKERS:
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ.setdefault(_var, str(max(1, (os.cpu_count() or 1) // XDIST_WORKERS)))
+
 
 def pytest_configure(config):
+    if XDIST_WORKERS:
+        import torch
+
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    import tempfile
+
+    # the model cache (downloads, file hashes) of the test session: never the user's ~/.cache/scgpt;
+    # subprocesses started by tests inherit it
+    os.environ["SCGPT_CACHE"] = tempfile.mkdtemp(prefix="scgpt-test-cache-")
     import scgpt
 
     scgpt.settings.progress = False
@@ -28,6 +46,14 @@ def pytest_configure(config):
         mudata.set_options(pull_on_update=False)
     except (ImportError, AttributeError, ValueError):
         pass
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    cache = os.environ.get("SCGPT_CACHE", "")
+    if "scgpt-test-cache-" in cache:
+        shutil.rmtree(cache, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -127,3 +153,37 @@ def write_soma():
         return str(uri)
 
     return write
+
+
+@pytest.fixture(scope="session")
+def mouse_round_trip():
+    """``mouse_round_trip(human, vocab)``: human cells renamed to their mouse one-to-one orthologs (round-trip tests).
+
+    Returns ``(human_restricted, mouse_symbols, mouse_ids, keep_ids)``: the cells on the genes whose token has a
+    one-to-one mouse ortholog in the bundled table, the same cells named by that ortholog, and the genes of
+    ``human_restricted[:, keep_ids]`` named by the mouse Ensembl id (with a version suffix) of their ortholog.
+    """
+    from scgpt.data import match_genes, ortholog_table
+    from scgpt.data._genes import _to_vocab
+    from scgpt.data._orthologs import gene_ids
+
+    def build(human, vocab):
+        table = ortholog_table("mouse")
+        one = table[table.orthology == "one2one"]
+        tok, _ = _to_vocab(one.human.to_numpy(object), vocab, True)
+        mouse_of_token = {int(t): g for t, g in zip(tok, one.gene) if t >= 0}
+        ids = match_genes(human.var_names, vocab).ids
+        mouse = np.array([mouse_of_token.get(int(t), "") for t in ids], dtype=object)
+        keep = mouse != ""
+        restricted = human[:, keep].copy()
+        renamed = restricted.copy()
+        renamed.var_names = list(mouse[keep])
+        ids_of = {}
+        for eid, gene in gene_ids("mouse").items():
+            ids_of.setdefault(gene, []).append(eid)
+        unique = np.array([len(ids_of.get(g, [])) == 1 for g in renamed.var_names])
+        by_id = restricted[:, unique].copy()
+        by_id.var_names = [f"{ids_of[g][0]}.{3 + i % 5}" for i, g in enumerate(renamed.var_names[unique])]
+        return restricted, renamed, by_id, unique
+
+    return build

@@ -8,7 +8,7 @@ import re
 import pytest
 
 import scgpt
-from scgpt._docs import DOCS, doc_params
+from scgpt._docs import DOCS, doc_params, evaluation_key_doc
 
 
 def test_placeholders_are_filled_and_typos_raise():
@@ -40,6 +40,11 @@ def test_placeholders_are_filled_and_typos_raise():
 PUBLIC = [
     scgpt.tl.embed,
     scgpt.tl.annotate,
+    scgpt.tl.evaluate_annotation,
+    scgpt.tl.benchmark_integration,
+    scgpt.tl.perturbation_de_genes,
+    scgpt.pl.confusion,
+    scgpt.pl.benchmark_integration,
     scgpt.tl.gene_programs,
     scgpt.tl.infer_grn,
     scgpt.tl.evaluate_grn,
@@ -77,3 +82,22 @@ def test_every_parameter_is_documented_once(fn):
 def test_shared_texts_are_the_same_everywhere():
     assert DOCS["device"] in inspect.getdoc(scgpt.tl.embed)
     assert DOCS["device"] in inspect.getdoc(scgpt.model.ScGPT.get_latent_representation)
+
+
+def test_evaluators_share_their_parameter_texts():
+    """Shared parameters of the evaluators and their plots come from scgpt._docs: catches a copy that drifts (one
+    evaluator documenting key_added as writing by default, labels_key or perturbation_key described apart)."""
+    evaluators = [scgpt.tl.evaluate_annotation, scgpt.tl.evaluate_perturbation, scgpt.tl.evaluate_grn]
+    evaluators += [scgpt.tl.enrich_programs, scgpt.tl.benchmark_integration]
+    for fn in evaluators:
+        assert DOCS["eval_key_added"] in inspect.getdoc(fn), fn.__qualname__
+    for fn in (scgpt.tl.evaluate_annotation, scgpt.tl.benchmark_integration):
+        assert DOCS["labels_key"] in inspect.getdoc(fn), fn.__qualname__
+    for fn in (scgpt.tl.evaluate_perturbation, scgpt.tl.perturbation_de_genes, scgpt.pl.perturbation):
+        assert DOCS["perturbation_key"] in inspect.getdoc(fn), fn.__qualname__
+    for fn, name in [
+        (scgpt.pl.confusion, "evaluate_annotation"),
+        (scgpt.pl.benchmark_integration, "benchmark_integration"),
+        (scgpt.pl.perturbation_metrics, "evaluate_perturbation"),
+    ]:
+        assert evaluation_key_doc(name) in inspect.getdoc(fn), fn.__qualname__

@@ -65,6 +65,15 @@ doc_progress = """\
 progress
     Show a progress bar (default: ``scgpt.settings.progress``)."""
 
+doc_organism = """\
+organism
+    Species of the genes: ``"human"`` (default), or ``"mouse"``, ``"macaque"``, ``"pig"``, ... (see
+    :func:`scgpt.pp.align_vocab`), whose genes (symbols, or mouse Ensembl ids) are read as their human
+    orthologs through the bundled tables.
+orthologs
+    ``"one2one"`` (default): one-to-one orthologs only; ``"all"``: also one-to-many orthologs (counts go to
+    one human gene) and many-to-one orthologs (the counts of the genes with one human ortholog summed)."""
+
 doc_copy = """\
 copy
     Return a modified copy instead of writing to the input."""
@@ -78,6 +87,39 @@ return_fig
     Return the figure."""
 
 doc_plot_returns = """The figure with ``return_fig=True``; ``None`` if shown; else the axes."""
+
+doc_distributed = """\
+devices
+    Run on several processes with Lightning (``None``, the default: this process alone). A number of
+    devices per node (GPUs, or CPU processes when ``device="cpu"``), ``-1`` for all GPUs, or a list of GPU
+    ids. Each process embeds its share of the cells (backed files: reads only its share); the embeddings
+    are gathered in cell order on every process and equal the single-process ones up to float rounding.
+    Under ``torchrun``/``srun`` pass the number of processes per node the launcher started; in a script
+    run with plain ``python``, Lightning starts the other processes by running the script again.
+num_nodes
+    Machines, for multi-node runs (``srun``, ``torchrun --nnodes``).
+strategy
+    ``"ddp"`` (default; scripts, ``torchrun``, ``srun``), ``"ddp_notebook"``/``"ddp_fork"`` (notebooks and
+    other interactive sessions; not for a TileDB-SOMA experiment, which cannot be read in forked processes),
+    or a :class:`lightning.fabric.strategies.DDPStrategy`."""
+
+doc_labels_key = """\
+labels_key
+    ``obs`` column with the true cell types."""
+
+doc_perturbation_key = """\
+perturbation_key
+    ``obs`` column with the perturbation labels (``"JAK2"``, ``"JAK2+STAT1"`` for a combination)."""
+
+doc_control = """\
+control
+    Label of the control cells in ``obs[perturbation_key]``."""
+
+doc_eval_key_added = """\
+key_added
+    ``None`` (the default) writes nothing into ``adata``; a name writes ``adata.uns[key_added] = {"params": ...,
+    "results": <the returned DataFrame>, ...}`` (see Returns), where the plots of :mod:`scgpt.pl` find it by
+    ``key=``."""
 
 doc_inference = "\n".join(
     [doc_gene_key, doc_use_aliases, doc_layer, doc_batch_key, doc_max_length, doc_batch_size, doc_seed, doc_device]
@@ -108,3 +150,12 @@ def doc_params(**replacements: str) -> Callable[[F], F]:
         return obj
 
     return decorate
+
+
+def evaluation_key_doc(function: str) -> str:
+    """The ``key`` parameter of a plot that reads the results of the evaluator ``scgpt.tl.<function>``."""
+    return (
+        "key\n"
+        f"    With an AnnData: the ``uns`` entry written by :func:`scgpt.tl.{function}` (its ``key_added``);\n"
+        "    ``None``: the only such entry (the error lists them when there are several, or none)."
+    )

@@ -213,3 +213,25 @@ def test_python_dash_m_reports_errors(tmp_path):
         text=True,
     )
     assert proc.returncode == 2 and proc.stderr.startswith("scgpt: error:") and "Traceback" not in proc.stderr
+
+
+def test_embed_organism_reads_mouse_genes_as_their_human_orthologs(
+    cells, model_dir, tmp_path, capsys, mouse_round_trip
+):
+    """``--organism mouse``: catches the option not reaching the gene matching (the mouse names would not match)."""
+    import anndata as ad
+
+    import scgpt
+
+    human = ad.read_h5ad(cells)[:40].copy()
+    restricted, mouse, _, _ = mouse_round_trip(human, scgpt.model.ScGPT.from_pretrained(model_dir).vocab)
+    path, out = tmp_path / "mouse.h5ad", tmp_path / "out.h5ad"
+    mouse.write_h5ad(path)
+    args = ["embed", "--model", str(model_dir), "--input", str(path), "--output", str(out), "--quiet"]
+    assert main([*args, "--organism", "Mus musculus", "--max-length", "128"]) == 0
+    result = ad.read_h5ad(out)
+    scgpt.tl.embed(restricted, str(model_dir), max_length=128, progress=False)
+    np.testing.assert_allclose(result.obsm["X_scGPT"], restricted.obsm["X_scGPT"], atol=1e-6)
+    assert result.uns["X_scGPT"]["params"]["organism"] == "mouse"
+    assert main([*args, "--organism", "martian"]) == 2
+    assert "--organism martian: organism='martian' is not a species" in capsys.readouterr().err

@@ -142,7 +142,7 @@ def test_zarr_store_streams_like_a_backed_h5ad_and_resumes(files, tmp_path, monk
     resumes after an interruption, and a changed store is not resumed from."""
     import anndata as ad
 
-    from scgpt._anndata import open_on_disk, read_rows
+    from scgpt.data import open_on_disk, read_rows
 
     model_dir, cells, expected = files
     adata = ad.read_h5ad(cells)

@@ -36,7 +36,7 @@ def test_finetune_with_adapters_writes_the_adapter_alone(cells, tiny_model, tmp_
     out = tmp_path / "lora"
     argv = ["finetune", "--model", str(base_dir), "--input", str(cells), "--output", str(out), "--recipe", "annotation"]
     assert main([*argv, "--labels-key", "bulk_labels", "--adapter", "lora", "--adapter-rank", "4", *FAST]) == 0
-    assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["adapter.pt"]
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["README.md", "adapter.pt"]  # and its card
     model = ScGPT.from_pretrained(out)
     info = model.registry_["adapter"]
     assert info["rank"] == 4 and info["base"] == str(base_dir)

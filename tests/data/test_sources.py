@@ -92,7 +92,14 @@ def test_soma_experiment_rows_equal_in_memory_rows(pbmc, tmp_path):
     torch.manual_seed(0)
     model = ScGPT(vocab=vocab, d_model=32, n_heads=2, d_hid=64, n_layers=1, generative=True, n_cls=None)
     dm = model.make_datamodule(src, "pretrain", batch_size=64, chunk_size=8)
-    model.train(datamodule=dm, recipe="pretrain", max_epochs=2, lr=1e-3, progress=False, checkpoint_dir=tmp_path / "ck")
+    model.train(
+        datamodule=dm,
+        recipe="pretrain",
+        max_epochs=2,
+        plan_kwargs={"lr": 1e-3},
+        progress=False,
+        checkpoint_dir=tmp_path / "ck",
+    )
     assert np.isfinite(model.history_["val_loss"]).all() and len(model.history_["val_loss"]) == 2
 
 
@@ -101,7 +108,7 @@ def test_stored_entries_per_row_in_memory_backed_and_zarr(pbmc, tmp_path, fmt):
     """Expressed genes per cell, the same from a matrix in memory, a backed .h5ad and a zarr store, CSR or CSC."""
     import anndata as ad
 
-    from scgpt._anndata import matrix_stored_per_row, open_on_disk
+    from scgpt.data import matrix_stored_per_row, open_on_disk
 
     cells = pbmc[:50].copy()
     want = np.diff(sp.csr_matrix(cells.X).indptr)

@@ -143,7 +143,7 @@ def test_adapter_save_load_round_trip(annotated, pbmc_counts, tmp_path):
     base, tuned = annotated
     folder = tuned.save(tmp_path / "adapter")
     files = sorted(p.name for p in folder.iterdir())
-    assert files == ["adapter.pt"]
+    assert files == ["README.md", "adapter.pt"]  # the adapter and its model card
     size = (folder / "adapter.pt").stat().st_size
     base_size = sum(v.numel() * v.element_size() for v in base.net.state_dict().values())
     assert size < 0.25 * base_size
@@ -254,8 +254,9 @@ def test_lora_finetune_multiomic_trains_the_new_tokens(tmp_path):
     keep = np.concatenate([np.flatnonzero(m.obs["run"] == r)[:24] for r in ("pbmc5k", "pbmc10k")])
     m = m[keep].copy()
     base = ScGPT.from_pretrained("demo", device="cpu")
-    tuned = scgpt.tl.integrate(
-        m, base, modalities=("rna", "prot"), batch_key="run", n_top_genes=60, return_model=True, seed=0,
+    tuned = ScGPT.from_pretrained("demo", device="cpu")  # fine-tuned in place by integrate
+    scgpt.tl.integrate(
+        m, tuned, modalities=("rna", "prot"), batch_key="run", n_top_genes=60, seed=0,
         adapter="lora", lr=1e-2, checkpoint_dir=tmp_path, max_steps=3, batch_size=16,
     )  # fmt: skip
     info = tuned.registry_["adapter"]

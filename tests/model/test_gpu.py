@@ -37,7 +37,7 @@ def test_cuda_training_bf16_mixed(pbmc, tmp_path):
         datamodule=dm,
         recipe="pretrain",
         max_epochs=3,
-        lr=1e-3,
+        plan_kwargs={"lr": 1e-3},
         accelerator="gpu",
         devices=1,
         precision="bf16-mixed",

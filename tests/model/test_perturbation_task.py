@@ -11,15 +11,9 @@ import torch
 
 import scgpt
 from scgpt.data import GeneVocab
+from scgpt.data._screen import PairLoader, pair_batch, screen_from_adata, target_tokens, validation_batches
 from scgpt.model import TASKS, ScGPT
-from scgpt.model._perturbation import (
-    ARGS_KEY,
-    PairLoader,
-    pair_batch,
-    screen_from_adata,
-    target_tokens,
-    validation_batches,
-)
+from scgpt.model._perturbation import ARGS_KEY
 from scgpt.train._losses import pearson_delta
 from scgpt.train._runner import BestWeights
 
@@ -59,7 +53,7 @@ def tuned(screen, tmp_path_factory):
 
 def test_registry_entry():
     task = TASKS["perturbation"]
-    assert task.paired and task.stage == "finetune" and task.schedule == "step"
+    assert task.data == "pairs" and task.stage == "finetune" and task.schedule == "step"
     assert task.recipe.active == {"mlm": 1.0} and task.recipe.masking == "none" and task.recipe.max_length == 1536
     assert task.defaults == {
         "lr": 1e-4,
@@ -67,10 +61,12 @@ def test_registry_entry():
         "max_epochs": 15,
         "validation_size": 0.1,
         "early_stopping": True,
+        "gradient_clip_val": 1.0,
     }
     changes = task.heads(_model(["A"]).config, {})
     assert changes["n_pert_flags"] == 3 and changes["pert_pad_id"] == 0 and changes["expr_decoder"] == "affine"
     assert changes["mvc_style"] is None and changes["n_cls"] == 1 and changes["pad_value"] == 0.0
+    assert changes["dropout"] == 0.0  # the perturbation tutorial's
 
 
 def test_training_loss_falls_and_the_best_epoch_is_kept(tuned):
@@ -106,9 +102,9 @@ def test_the_model_remembers_its_setup(tuned, screen):
 
 def _screen_obj(model, adata, labels):
     obs = adata.obs["perturbation"].astype(str).to_numpy()
-    targets = target_tokens(sorted(set(labels) | {"control"}), model.vocab, control="control", fn="t")
+    targets = target_tokens(sorted(set(labels) | {"control"}), model.vocab, control="control")
     return screen_from_adata(
-        model, adata, obs, targets, control="control", layer=None, gene_key=None, use_aliases=True, fn="t"
+        model.vocab, adata, obs, targets, control="control", layer=None, gene_key=None, use_aliases=True
     )
 
 

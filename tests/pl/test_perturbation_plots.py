@@ -87,7 +87,7 @@ def preds(screen):
 def results(screen, preds):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return evaluate_perturbation(preds, screen)
+        return evaluate_perturbation(screen, preds)
 
 
 def _observed(screen, label, genes):
@@ -263,7 +263,9 @@ def test_metrics_kinds_subsets_errors_lower_is_better(results, tmp_path):
     _save(given.figure, tmp_path, "metrics_bar")
     holder = ad.AnnData(np.zeros((1, 1)))
     holder.uns["perturbation_evaluation"] = results
-    ax = perturbation_metrics(holder, kind="strip", methods="scgpt", baselines=(), show=False)
+    ax = perturbation_metrics(
+        holder, kind="strip", methods="scgpt", baselines=(), key="perturbation_evaluation", show=False
+    )
     assert not [p for p in ax.patches if isinstance(p, PathPatch)]
     assert not [ln for ln in ax.lines if ln.get_linestyle() == "--"]  # no baseline shown: no line
     strip, _ = [c for c in ax.collections if isinstance(c, PathCollection)]
@@ -276,7 +278,9 @@ def test_metrics_kinds_subsets_errors_lower_is_better(results, tmp_path):
         perturbation_metrics(results, methods=["linear", "gears"], show=False)
     with pytest.raises(ValueError, match="kind must be"):
         perturbation_metrics(results, kind="violin", show=False)
-    with pytest.raises(KeyError, match=r"uns\['perturbation_evaluation'\] holds no evaluation table"):
+    with pytest.raises(KeyError, match=r"uns\['perturbation_evaluation'\] \(nor any other key\) holds no results"):
+        perturbation_metrics(ad.AnnData(np.zeros((1, 1))), key="perturbation_evaluation", show=False)
+    with pytest.raises(KeyError, match=r"adata.uns holds no results of scgpt.tl.evaluate_perturbation; pass the"):
         perturbation_metrics(ad.AnnData(np.zeros((1, 1))), show=False)
     with pytest.raises(KeyError, match=r"lack the columns \['method'\]"):
         perturbation_metrics(results.drop(columns="method"), show=False)

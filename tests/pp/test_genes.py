@@ -23,7 +23,10 @@ def test_symbols_previous_symbols_and_aliases(pbmc):
     vocab = GeneVocab.default()
     ids = pbmc.var["id_in_vocab"]
     assert ids["IGJ"] == vocab["JCHAIN"] and ids["SEPT7"] == vocab["SEPTIN7"] and ids["CD3E"] == vocab["CD3E"]
-    assert rep["params"] == {"vocab": "default", "gene_key": None, "use_aliases": True}
+    assert rep["params"] == {
+        "vocab": "default", "gene_key": None, "use_aliases": True, "organism": "human", "orthologs": "one2one",
+        "layer": None,
+    }  # fmt: skip
     exact = scgpt.pp.align_vocab(pbmc, use_aliases=False, key_added="exact", copy=True)
     assert exact.uns["exact"]["n_matched"] == 705
 
@@ -73,10 +76,11 @@ def test_two_genes_on_one_token_keep_the_exact_match():
 
 
 def test_coverage_is_reported_for_the_model_that_will_be_used(pbmc):
-    """The demo model's vocabulary is smaller than the whole-human one: align_vocab(model=) says so."""
+    """The demo model's vocabulary is smaller than the whole-human one: align_vocab(model=) says so (and embed
+    reports the same coverage: a gene-level count, the same for 20 cells as for all 700)."""
     whole_human = scgpt.pp.align_vocab(pbmc, copy=True).uns["id_in_vocab"]
     demo = scgpt.pp.align_vocab(pbmc, "demo", copy=True).uns["id_in_vocab"]
-    embedded = scgpt.tl.embed(pbmc, "demo", copy=True).uns["X_scGPT"]
+    embedded = scgpt.tl.embed(pbmc[:20].copy(), "demo", copy=True).uns["X_scGPT"]
     assert demo["n_matched"] == embedded["n_genes_matched"] < whole_human["n_matched"]
     assert demo["params"]["model"] == "demo" and "vocab" not in demo["params"]
     with pytest.raises(ValueError, match="either `model` or `vocab`"):

@@ -67,7 +67,9 @@ def test_resume_problems(pbmc, tiny_model, tmp_path):
     with pytest.warns(
         UserWarning, match=r"Resuming with settings that differ from the checkpoint's \(lr: 0.0001 -> 0.01"
     ):
-        tiny_model().train(pbmc, checkpoint_dir=tmp_path / "new", resume=True, **{**kw, "max_steps": 3}, lr=1e-2)
+        tiny_model().train(
+            pbmc, checkpoint_dir=tmp_path / "new", resume=True, **{**kw, "max_steps": 3}, plan_kwargs={"lr": 1e-2}
+        )
     last.write_bytes(last.read_bytes()[:1000])  # truncated, as by a full disk
     with pytest.raises(ValueError, match="last.ckpt cannot be read: it is truncated or damaged"):
         tiny_model().train(pbmc, checkpoint_dir=tmp_path / "new", resume=True, **kw)

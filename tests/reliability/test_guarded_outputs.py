@@ -46,6 +46,6 @@ def test_overwriting_an_earlier_result_warns(pbmc, base_model):
     with pytest.warns(UserWarning, match=r"embed: adata.obsm\['X_scGPT'\] exists and is overwritten") as record:
         scgpt.tl.embed(pbmc, base_model, max_length=64)
     assert record[0].filename == __file__
-    scgpt.tl.evaluate_annotation(pbmc, "bulk_labels", "louvain")
+    scgpt.tl.evaluate_annotation(pbmc, labels_key="bulk_labels", key="louvain", key_added="louvain_evaluation")
     with pytest.warns(UserWarning, match=r"adata.uns\['louvain_evaluation'\] exists"):
-        scgpt.tl.evaluate_annotation(pbmc, "bulk_labels", "louvain")
+        scgpt.tl.evaluate_annotation(pbmc, labels_key="bulk_labels", key="louvain", key_added="louvain_evaluation")

@@ -8,6 +8,7 @@ import shutil
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -20,15 +21,16 @@ def test_missing_predictions_count_as_errors():
     a = ad.AnnData(np.zeros((4, 1), dtype=np.float32))
     a.obs["true"] = ["T", "T", "B", "B"]
     a.obs["pred"] = ["T", None, "B", np.nan]
-    m = scgpt.tl.evaluate_annotation(a, "true", "pred")
+    df = scgpt.tl.evaluate_annotation(a, labels_key="true", key="pred")
+    m = df.loc["overall"]
     assert m["accuracy"] == 0.5 and m["n_cells"] == 4 and m["n_missing_predictions"] == 2  # was 1.0 on 2 cells
-    assert int(m["confusion"].loc["T", "(no prediction)"]) == 1
+    assert int(pd.DataFrame(**df.attrs["confusion"]).loc["T", "(no prediction)"]) == 1
     a.obs["true"] = ["T", "nan", "B", "None"]
     with pytest.warns(UserWarning, match=r"2 cells have no true label in 'true' \(first: '1'\)"):
-        m = scgpt.tl.evaluate_annotation(a, "true", "pred", key_added="second")
+        m = scgpt.tl.evaluate_annotation(a, labels_key="true", key="pred", key_added="second").loc["overall"]
     assert m["n_cells"] == 2 and m["accuracy"] == 1.0
     with pytest.raises(ValueError, match="the same column"):
-        scgpt.tl.evaluate_annotation(a, "true", "true")
+        scgpt.tl.evaluate_annotation(a, labels_key="true", key="true")
 
 
 def test_the_string_nan_is_not_a_cell_type(pbmc):

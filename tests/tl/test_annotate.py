@@ -53,10 +53,10 @@ def finetuned(split, small_model, tmp_path_factory):
 @pytest.mark.slow
 def test_finetune_beats_the_majority_class_by_far(finetuned):
     query, clf = finetuned
-    m = scgpt.tl.evaluate_annotation(query, "bulk_labels", "scgpt_celltype")
+    m = scgpt.tl.evaluate_annotation(query, labels_key="bulk_labels").loc["overall"]
     majority = _majority(query.obs["bulk_labels"])  # Dendritic cells, 34 %
     assert m["accuracy"] > majority + 0.25, (m["accuracy"], majority)
-    assert m["macro_f1"] > 0.3
+    assert m["f1"] > 0.3  # macro-F1
     assert query.obs["scgpt_celltype"].dtype == "category"
     conf = query.obs["scgpt_celltype_confidence"].to_numpy()
     assert conf.dtype == np.float32 and (conf > 0).all() and (conf <= 1).all()
@@ -95,8 +95,8 @@ def test_knn_on_a_perfect_embedding_is_perfect(split):
             np.float32
         )
     scgpt.tl.annotate(query, reference=ref, labels_key="bulk_labels", method="knn", use_rep="onehot")
-    m = scgpt.tl.evaluate_annotation(query, "bulk_labels", "scgpt_celltype")
-    assert m["accuracy"] == 1.0 and m["macro_f1"] == 1.0
+    m = scgpt.tl.evaluate_annotation(query, labels_key="bulk_labels").loc["overall"]
+    assert m["accuracy"] == 1.0 and m["f1"] == 1.0
     # vote share: all 10 neighbours agree unless a cell type has fewer than 10 reference cells
     n_ref = ref.obs["bulk_labels"].astype(str).value_counts()
     expected = np.minimum(n_ref[query.obs["bulk_labels"].astype(str)].to_numpy(), 10) / 10
@@ -106,7 +106,7 @@ def test_knn_on_a_perfect_embedding_is_perfect(split):
 def test_knn_with_scgpt_embeddings(split, base_model):
     ref, query = split
     out = scgpt.tl.annotate(query, base_model, reference=ref, labels_key="bulk_labels", method="knn", copy=True)
-    m = scgpt.tl.evaluate_annotation(out, "bulk_labels", "scgpt_celltype")
+    m = scgpt.tl.evaluate_annotation(out, labels_key="bulk_labels").loc["overall"]
     assert m["accuracy"] > _majority(query.obs["bulk_labels"])  # random weights, yet the input structure shows
     assert out.uns["scgpt_celltype"]["params"]["n_neighbors"] == 10
     assert "scgpt_celltype" not in query.obs  # copy=True leaves the input alone
@@ -156,15 +156,24 @@ def test_label_problems_are_clear(split, small_model):
 
 
 def test_evaluation_with_unseen_and_unknown_labels():
+    """Hand-computed scores: catches an unseen type (NK) or an "unknown" prediction leaving the macro means."""
     a = ad.AnnData(np.zeros((6, 1), dtype=np.float32))
     a.obs["true"] = ["T", "T", "B", "B", "NK", "NK"]  # NK never predicted (unseen by the reference)
     a.obs["pred"] = ["T", "B", "B", "B", "unknown", "T"]
-    m = scgpt.tl.evaluate_annotation(a, "true", "pred")
+    df = scgpt.tl.evaluate_annotation(a, labels_key="true", key="pred", key_added="pred_evaluation")
+    m = df.loc["overall"]
     assert m["accuracy"] == pytest.approx(3 / 6)
-    pc = m["per_class"]
+    pc = df.drop(index="overall")
     assert pc.loc["B", "precision"] == pytest.approx(2 / 3) and pc.loc["B", "recall"] == 1.0
     assert pc.loc["NK", "f1"] == 0.0 and pc.loc["T", "recall"] == 0.5
-    assert m["macro_f1"] == pytest.approx(np.mean([0.8, 0.0, 0.5]))
-    assert list(m["confusion"].columns) == ["B", "NK", "T", "unknown"]
-    assert int(m["confusion"].loc["NK", "unknown"]) == 1
-    assert a.uns["pred_evaluation"]["n_cells"] == 6
+    assert m["f1"] == pytest.approx(np.mean([0.8, 0.0, 0.5]))  # macro-F1
+    confusion = a.uns["pred_evaluation"]["confusion"]
+    assert list(confusion.columns) == ["B", "NK", "T", "unknown"]
+    assert int(confusion.loc["NK", "unknown"]) == 1
+    assert a.uns["pred_evaluation"]["results"].loc["overall", "n_cells"] == 6
+    # the other columns: per type and overall, as documented
+    assert list(df.index) == ["B", "NK", "T", "overall"] and df.index.name == "cell type"
+    assert list(pc["n_cells"]) == [2, 2, 2] and (df["n_missing_predictions"] == 0).all()
+    np.testing.assert_array_equal(pc["accuracy"], pc["recall"])  # the share of the type's cells predicted right
+    assert m["precision"] == pytest.approx(np.mean([2 / 3, 0.0, 1 / 2])) and m["recall"] == pytest.approx(0.5)
+    pd.testing.assert_frame_equal(pd.DataFrame(**df.attrs["confusion"]), confusion, check_names=False)

@@ -60,7 +60,7 @@ def test_pearson_and_direction_kernels():
 
 def test_perfect_prediction(screen, truth):
     labels = ["A", "B", "C", "A+B"]
-    df = evaluate_perturbation(_prediction(truth, labels), screen)
+    df = evaluate_perturbation(screen, _prediction(truth, labels))
     assert list(df.columns) == ["method", "perturbation", "n_cells", *METRICS]
     assert list(df["perturbation"]) == [*labels, "mean"]
     assert (df["method"] == "model").all()
@@ -73,7 +73,7 @@ def test_perfect_prediction(screen, truth):
 
 def test_no_change_scores_zero(screen, truth):
     pred = perturbation_baseline(screen, ["A", "B"], method="no_change")
-    df = evaluate_perturbation(pred, screen).set_index("perturbation")
+    df = evaluate_perturbation(screen, pred).set_index("perturbation")
     assert (df["method"] == "no_change").all()
     assert (df.loc[["A", "B", "mean"], ["pearson_delta", "pearson_delta_de", "direction_de"]] == 0.0).all().all()
     # against the mean perturbed profile the control profile is not constant: a real number
@@ -87,13 +87,13 @@ def test_no_change_scores_zero(screen, truth):
 def test_shifted_and_flipped_predictions(screen, truth):
     labels = ["A", "B"]
     shifted = _prediction(truth, labels, truth.loc[labels].to_numpy() + 0.1)
-    df = evaluate_perturbation(shifted, screen, methods="shifted").set_index("perturbation")
+    df = evaluate_perturbation(screen, shifted, methods="shifted").set_index("perturbation")
     assert (df["method"] == "shifted").all()
     np.testing.assert_allclose(df.loc[labels, "pearson_delta"], 1.0)  # a constant shift keeps the correlation
     np.testing.assert_allclose(df.loc[labels, "mse_top1000"], 0.01)
     ctrl = truth.loc["control"].to_numpy()
     flipped = _prediction(truth, labels, 2 * ctrl - truth.loc[labels].to_numpy())  # delta negated
-    df = evaluate_perturbation(flipped, screen).set_index("perturbation")
+    df = evaluate_perturbation(screen, flipped).set_index("perturbation")
     np.testing.assert_allclose(df.loc[labels, "pearson_delta"], -1.0)
     np.testing.assert_allclose(df.loc[labels, "direction_de"], 0.0)
 
@@ -118,7 +118,7 @@ def test_de_only_metric(screen, truth):
     values[de] = truth.loc["A", de]
     other = [g for g in truth.columns if g not in de]
     values[other] = ctrl[other] - (truth.loc["A", other] - ctrl[other])  # every other delta negated
-    df = evaluate_perturbation(_prediction(truth, labels, values.to_numpy()[None, :]), screen, n_de=2)
+    df = evaluate_perturbation(screen, _prediction(truth, labels, values.to_numpy()[None, :]), n_de=2)
     row = df.set_index("perturbation").loc["A"]
     assert row["pearson_delta_de"] == pytest.approx(1.0)
     assert row["direction_de"] == 1.0
@@ -131,24 +131,24 @@ def test_several_methods(screen, truth):
         "perfect": _prediction(truth, ["A", "B", "C"]),
         "train_mean": perturbation_baseline(screen, ["A", "B", "C"], method="train_mean", train=["A+B"]),
     }
-    df = evaluate_perturbation(preds, screen)
+    df = evaluate_perturbation(screen, preds)
     assert list(df["method"]) == ["perfect"] * 4 + ["train_mean"] * 4
     means = df[df["perturbation"] == "mean"].set_index("method")
     per = df[(df["method"] == "train_mean") & (df["perturbation"] != "mean")]
     assert means.loc["train_mean", "pearson_delta"] == pytest.approx(per["pearson_delta"].mean())
     assert means.loc["perfect", "pearson_delta"] == pytest.approx(1.0)
     assert means.loc["train_mean", "mse_top1000"] > 0
-    only = evaluate_perturbation(preds, screen, methods=["train_mean"])
+    only = evaluate_perturbation(screen, preds, methods=["train_mean"])
     assert set(only["method"]) == {"train_mean"}
     with pytest.raises(KeyError, match="not among the predictions"):
-        evaluate_perturbation(preds, screen, methods=["linear"])
+        evaluate_perturbation(screen, preds, methods=["linear"])
 
 
 def test_gene_subset_keeps_the_normalisation(screen, truth):
     """genes= scores on a subset; profiles stay normalised over all genes (a perfect prediction scores 1)."""
     subset = [f"g{i}" for i in range(9, -1, -1)]  # order does not matter
     pred = _prediction(truth, ["A", "B"])[:, subset].copy()
-    df = evaluate_perturbation(pred, screen, genes=subset, n_de=3)
+    df = evaluate_perturbation(screen, pred, genes=subset, n_de=3)
     np.testing.assert_allclose(df[["pearson_delta", "pearson_delta_de", "direction_de"]], 1.0)
     np.testing.assert_allclose(df["mse_top1000"], 0.0, atol=1e-20)
     assert set(df.attrs["de_genes"]["A"][:2]) == {"g0", "g1"} and len(df.attrs["de_genes"]["A"]) == 3
@@ -157,30 +157,30 @@ def test_gene_subset_keeps_the_normalisation(screen, truth):
 
 
 def test_top1000_are_the_most_expressed_control_genes(screen, truth):
-    df = evaluate_perturbation(_prediction(truth, ["A"]), screen)
+    df = evaluate_perturbation(screen, _prediction(truth, ["A"]))
     assert len(df.attrs["top1000_genes"]) == 30  # fewer genes than 1,000: all
     assert df.attrs["top1000_genes"][0] == truth.loc["control"].idxmax()
 
 
 def test_control_rows_are_ignored_and_bad_input(screen, truth):
     with_ctrl = _prediction(truth, ["control", "A"])
-    df = evaluate_perturbation(with_ctrl, screen)
+    df = evaluate_perturbation(screen, with_ctrl)
     assert list(df["perturbation"]) == ["A", "mean"]
     labels = ["A", "B"]
     values = np.vstack([truth.loc["A"], truth.loc["B"]])
     unknown = prediction_anndata(values, ["A", "D"], truth.columns, truth.loc["control"], {"method": "m"})
     with pytest.raises(KeyError, match="unknown perturbation label\\(s\\) 'D'.*Only perturbations with observed"):
-        evaluate_perturbation(unknown, screen)
+        evaluate_perturbation(screen, unknown)
     few_genes = _prediction(truth, labels)[:, :10].copy()
     with pytest.raises(ValueError, match="lacks 20 of the 30 scored genes.*pass genes="):
-        evaluate_perturbation(few_genes, screen)
+        evaluate_perturbation(screen, few_genes)
     with pytest.raises(KeyError, match="1 genes are not in adata.var_names"):
-        evaluate_perturbation(few_genes, screen, genes=["g0", "x"])
+        evaluate_perturbation(screen, few_genes, genes=["g0", "x"])
     with pytest.raises(TypeError, match="prediction AnnData or a dict"):
-        evaluate_perturbation([with_ctrl], screen)
+        evaluate_perturbation(screen, [with_ctrl])
     with pytest.raises(ValueError, match="no control cells"):
-        evaluate_perturbation(with_ctrl, screen, control="NT")
+        evaluate_perturbation(screen, with_ctrl, control="NT")
     with pytest.raises(ValueError, match="only control rows"):
-        evaluate_perturbation(_prediction(truth, ["control"]), screen)
+        evaluate_perturbation(screen, _prediction(truth, ["control"]))
     with pytest.warns(UserWarning, match="different sets of perturbations"):
-        evaluate_perturbation({"a": _prediction(truth, ["A"]), "b": _prediction(truth, ["A", "B"])}, screen)
+        evaluate_perturbation(screen, {"a": _prediction(truth, ["A"]), "b": _prediction(truth, ["A", "B"])})

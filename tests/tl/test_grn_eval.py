@@ -49,7 +49,7 @@ def test_hand_computed_example(reference):
     # D->A is outside the universe (D is not a TF of the reference), A->A a self-pair.
     edges = _net({("A", "B"): 0.9, ("B", "C"): 0.8, ("B", "E"): 0.7, ("C", "D"): 0.6, ("A", "E"): 0.5})
     edges = pd.concat([edges, _net({("D", "A"): 0.95, ("A", "A"): 2.0})], ignore_index=True)
-    res = evaluate_grn(edges, reference=reference, baselines=())
+    res = evaluate_grn(edges=edges, reference=reference, baselines=())
     row = res.loc["scGPT"]
     assert row["n_edges"] == 5 and row["n_true"] == 4
     assert row["density"] == pytest.approx(1 / 3)
@@ -66,14 +66,14 @@ def test_hand_computed_example(reference):
 
 def test_tfs_only_false_widens_the_sources(reference):
     edges = _net({("A", "B"): 0.9, ("D", "A"): 0.95})
-    res = evaluate_grn(edges, reference=reference, baselines=(), tfs_only=False, genes=GENES, name="net")
+    res = evaluate_grn(edges=edges, reference=reference, baselines=(), tfs_only=False, genes=GENES, name="net")
     assert res.loc["net", "n_edges"] == 2 and res.loc["net", "n_true"] == 4
     assert res.loc["net", "density"] == pytest.approx(4 / 20)
 
 
 def test_perfect_predictor_reaches_one_over_density(reference):
     edges = _net({("A", "B"): 1.0, ("A", "D"): 1.0, ("B", "E"): 1.0, ("C", "A"): 1.0})
-    row = evaluate_grn(edges, reference=reference, baselines=(), genes=GENES).loc["scGPT"]
+    row = evaluate_grn(edges=edges, reference=reference, baselines=(), genes=GENES).loc["scGPT"]
     assert row["auprc"] == pytest.approx(1.0)
     assert row["auprc_ratio"] == pytest.approx(1 / row["density"]) == pytest.approx(3.0)
     assert row["epr"] == pytest.approx(1 / row["density"])
@@ -85,7 +85,7 @@ def test_inverted_predictor_is_worse_than_random(reference):
     # every false pair above every true one, all weights distinct: true pairs at ranks 9-12
     order = sorted(_all_pairs(), key=lambda p: p in true)
     edges = _net({p: 12.0 - i for i, p in enumerate(order)})
-    res = evaluate_grn(edges, reference=reference, genes=GENES)
+    res = evaluate_grn(edges=edges, reference=reference, genes=GENES)
     row, expected = res.loc["scGPT"], res.loc[EXPECTED_RANDOM]
     assert row["epr"] == 0.0 and row["auroc"] == 0.0
     assert row["auprc"] == pytest.approx((1 / 9 + 2 / 10 + 3 / 11 + 4 / 12) / 4)
@@ -94,8 +94,10 @@ def test_inverted_predictor_is_worse_than_random(reference):
 
 def test_signed_false_ranks_by_absolute_weight(reference):
     pairs = {("A", "B"): -0.9, ("B", "C"): 0.8, ("B", "E"): -0.7, ("C", "D"): 0.6, ("A", "E"): -0.5}
-    as_given = evaluate_grn(_net(pairs), reference=reference, baselines=(), genes=GENES).loc["scGPT"]
-    absolute = evaluate_grn(_net(pairs), reference=reference, baselines=(), genes=GENES, signed=False).loc["scGPT"]
+    as_given = evaluate_grn(edges=_net(pairs), reference=reference, baselines=(), genes=GENES).loc["scGPT"]
+    absolute = evaluate_grn(edges=_net(pairs), reference=reference, baselines=(), genes=GENES, signed=False).loc[
+        "scGPT"
+    ]
     assert absolute["auprc"] == pytest.approx(7 / 12) and absolute["epr"] == pytest.approx(1.5)
     assert as_given["auprc"] != pytest.approx(7 / 12)
 
@@ -103,11 +105,11 @@ def test_signed_false_ranks_by_absolute_weight(reference):
 def test_ties_at_the_cut_count_pro_rata(reference):
     # 1 pair above the cut (true), a block of 4 tied at the cut with 1 true; k = 4 takes 3 of the 4
     edges = _net({("A", "B"): 1.0, ("B", "C"): 0.5, ("B", "E"): 0.5, ("C", "D"): 0.5, ("A", "E"): 0.5})
-    row = evaluate_grn(edges, reference=reference, baselines=(), genes=GENES).loc["scGPT"]
+    row = evaluate_grn(edges=edges, reference=reference, baselines=(), genes=GENES).loc["scGPT"]
     assert row["precision_at_k"] == pytest.approx((1 + 3 * 1 / 4) / 4)
     assert row["epr"] == pytest.approx(3 * (1 + 3 / 4) / 4)
     # fewer listed pairs than k: the unlisted block (11 pairs, 3 true) fills the cut at random
-    row = evaluate_grn(_net({("A", "B"): 1.0}), reference=reference, baselines=(), genes=GENES).loc["scGPT"]
+    row = evaluate_grn(edges=_net({("A", "B"): 1.0}), reference=reference, baselines=(), genes=GENES).loc["scGPT"]
     assert row["precision_at_k"] == pytest.approx((1 + 3 * 3 / 11) / 4)
 
 
@@ -129,10 +131,12 @@ def test_expected_average_precision_is_exact(n, r):
 
 def test_random_baseline_is_reproducible_by_seed(reference):
     edges = _net({("A", "B"): 1.0})
-    a = evaluate_grn(edges, reference=reference, genes=GENES, seed=3)
-    b = evaluate_grn(edges, reference=reference, genes=GENES, seed=3)
+    a = evaluate_grn(edges=edges, reference=reference, genes=GENES, seed=3)
+    b = evaluate_grn(edges=edges, reference=reference, genes=GENES, seed=3)
     pd.testing.assert_series_equal(a.loc["random"], b.loc["random"])
-    aucs = {evaluate_grn(edges, reference=reference, genes=GENES, seed=s).loc["random", "auroc"] for s in range(5)}
+    aucs = {
+        evaluate_grn(edges=edges, reference=reference, genes=GENES, seed=s).loc["random", "auroc"] for s in range(5)
+    }
     assert len(aucs) > 1
     assert list(a.index) == ["scGPT", "random", EXPECTED_RANDOM]
     assert a.loc[EXPECTED_RANDOM, "epr"] == 1.0 and a.loc[EXPECTED_RANDOM, "auroc"] == 0.5
@@ -171,7 +175,7 @@ SOME_EDGES = _net({("TF1", "G3"): 1.0, ("TF2", "G1"): 0.5})
 
 
 def test_coexpression_recovers_the_planted_pairs(counts):
-    res = evaluate_grn(SOME_EDGES, CO_REF, adata=counts, genes=NET_GENES)
+    res = evaluate_grn(counts, SOME_EDGES, reference=CO_REF, genes=NET_GENES)
     assert list(res.index) == ["scGPT", "random", "pearson", "spearman", EXPECTED_RANDOM]
     for method in ("pearson", "spearman"):
         row = res.loc[method]
@@ -190,8 +194,8 @@ def test_coexpression_matches_numpy_and_scipy(lognorm):
 
 
 def test_counts_and_log_normalised_input_give_the_same_baselines(counts, lognorm):
-    a = evaluate_grn(SOME_EDGES, CO_REF, adata=counts, genes=NET_GENES)
-    b = evaluate_grn(SOME_EDGES, CO_REF, adata=lognorm, genes=NET_GENES)
+    a = evaluate_grn(counts, SOME_EDGES, reference=CO_REF, genes=NET_GENES)
+    b = evaluate_grn(lognorm, SOME_EDGES, reference=CO_REF, genes=NET_GENES)
     pd.testing.assert_frame_equal(a, b)
     genes, sources = pd.Index(NET_GENES), pd.Index(["TF1", "TF2"])
     ca = _coexpression(counts, genes, sources, layer=None, methods=["pearson", "spearman"])
@@ -202,7 +206,7 @@ def test_counts_and_log_normalised_input_give_the_same_baselines(counts, lognorm
     dense = counts.copy()
     dense.layers["counts"] = dense.X.toarray()
     dense.X = None
-    c = evaluate_grn(SOME_EDGES, CO_REF, adata=dense, genes=NET_GENES, layer="counts")
+    c = evaluate_grn(dense, SOME_EDGES, reference=CO_REF, genes=NET_GENES, layer="counts")
     pd.testing.assert_frame_equal(a, c)
 
 
@@ -226,25 +230,28 @@ def test_sparse_ranks_are_shifted_ranks():
 
 def test_genes_missing_from_adata_are_left_out_with_a_warning(counts):
     with pytest.warns(UserWarning, match=r"1 of 7 genes are not in adata.var_names \(NOPE\)"):
-        res = evaluate_grn(SOME_EDGES, CO_REF, adata=counts, genes=[*NET_GENES, "NOPE"])
+        res = evaluate_grn(counts, SOME_EDGES, reference=CO_REF, genes=[*NET_GENES, "NOPE"])
     assert res.loc["pearson", "n_edges"] == 10
 
 
 def test_key_added_stores_results_and_params(counts):
     adata = counts.copy()
-    res = evaluate_grn(SOME_EDGES, CO_REF, adata=adata, genes=NET_GENES, baselines=["pearson"], key_added="grn_eval")
+    res = evaluate_grn(
+        adata, SOME_EDGES, reference=CO_REF, genes=NET_GENES, baselines=["pearson"], key_added="grn_eval"
+    )
     entry = adata.uns["grn_eval"]
     pd.testing.assert_frame_equal(entry["results"], res)
     assert entry["params"]["baselines"] == ["pearson"] and entry["params"]["tfs_only"] is True
     assert entry["universe"] == {"n_sources": 2, "n_genes": 6, "n_pairs": 10, "n_true": 2}
+    assert entry["evaluator"] == "scgpt.tl.evaluate_grn" and entry["params"]["edges"] == "DataFrame (2 edges)"
     assert list(res.index) == ["scGPT", "pearson"]
 
 
 def test_without_adata_the_default_baselines_drop_coexpression(reference):
-    res = evaluate_grn(_net({("A", "B"): 1.0}), reference=reference, genes=GENES)
+    res = evaluate_grn(edges=_net({("A", "B"): 1.0}), reference=reference, genes=GENES)
     assert list(res.index) == ["scGPT", "random", EXPECTED_RANDOM]
     with pytest.raises(ValueError, match="need the cells' expression; pass `adata`"):
-        evaluate_grn(_net({("A", "B"): 1.0}), reference=reference, baselines=["spearman"])
+        evaluate_grn(edges=_net({("A", "B"): 1.0}), reference=reference, baselines=["spearman"])
 
 
 # ------------------------------------------------------------------------------------------------ groups
@@ -256,37 +263,37 @@ def test_groups_are_selected(reference):
         ],
         ignore_index=True,
     )
-    good = evaluate_grn(edges, reference=reference, baselines=(), genes=GENES, group="good").loc["scGPT"]
-    bad = evaluate_grn(edges, reference=reference, baselines=(), genes=GENES, group="bad").loc["scGPT"]
+    good = evaluate_grn(edges=edges, reference=reference, baselines=(), genes=GENES, group="good").loc["scGPT"]
+    bad = evaluate_grn(edges=edges, reference=reference, baselines=(), genes=GENES, group="bad").loc["scGPT"]
     assert good["epr"] == pytest.approx(3.0) and bad["n_edges"] == 1
     with pytest.raises(ValueError, match=r"2 groups \(good, bad\); pass `group=`"):
-        evaluate_grn(edges, reference=reference)
+        evaluate_grn(edges=edges, reference=reference)
     with pytest.raises(KeyError, match=r"group 'ugly' is not in edges\['group'\] \(groups: good, bad\)"):
-        evaluate_grn(edges, reference=reference, group="ugly")
+        evaluate_grn(edges=edges, reference=reference, group="ugly")
     with pytest.raises(KeyError, match="no 'group' column"):
-        evaluate_grn(_net({("A", "B"): 1.0}), reference=reference, group="good")
+        evaluate_grn(edges=_net({("A", "B"): 1.0}), reference=reference, group="good")
 
 
 # ------------------------------------------------------------------------------------------------ errors
 def test_errors_say_what_to_do(reference):
     with pytest.raises(KeyError, match=r"edges lacks the columns \['weight'\]"):
-        evaluate_grn(pd.DataFrame({"source": ["A"], "target": ["B"]}), reference=reference)
+        evaluate_grn(edges=pd.DataFrame({"source": ["A"], "target": ["B"]}), reference=reference)
     with pytest.raises(KeyError, match=r"reference lacks the columns \['target'\]"):
-        evaluate_grn(_net({("A", "B"): 1.0}), reference=pd.DataFrame({"source": ["A"]}))
+        evaluate_grn(edges=_net({("A", "B"): 1.0}), reference=pd.DataFrame({"source": ["A"]}))
     with pytest.raises(ValueError, match="no reference edge falls among the 4 candidate pairs.*Sources"):
-        evaluate_grn(_net({("B", "C"): 1.0, ("C", "D"): 1.0}), reference=reference)
+        evaluate_grn(edges=_net({("B", "C"): 1.0, ("C", "D"): 1.0}), reference=reference)
     with pytest.raises(ValueError, match=r"none of the 2 genes \(Y, Z\) is a source \(TF\)"):
-        evaluate_grn(_net({("Y", "Z"): 1.0}), reference=reference)
+        evaluate_grn(edges=_net({("Y", "Z"): 1.0}), reference=reference)
     with pytest.raises(ValueError, match="more than once.*A -> B"):
-        evaluate_grn(_net({("A", "B"): 1.0, ("B", "C"): 2.0}).iloc[[0, 1, 0]], reference=reference)
+        evaluate_grn(edges=_net({("A", "B"): 1.0, ("B", "C"): 2.0}).iloc[[0, 1, 0]], reference=reference)
     with pytest.raises(ValueError, match="NaN or infinite"):
-        evaluate_grn(_net({("A", "B"): np.nan}), reference=reference)
+        evaluate_grn(edges=_net({("A", "B"): np.nan}), reference=reference)
     with pytest.raises(ValueError, match="pass `adata` too"):
-        evaluate_grn(_net({("A", "B"): 1.0}), reference=reference, key_added="x")
+        evaluate_grn(edges=_net({("A", "B"): 1.0}), reference=reference, key_added="x")
     with pytest.raises(ValueError, match=r"unknown baselines \['genie3'\]"):
-        evaluate_grn(_net({("A", "B"): 1.0}), reference=reference, baselines=["genie3"])
+        evaluate_grn(edges=_net({("A", "B"): 1.0}), reference=reference, baselines=["genie3"])
     with pytest.raises(ValueError, match="'collectri' or a DataFrame"):
-        evaluate_grn(_net({("A", "B"): 1.0}), reference="dorothea")
+        evaluate_grn(edges=_net({("A", "B"): 1.0}), reference="dorothea")
 
 
 def test_collectri_reference_is_the_bundled_network():
@@ -294,8 +301,8 @@ def test_collectri_reference_is_the_bundled_network():
     from scgpt.datasets._grn import collectri
 
     edges = _net({("STAT1", "IRF1"): 1.0, ("STAT1", "CXCL10"): 0.9, ("IRF1", "GAPDH"): 0.8, ("GAPDH", "ACTB"): 0.7})
-    by_name = evaluate_grn(edges, reference="collectri")
-    pd.testing.assert_frame_equal(by_name, evaluate_grn(edges, reference=collectri()))
+    by_name = evaluate_grn(edges=edges, reference="collectri")
+    pd.testing.assert_frame_equal(by_name, evaluate_grn(edges=edges, reference=collectri()))
     assert by_name.loc["scGPT", "n_true"] >= 2
 
 
@@ -313,7 +320,7 @@ SETS = {"S1": ["g0", "g1", "g2", "g15", "NOTAGENE"], "S2": ["g5", "g6", "g0"], "
 
 
 def test_enrichment_pvalues_fdr_and_table(programs):
-    res = enrich_programs(programs, SETS)
+    res = enrich_programs(programs, gene_sets=SETS, key_added="enrichment")
     # background: the 10 genes with a program; S1 has 3 genes in it, S2 3, S3 none (not tested).
     # tests: (0,S1) x=3, (0,S2) x=1, (1,S1) x=0, (1,S2) x=2; M=10, program size 5, set size 3
     p = {
@@ -346,15 +353,17 @@ def test_enrichment_pvalues_fdr_and_table(programs):
     assert res["genes"].tolist() == ["g0,g1,g2", "g5,g6"]
     assert res["odds_ratio"].iloc[0] == np.inf and res["odds_ratio"].iloc[1] == pytest.approx(2 * 4 / (3 * 1))
     assert res["significant"].tolist() == [False, False]
-    stored = programs.uns["scgpt_program"]["enrichment"]
+    stored = programs.uns["enrichment"]
     pd.testing.assert_frame_equal(stored["results"], res)
     assert stored["params"]["n_tests"] == 4 and stored["params"]["n_background"] == 10
-    with pytest.warns(UserWarning, match=r"adata.uns\['scgpt_program'\]\['enrichment'\] exists and is overwritten"):
-        assert enrich_programs(programs, SETS, fdr=0.5)["significant"].tolist() == [True, False]
+    assert stored["evaluator"] == "scgpt.tl.enrich_programs"
+    with pytest.warns(UserWarning, match=r"adata.uns\['enrichment'\] exists and is overwritten"):
+        again = enrich_programs(programs, gene_sets=SETS, fdr=0.5, key_added="enrichment")
+    assert again["significant"].tolist() == [True, False]
 
 
 def test_enrichment_background(programs):
-    res = enrich_programs(programs, SETS, background=programs.var_names, min_overlap=1, key_added="all")
+    res = enrich_programs(programs, gene_sets=SETS, background=programs.var_names, min_overlap=1, key_added="all")
     row = res.set_index(["program", "gene_set"]).loc[("0", "S1")]
     assert row["set_size"] == 4 and row["pval"] == pytest.approx(hypergeom.sf(2, 20, 4, 5))
     assert ("0", "S3") not in res.set_index(["program", "gene_set"]).index  # overlap 0 is never reported
@@ -363,7 +372,7 @@ def test_enrichment_background(programs):
     umap = np.full((20, 2), np.nan)
     umap[:15] = 0.0
     programs.varm["scgpt_program_umap"] = umap
-    res = enrich_programs(programs, SETS, key_added="enr")
+    res = enrich_programs(programs, gene_sets=SETS, key_added="enr")
     row = res.set_index(["program", "gene_set"]).loc[("0", "S1")]
     assert row["set_size"] == 3 and row["pval"] == pytest.approx(hypergeom.sf(2, 15, 3, 5))
     assert programs.uns["enr"]["params"]["n_background"] == 15
@@ -372,23 +381,23 @@ def test_enrichment_background(programs):
 def test_gmt_path_gives_the_same_table(programs, tmp_path):
     path = tmp_path / "sets.gmt"
     path.write_text("".join(f"{name}\tdescription\t" + "\t".join(genes) + "\n" for name, genes in SETS.items()))
-    from_dict = enrich_programs(programs, SETS, key_added="a")
-    pd.testing.assert_frame_equal(enrich_programs(programs, path, key_added="b"), from_dict)
-    pd.testing.assert_frame_equal(enrich_programs(programs, str(path), key_added="c"), from_dict)
+    from_dict = enrich_programs(programs, gene_sets=SETS, key_added="a")
+    pd.testing.assert_frame_equal(enrich_programs(programs, gene_sets=path, key_added="b"), from_dict)
+    pd.testing.assert_frame_equal(enrich_programs(programs, gene_sets=str(path), key_added="c"), from_dict)
     frame = pd.DataFrame([(s, g) for s, genes in SETS.items() for g in genes], columns=["source", "target"])
-    pd.testing.assert_frame_equal(enrich_programs(programs, frame, key_added="d"), from_dict)
+    pd.testing.assert_frame_equal(enrich_programs(programs, gene_sets=frame, key_added="d"), from_dict)
 
 
 def test_enrichment_errors(programs):
     with pytest.raises(FileNotFoundError, match="neither 'hallmark' nor an existing .gmt file"):
-        enrich_programs(programs, "no_such_file.gmt")
+        enrich_programs(programs, gene_sets="no_such_file.gmt")
     with pytest.raises(TypeError, match="gene set 'S' is a string; give its genes as a list"):
-        enrich_programs(programs, {"S": "g0"})
+        enrich_programs(programs, gene_sets={"S": "g0"})
     with pytest.raises(ValueError, match="no gene of the 1 gene sets is in the background"):
-        enrich_programs(programs, {"S": ["TP53"]})
+        enrich_programs(programs, gene_sets={"S": ["TP53"]})
     del programs.var["scgpt_program"]
     with pytest.raises(KeyError, match=r"run scgpt.tl.gene_programs first"):
-        enrich_programs(programs, SETS)
+        enrich_programs(programs, gene_sets=SETS)
 
 
 def test_enrichment_with_the_bundled_hallmark_sets():
@@ -407,4 +416,6 @@ def test_enrichment_with_the_bundled_hallmark_sets():
     top = res.iloc[0]
     assert (top["program"], top["gene_set"], top["overlap"]) == ("0", "HALLMARK_INTERFERON_GAMMA_RESPONSE", 10)
     assert top["significant"]
-    pd.testing.assert_frame_equal(res, enrich_programs(adata, sets, background=adata.var_names, key_added="b"))
+    pd.testing.assert_frame_equal(
+        res, enrich_programs(adata, gene_sets=sets, background=adata.var_names, key_added="b")
+    )

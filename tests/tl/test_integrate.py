@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 import scgpt
 from scgpt.model import ScGPT
@@ -89,15 +90,45 @@ def test_clear_errors(batched, base_model):
         scgpt.tl.integrate(batched, base_model, batch_key="batch", mode="harmony")
 
 
-def test_return_model_and_training_settings(batched, tiny_model, tmp_path):
-    out, model = scgpt.tl.integrate(
-        batched, tiny_model(), batch_key="batch", n_top_genes=100, max_steps=2, batch_size=16, copy=True,
-        return_model=True, checkpoint_dir=tmp_path,
+def test_an_scgpt_object_is_fine_tuned_in_place_and_reused(batched, tiny_model, tmp_path, monkeypatch):
+    """The caller keeps the fine-tuned model in the object it passed, and a second call only embeds.
+
+    Catches: the fine-tuned copy being lost (the old ``return_model`` gone without a replacement), the object
+    left pretrained, training settings not reaching fine-tuning, and a tuned model trained again.
+    """
+    model = tiny_model()
+    out = scgpt.tl.integrate(
+        batched, model, batch_key="batch", n_top_genes=100, max_steps=2, batch_size=16, copy=True,
+        checkpoint_dir=tmp_path,
     )  # fmt: skip
     assert "X_scGPT_integrated" in out.obsm and "X_scGPT_integrated" not in batched.obsm
     assert model.registry_["task"] == "integration" and len(model.registry_["tokens"]) == 100
     assert model.trainer_.datamodule.batch_size == 16  # batch_size is the fine-tuning minibatch
     assert model.registry_["last_recipe"]["max_length"] == 101  # every gene of the panel, plus <cls>
-    assert scgpt.tl.integrate(batched, model, batch_key="batch", return_model=True) is model
     zero = scgpt.tl.integrate(batched, tiny_model(), batch_key="batch", mode="zero_shot", batch_size=7, copy=True)
     assert zero.obsm["X_scGPT_integrated"].shape == (700, 32)  # batch_size alone is no training option
+    weights = {k: v.clone() for k, v in model.net.state_dict().items()}
+    monkeypatch.setattr(scgpt.model.ScGPT, "finetune", lambda *a, **k: pytest.fail("trained again"))
+    again = batched.copy()
+    assert scgpt.tl.integrate(again, model, batch_key="batch") is None
+    np.testing.assert_allclose(again.obsm["X_scGPT_integrated"], out.obsm["X_scGPT_integrated"], atol=1e-6)
+    assert all(torch.equal(v, model.net.state_dict()[k]) for k, v in weights.items())
+    monkeypatch.undo()
+
+
+def test_a_model_given_by_name_stays_pretrained(batched, tmp_path):
+    """Fine-tuning a model loaded by name must not change the cached pretrained model that later calls load.
+
+    Catches: fine-tuning the object that ``resolve_model`` caches in place, so the next ``embed(adata, "demo")``
+    silently runs the integration model.
+    """
+    from scgpt.model import resolve_model
+
+    cached, _ = resolve_model("demo")
+    before = {k: v.clone() for k, v in cached.net.state_dict().items()}
+    scgpt.tl.integrate(
+        batched[:120].copy(), "demo", batch_key="batch", n_top_genes=50, max_steps=1, checkpoint_dir=tmp_path
+    )
+    again, _ = resolve_model("demo")
+    assert again.registry_.get("task") is None
+    assert all(torch.equal(v, again.net.state_dict()[k]) for k, v in before.items())

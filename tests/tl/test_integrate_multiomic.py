@@ -36,10 +36,17 @@ def cite():
 def joint(cite, tmp_path_factory):
     m = cite.copy()
     before = {k: a.copy() for k, a in m.mod.items()}
-    model = scgpt.tl.integrate(
-        m, "demo", modalities=("rna", "prot"), batch_key="run", n_top_genes=60, return_model=True, seed=0,
-        checkpoint_dir=tmp_path_factory.mktemp("ckpt"), **TRAIN,
-    )  # fmt: skip
+    model = ScGPT.from_pretrained("demo")
+    scgpt.tl.integrate(
+        m,
+        model,
+        modalities=("rna", "prot"),
+        batch_key="run",
+        n_top_genes=60,
+        seed=0,
+        checkpoint_dir=tmp_path_factory.mktemp("ckpt"),
+        **TRAIN,
+    )  # fmt: skip (the object is fine-tuned in place)
     return m, before, model
 
 
@@ -86,8 +93,9 @@ def test_the_model_reads_proteins_as_tokens_of_their_own_modality(joint):
 
 def test_fine_tuning_is_deterministic_and_the_tuned_model_is_reused(cite, joint, tmp_path, monkeypatch):
     m, _, model = joint
-    again = scgpt.tl.integrate(
-        cite.copy(), "demo", modalities=("rna", "prot"), batch_key="run", n_top_genes=60, return_model=True,
+    again = ScGPT.from_pretrained("demo")
+    scgpt.tl.integrate(
+        cite.copy(), again, modalities=("rna", "prot"), batch_key="run", n_top_genes=60,
         checkpoint_dir=tmp_path, **TRAIN,
     )  # fmt: skip
     for (k, a), (_, b) in zip(model.net.state_dict().items(), again.net.state_dict().items(), strict=True):
@@ -111,10 +119,11 @@ def test_saved_like_the_official_multiomic_model(cite, golden_dir, tmp_path):
     """The official layout: key names and shapes of the official multi-omic model, and its mod_vocab."""
     base = ScGPT.from_pretrained(golden_dir / "official_base")  # its test vocabulary has 759 tokens
     with pytest.warns(UserWarning, match="only 735 of 14520 genes"):
-        model = scgpt.tl.integrate(
-            cite.copy(), base, modalities=("rna", "prot"), batch_key="run", n_top_genes=60, return_model=True,
+        scgpt.tl.integrate(
+            cite.copy(), base, modalities=("rna", "prot"), batch_key="run", n_top_genes=60,
             checkpoint_dir=tmp_path / "ckpt", **TRAIN,
         )  # fmt: skip
+    model = base
     out = model.save_pretrained(tmp_path / "official")
     ours = {k: tuple(v.shape) for k, v in torch.load(out / "best_model.pt", map_location="cpu").items()}
     ref = {
@@ -136,9 +145,8 @@ def test_rna_and_atac(tmp_path):
         warnings.simplefilter("ignore")
         m = mudata.read_h5mu(FIXTURES / "muon_rna_atac_1000cells.h5mu")
     m = m[:120].copy()
-    model = scgpt.tl.integrate(
-        m, "demo", modalities=("rna", "atac"), max_length=80, return_model=True, checkpoint_dir=tmp_path, **TRAIN
-    )
+    model = ScGPT.from_pretrained("demo")
+    scgpt.tl.integrate(m, model, modalities=("rna", "atac"), max_length=80, checkpoint_dir=tmp_path, **TRAIN)
     uns = m.uns["X_scGPT_integrated"]
     n_rna = uns["n_features"]["rna"]
     assert uns["params"]["binary"] == ["atac"] and model.registry_["binary_modalities"] == ["atac"]

@@ -9,8 +9,8 @@ import torch
 
 import scgpt
 from scgpt.data import GeneVocab
+from scgpt.data._screen import gene_chunks
 from scgpt.model import TASKS, ScGPT
-from scgpt.model._perturbation import gene_chunks
 from scgpt.tl._perturbation_baselines import PREDICTION_KEY
 from scgpt.tl._predict_perturbation import _collapsed_pairs
 
@@ -151,7 +151,7 @@ def test_same_format_as_the_baselines(screen, model, labels):
     assert list(pred.obs_names) == list(base.obs_names) and list(pred.var_names) == list(base.var_names)
     assert set(pred.layers) == set(base.layers) and set(base.obs.columns) <= set(pred.obs.columns)
     np.testing.assert_allclose(pred.var["control_mean"], base.var["control_mean"])
-    scores = scgpt.tl.evaluate_perturbation({"scgpt": pred, "no_change": base}, screen)
+    scores = scgpt.tl.evaluate_perturbation(screen, {"scgpt": pred, "no_change": base})
     assert set(scores["method"]) == {"scgpt", "no_change"} and set(asked) <= set(scores["perturbation"])
 
 

@@ -24,7 +24,7 @@ def main(devices: int, out: Path) -> None:
         recipe="pretrain-masked",
         max_steps=6,
         batch_size=16 // devices,
-        lr=1e-3,
+        plan_kwargs={"lr": 1e-3},
         max_length=64,
         train_size=1.0,
         accelerator="cpu",

@@ -117,6 +117,39 @@ def add_data(p: argparse.ArgumentParser, *, several: bool) -> None:
     g.add_argument("--gene-key", metavar="KEY", help="var column with gene symbols or Ensembl ids (default: var_names)")
 
 
+def add_organism(p: argparse.ArgumentParser) -> None:
+    """``--organism`` and ``--orthologs``: another species' genes read as their human orthologs."""
+    p.add_argument(
+        "--organism",
+        default="human",
+        metavar="SPECIES",
+        help="species of the genes: human, mouse, macaque, cynomolgus, pig, rat, ... (or a Latin name); another "
+        "species' genes are read as their human orthologs (bundled tables; see scgpt.pp.align_vocab)",
+    )
+    p.add_argument(
+        "--orthologs",
+        choices=("one2one", "all"),
+        default="one2one",
+        help="with --organism: one-to-one orthologs only, or all (counts of several genes with one human "
+        "ortholog summed)",
+    )
+
+
+def species_options(args: argparse.Namespace) -> dict:
+    """``organism``/``orthologs`` of the command line: empty for human genes, with clear errors."""
+    from ..data import resolve_organism
+
+    try:
+        organism = resolve_organism(args.organism)
+    except ValueError as e:
+        raise CLIError(f"--organism {args.organism}: {e.args[0]}") from None
+    if organism == "human":
+        if args.orthologs != "one2one":
+            raise CLIError("--orthologs is for another species' genes: pass --organism too")
+        return {}
+    return {"organism": organism, "orthologs": args.orthologs}
+
+
 def add_training(p: argparse.ArgumentParser, *, finetune: bool) -> None:
     """Training options; for ``finetune`` the defaults are the task's (shown as 'the task's')."""
     task = " (default: the task's)" if finetune else ""
@@ -317,12 +350,12 @@ def check_input(path: str, *, soma: bool = False) -> None:
 
     With ``soma``, a TileDB-SOMA experiment (a folder or a remote URI) is accepted too.
     """
-    from .._anndata import is_zarr_store
+    from ..data import is_zarr_store
 
     if path == PBMC68K or Path(path).expanduser().is_file() or is_zarr_store(path):
         return
     if soma:
-        from ..data._soma import is_soma_experiment
+        from ..data import is_soma_experiment
 
         if is_soma_experiment(path):
             return
@@ -346,7 +379,7 @@ def read_h5ad(path: str, *, backed: bool = False) -> AnnData:
         return pbmc68k_counts()
     import anndata as ad
 
-    from .._anndata import is_zarr_store, open_on_disk
+    from ..data import is_zarr_store, open_on_disk
 
     if backed:  # the matrices stay on disk: .h5ad opened backed, .zarr stores read a block of rows at a time
         adata = open_on_disk(path)
@@ -359,13 +392,17 @@ def read_h5ad(path: str, *, backed: bool = False) -> AnnData:
 
 
 def check_model(path: str) -> None:
-    """A clear error for a missing ``--model`` folder."""
-    if path != "demo" and not Path(path).expanduser().exists():
-        raise CLIError(f"--model: no such folder: {path}")
+    """A clear error for a missing ``--model`` folder that is no published model's name either (with close names)."""
+    from ..hub import is_published, suggest
+
+    if path != "demo" and not Path(path).expanduser().exists() and not is_published(path):
+        close = suggest(path) if "/" not in path else []
+        hint = f"; did you mean {' or '.join(map(repr, close))}? ('scgpt models' lists the published models)"
+        raise CLIError(f"--model: no such folder: {path}" + (hint if close else ""))
 
 
 def load_model(path: str, *, generative: bool = False) -> ScGPT:
-    """The model of ``--model`` (a folder, or ``demo``)."""
+    """The model of ``--model`` (a folder, a published model's name, or ``demo``)."""
     from ..model import ScGPT
 
     check_model(path)
@@ -379,8 +416,7 @@ def counts_adata(adata: AnnData, layer: str | None, gene_key: str | None) -> Ann
     import anndata as ad
     import pandas as pd
 
-    from .._anndata import get_matrix
-    from ..data._genes import gene_names
+    from ..data import gene_names, get_matrix
 
     names = gene_names(adata, gene_key)  # errors for a missing key and duplicated names
     return ad.AnnData(X=get_matrix(adata, layer), obs=adata.obs, var=pd.DataFrame(index=pd.Index(names, name=None)))
@@ -427,18 +463,22 @@ def train_and_save(train: Callable[..., ScGPT], args: argparse.Namespace, out: P
     """
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-    from ..train import TrainingInterrupted
+    from ..train import PLAN_OPTIONS, TrainingInterrupted
 
     kwargs = {k: getattr(args, k) for k in TRAIN_KWARGS}
     kwargs["max_steps"] = -1 if args.max_steps is None else args.max_steps
     kwargs.update(extra)
+    if getattr(getattr(train, "func", train), "__name__", "") == "train":  # ScGPT.train: the plan's own options
+        kwargs["plan_kwargs"] = {k: kwargs.pop(k) for k in PLAN_OPTIONS if k in kwargs and kwargs[k] is not None}
+        for k in PLAN_OPTIONS:
+            kwargs.pop(k, None)
     ckpt_dir = out / CHECKPOINTS
     if args.resume is True and not (ckpt_dir / "last.ckpt").is_file():
         logger.info(f"--resume: no {ckpt_dir / 'last.ckpt'} yet; starting from the beginning")
     elif args.resume:
         logger.info(f"resuming from {ckpt_dir / 'last.ckpt' if args.resume is True else args.resume}")
     start = time.perf_counter()
-    from ..model._training import TrainingOutOfMemoryError
+    from ..model import TrainingOutOfMemoryError
 
     try:
         model = train(checkpoint_dir=ckpt_dir, resume=args.resume, **kwargs)

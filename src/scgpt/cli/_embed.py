@@ -17,9 +17,11 @@ from ._common import (
     _devices,
     add_common,
     add_data,
+    add_organism,
     check_input,
     check_model,
     read_h5ad,
+    species_options,
 )
 
 if TYPE_CHECKING:
@@ -48,8 +50,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--model",
         metavar="PATH",
-        help="official scGPT model folder (e.g. scGPT_human), a folder written by 'scgpt pretrain/finetune', or "
-        "'demo' (default: $SCGPT_MODEL)",
+        help="a published model's name (e.g. scGPT_human, downloaded on first use; 'scgpt models' lists them), an "
+        "official scGPT model folder, a folder written by 'scgpt pretrain/finetune', or 'demo' (default: "
+        "$SCGPT_MODEL)",
     )
     add_data(p, several=False)
     g = p.add_argument_group("TileDB-SOMA input (e.g. the CELLxGENE Census)")
@@ -73,9 +76,16 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--output", required=True, metavar="FILE", help=".h5ad to write")
     p.add_argument("--backed", action="store_true", help="stream the input from disk (see above)")
+    p.add_argument(
+        "--max-cells",
+        type=int,
+        metavar="N",
+        help="embed only the first N cells of the input (a quick check of an install or a model; not with --backed)",
+    )
     p.add_argument("--key-added", default="X_scGPT", metavar="KEY", help="obsm key of the embeddings")
     p.add_argument("--batch-key", metavar="KEY", help="obs column with batches (only for batch-conditioned models)")
     p.add_argument("--no-aliases", action="store_true", help="match gene names exactly (as the official code)")
+    add_organism(p)
     p.add_argument("--max-length", type=int, default=1200, metavar="N", help="tokens per cell incl. <cls>")
     p.add_argument("--batch-size", type=int, default=64, metavar="N", help="cells per forward pass")
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: the best available)")
@@ -113,29 +123,41 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> None:
     model = args.model if args.model is not None else settings.default_model
     if model is None:
-        raise CLIError("no model: pass --model PATH (an scGPT model folder, or 'demo') or set $SCGPT_MODEL")
+        raise CLIError(
+            "no model: pass --model NAME or PATH (a published model such as scGPT_human, a model folder, or 'demo') "
+            "or set $SCGPT_MODEL"
+        )
     check_model(model)
     check_input(args.input, soma=True)
+    species = _species_options(args)
     out_path = Path(args.output).expanduser()
     if args.backed and args.input != PBMC68K and out_path.resolve() == Path(args.input).expanduser().resolve():
         raise CLIError("with --backed, --output must differ from --input")
     if args.chunk_size < 1:
         raise CLIError(f"--chunk-size must be positive, got {args.chunk_size}")
-    from ..model import resolve_device
-    from ..model._distributed import global_rank
+    if args.max_cells is not None and (args.max_cells < 1 or args.backed):
+        raise CLIError(
+            f"--max-cells must be positive, got {args.max_cells}" if args.max_cells < 1
+            else "--max-cells selects cells of an input read into memory; drop --backed"
+        )  # fmt: skip
+    from ..model import global_rank, resolve_device
     from ..tl import embed
 
     device = resolve_device(args.device)  # a clear error before any reading
     if args.devices is not None:
         device = args.device or device.type  # the kind of device; the GPUs are chosen by --devices
     adata, layer, selection = _read_input(args)
+    if args.max_cells is not None and args.max_cells < adata.n_obs:
+        adata = adata[: args.max_cells].copy()
+        logger.info(f"embedding the first {adata.n_obs:,} cells (--max-cells)")
     if args.backed:
-        return _run_out_of_core(args, model, adata, layer, selection, device, out_path)
+        return _run_out_of_core(args, model, adata, layer, selection, device, out_path, species)
     embed(
         adata,
         model,
         gene_key=args.gene_key,
         use_aliases=not args.no_aliases,
+        **species,
         layer=layer,
         batch_key=args.batch_key,
         max_length=args.max_length,
@@ -157,7 +179,7 @@ def _read_input(args: argparse.Namespace) -> tuple[AnnData, str | None, dict]:
     A TileDB-SOMA experiment's layer becomes its ``X``; its layer, measurement and filter are part of the identity
     that a resumed run must match.
     """
-    from ..data._soma import is_soma_experiment
+    from ..data import is_soma_experiment
 
     soma_options = {
         "--obs-filter": args.obs_filter,
@@ -198,6 +220,11 @@ def _read_input(args: argparse.Namespace) -> tuple[AnnData, str | None, dict]:
     return adata, None, selection
 
 
+def _species_options(args: argparse.Namespace) -> dict:
+    """``organism``/``orthologs`` for the embedding: empty for human genes (so that earlier runs resume as before)."""
+    return species_options(args)
+
+
 def _distributed_options(args: argparse.Namespace) -> dict:
     if args.devices is None:
         return {}
@@ -212,14 +239,14 @@ def _run_out_of_core(
     selection: dict,
     device,
     out_path: Path,
+    species: dict,
 ) -> None:
     """``--backed``: embeddings into the chunk folder OUTPUT.parts (resuming from it), then into OUTPUT."""
     import time
 
     import anndata as ad
 
-    from ..model._outofcore import embed_to_store, input_identity, mean_tokens, read_embeddings, write_h5ad
-    from ..model._resolve import resolve_model
+    from ..model import embed_to_store, input_identity, mean_tokens, read_embeddings, resolve_model, write_h5ad
 
     start = time.perf_counter()
     model, name = resolve_model(model_name)
@@ -232,6 +259,7 @@ def _run_out_of_core(
         "max_length": args.max_length,
         "seed": args.seed,
         "dtype": args.dtype,
+        **species,
     }
     identity = {"input": input_identity(args.input), **options, **selection}
     logger.info(f"computing scGPT embeddings of {adata.n_obs:,} cells chunk by chunk into {parts}")
@@ -248,7 +276,7 @@ def _run_out_of_core(
             **_distributed_options(args),
         )
     except (Interrupted, KeyboardInterrupt) as e:
-        from ..model._outofcore import ChunkStore
+        from ..model import ChunkStore
 
         store = ChunkStore(parts)
         n_done = len(list(parts.glob("chunk_*.npz"))) if parts.is_dir() else 0
@@ -262,7 +290,7 @@ def _run_out_of_core(
         return
     rep = run.match.report()
     params = {
-        "model": name,
+        **model.provenance(name),  # scgpt_version, model, weights_sha256
         **options,
         "batch_size": args.batch_size,
         "genes": False,
@@ -273,6 +301,8 @@ def _run_out_of_core(
         "n_genes": rep["n_genes"],
         "mean_tokens_per_cell": mean_tokens(run.store),
     }
+    if "organism" in rep:
+        uns["orthologs_report"] = {k: rep[k] for k in ("orthology", "by_reason", "n_by_id", "n_summed")}
     if args.figure:  # the UMAP needs every embedding in memory
         result = ad.AnnData(obs=adata.obs.copy(), var=adata.var.copy(), uns={args.key_added: uns})
         result.obsm[args.key_added] = read_embeddings(run.store)

@@ -12,11 +12,13 @@ from ._common import (
     HelpFormatter,
     add_common,
     add_data,
+    add_organism,
     add_training,
     check_input,
     load_model,
     prepare_output,
     read_h5ad,
+    species_options,
     train_and_save,
 )
 
@@ -43,6 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--recipe", choices=FINETUNE_TASKS, required=True, help="the task to fine-tune for")
     p.add_argument("--labels-key", metavar="KEY", help="obs column with cell types (annotation)")
     p.add_argument("--batch-key", metavar="KEY", help="obs column with batches (integration)")
+    add_organism(p)
     add_training(p, finetune=True)
     add_common(p)
     p.set_defaults(func=run)
@@ -66,6 +69,7 @@ def run(args: argparse.Namespace) -> None:
         **{key: getattr(args, key) for key in task.requires},
         layer=args.layer,
         gene_key=args.gene_key,
+        **species_options(args),
     )
     options = {k: getattr(args, k) for k in ("adapter", "adapter_rank", "adapter_alpha", "adapter_dropout")}
     train_and_save(

@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> None:
 
 def _input_genes(paths: Sequence[str], gene_key: str | None) -> list[str]:
     """Gene names of the input files, in order of first appearance (read without loading the matrices)."""
-    from ..data._genes import gene_names
+    from ..data import gene_names
 
     genes: dict[str, None] = {}
     for p in paths:

@@ -1,7 +1,8 @@
 """Data layer: gene vocabulary and gene matching, tokenisation, collators, cell sources and loaders.
 
 The vocabulary, gene matching and numpy kernels import without torch; the torch-based pieces
-(collator, loader) are imported on first use.
+(collator, loader) are imported on first use. Names outside ``__all__`` are helpers shared with the
+tools (:mod:`scgpt.tl`, :mod:`scgpt.pp`, :mod:`scgpt.pl`), which import nothing private of this package.
 """
 
 from __future__ import annotations
@@ -9,15 +10,48 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .._lazy import lazy_attributes
-from ._genes import GeneMatch, match_genes
+from ._binning import bin_csr
+from ._genes import (
+    GeneMatch,
+    adata_counts_fraction,
+    check_counts,
+    counts_summary,
+    default_vocab,
+    describe_match,
+    gene_names,
+    match_adata,
+    match_genes,
+)
+from ._matrix import (
+    MIN_VARIABLE,
+    as_csr,
+    check_adata,
+    check_values,
+    get_matrix,
+    is_zarr_store,
+    iter_row_chunks,
+    log_normalize_counts,
+    log_normalized,
+    looks_like_counts,
+    matrix_stored_per_row,
+    missing_values,
+    open_on_disk,
+    read_rows,
+    stored_per_row,
+    varying_genes,
+)
+from ._orthologs import ORGANISMS, ortholog_table, resolve_organism
 from ._perturbation import (
     PerturbationSplit,
     from_gears,
     parse_perturbation,
     perturbation_label,
+    perturbation_labels,
+    rank_genes_vs_control,
     split_perturbations,
     to_gears,
 )
+from ._random import cell_keys, gene_keys
 from ._sources import AnnDataSource, CellSource, H5adCollection
 from ._vocab import GeneVocab
 
@@ -30,16 +64,18 @@ __getattr__, _dir = lazy_attributes(
         "SomaMatrix": "._soma",
         "SomaSource": "._soma",
         "open_soma": "._soma",
+        "is_soma_experiment": "._soma",
     },
 )
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._collate import CellBatch, Collator
     from ._loader import CellLoader
-    from ._soma import SomaMatrix, SomaSource, open_soma
+    from ._soma import SomaMatrix, SomaSource, is_soma_experiment, open_soma
 
 
 __all__ = [
+    "ORGANISMS",
     "AnnDataSource",
     "CellBatch",
     "CellLoader",
@@ -54,6 +90,7 @@ __all__ = [
     "from_gears",
     "match_genes",
     "open_soma",
+    "ortholog_table",
     "parse_perturbation",
     "perturbation_label",
     "split_perturbations",

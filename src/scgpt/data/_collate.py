@@ -17,7 +17,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
-from ._random import STREAM_MASK, STREAM_SPLIT, entry_bits, splitmix64
+from ._random import STREAM_MASK, STREAM_SPLIT, entry_bits, gene_keys, splitmix64
 from ._tokenize import TokenizedCells, entry_positions, pad_batch, rank_in_row, tokenize
 
 Masking = Literal["masked", "generative", "none"]
@@ -103,12 +103,32 @@ def _mix(*parts: int) -> int:
     return int(h)
 
 
-def choose_positions(cells: TokenizedCells, ratio: float, stream: int, salt: int) -> np.ndarray:
-    """Per cell, ``int(n_genes * ratio)`` of its entries, chosen uniformly by a keyed priority (bool per entry)."""
+CLS_KEY = gene_keys(["<cls>"])[0]
+"""Random-choice key of the ``<cls>`` token (when it is a masking candidate)."""
+
+
+def choose_positions(
+    cells: TokenizedCells, ratio: float, stream: int, salt: int, *, with_cls: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per cell, ``int(n * ratio)`` of its ``n`` candidates, chosen uniformly by a keyed priority.
+
+    The candidates are the cell's entries, and ``<cls>`` too with ``with_cls`` (as the official
+    ``random_mask_value``, which picks among all non-padded positions whose value is not the pad value).
+    Returns the choice per entry (bool) and, with ``with_cls``, per cell whether ``<cls>`` is chosen.
+    """
     lengths = cells.lengths
-    prio = entry_bits(np.repeat(cells.cell_key ^ np.uint64(salt), lengths), cells.gene_key, stream)
-    n_pick = (lengths * ratio).astype(np.int64)
-    return rank_in_row(prio, cells.indptr) < np.repeat(n_pick, lengths)
+    keys = cells.cell_key ^ np.uint64(salt)
+    prio = entry_bits(np.repeat(keys, lengths), cells.gene_key, stream)
+    if not with_cls:
+        n_pick = (lengths * ratio).astype(np.int64)
+        return rank_in_row(prio, cells.indptr) < np.repeat(n_pick, lengths), None
+    starts = cells.indptr[:-1]
+    prio = np.insert(prio, starts, entry_bits(keys, np.full(len(keys), CLS_KEY, dtype=np.uint64), stream))
+    indptr = cells.indptr + np.arange(len(cells.indptr))  # <cls> first in every row
+    n_pick = ((lengths + 1) * ratio).astype(np.int64)
+    chosen = rank_in_row(prio, indptr) < np.repeat(n_pick, lengths + 1)
+    first = indptr[:-1]
+    return np.delete(chosen, first), chosen[first]
 
 
 @dataclass
@@ -147,6 +167,11 @@ class Collator:
         cell and modality, and minibatches carry ``mod_types``; ``None`` for single-modality models.
     binary_modalities
         Modalities whose nonzero values all become the top bin (binarised chromatin accessibility).
+    cls
+        Put ``<cls>`` first (every scGPT model but the perturbation generator, which sees genes only).
+    token_flags
+        Perturbation flag of every vocabulary token (perturbation models, :mod:`scgpt.data._screen`):
+        minibatches carry ``pert_flags``; ``None`` for models without flags.
     """
 
     token_ids: np.ndarray
@@ -164,6 +189,8 @@ class Collator:
     seed: int = 0
     token_modality: np.ndarray | None = None
     binary_modalities: tuple[int, ...] = ()
+    cls: bool = True
+    token_flags: np.ndarray | None = None
 
     def ratio_for(self, epoch: int, batch_index: int) -> float:
         """The mask ratio of a minibatch (fixed, or drawn from the tuple by a keyed choice)."""
@@ -182,7 +209,7 @@ class Collator:
             X,
             self.token_ids,
             self.gene_key,
-            max_genes=self.max_length - 1,
+            max_genes=self.max_length - int(self.cls),
             n_bins=self.n_bins,
             seed=seed,
             include_zero_genes=self.include_zero_genes,
@@ -195,25 +222,33 @@ class Collator:
         cells: TokenizedCells,
         *,
         hidden: np.ndarray | None = None,
+        hidden_cls: np.ndarray | None = None,
         batch_labels: np.ndarray | None = None,
         labels: np.ndarray | None = None,
         index: np.ndarray | None = None,
         epoch: int = 0,
         batch_index: int = 0,
     ) -> CellBatch:
-        """A padded minibatch of tokenised cells, ``<cls>`` first.
+        """A padded minibatch of tokenised cells, ``<cls>`` first (unless ``cls=False``).
 
         ``hidden`` (bool per token entry) marks the values to predict: replaced by ``mask_value``
-        with ``masking="masked"``, generated with ``masking="generative"``. ``index`` is each cell's
-        index in its dataset.
+        with ``masking="masked"``, generated with ``masking="generative"``; ``hidden_cls`` (bool per
+        cell) hides ``<cls>``'s value too. ``index`` is each cell's index in its dataset.
         """
         genes, target = pad_batch(
-            cells, cls_id=self.cls_id, cls_value=self.cls_value, pad_id=self.pad_id, pad_value=self.pad_value
+            cells,
+            cls_id=self.cls_id,
+            cls_value=self.cls_value,
+            pad_id=self.pad_id,
+            pad_value=self.pad_value,
+            cls=self.cls,
         )
         predict = np.zeros(genes.shape, dtype=bool)
         if hidden is not None:
-            rows, cols = entry_positions(cells.indptr)
+            rows, cols = entry_positions(cells.indptr, offset=int(self.cls))
             predict[rows[hidden], cols[hidden]] = True
+        if hidden_cls is not None:
+            predict[:, 0] = hidden_cls
         values = target.copy()
         gen = None
         if self.masking == "masked":
@@ -232,6 +267,7 @@ class Collator:
             batch_labels=as_long(batch_labels),
             labels=as_long(labels),
             mod_types=None if self.token_modality is None else torch.from_numpy(self.token_modality[genes]),
+            pert_flags=None if self.token_flags is None else torch.from_numpy(self.token_flags[genes]),
             cells=as_long(index),
             epoch=epoch,
             index=batch_index,
@@ -250,13 +286,18 @@ class Collator:
         """Training minibatch of the rows of ``X`` (cells x genes); ``epoch`` varies sampling and masks."""
         epoch_seed = _mix(self.seed, epoch)
         tok = self.tokenize(X, seed=epoch_seed)
-        hidden = None
+        hidden = hidden_cls = None
         if self.masking != "none":
             stream = STREAM_MASK if self.masking == "masked" else STREAM_SPLIT
-            hidden = choose_positions(tok, self.ratio_for(epoch, batch_index), stream, _mix(epoch_seed, stream))
+            # the official random_mask_value may hide <cls> when its value is not the pad value (fine-tuning)
+            with_cls = self.masking == "masked" and self.cls_value != self.pad_value
+            hidden, hidden_cls = choose_positions(
+                tok, self.ratio_for(epoch, batch_index), stream, _mix(epoch_seed, stream), with_cls=with_cls
+            )
         return self.collate(
             tok,
             hidden=hidden,
+            hidden_cls=hidden_cls,
             batch_labels=batch_labels,
             labels=labels,
             index=cells,

@@ -32,17 +32,23 @@ def bucket_by_length(order: np.ndarray, lengths: np.ndarray, global_batch: int, 
     return out
 
 
-def group_batches(order: np.ndarray, groups: np.ndarray, global_batch: int, *, drop_last: bool, seed: int) -> list:
+def group_batches(
+    order: np.ndarray, groups: np.ndarray, global_batch: int, *, drop_last: bool, seed: int, interleave: bool = True
+) -> list:
     """Global batches that each hold cells of one group (e.g. one experimental batch, for domain-specific BatchNorm).
 
     The cells of each group keep their (shuffled) order in ``order`` and are cut into global batches;
-    the batches of all groups are then shuffled together. ``groups`` is indexed like ``order``'s values.
+    the batches of all groups are then shuffled together (``interleave``), or come group after group (the
+    official ``SubsetsBatchSampler(inter_subset_shuffle=False)`` of the integration tutorial). ``groups`` is
+    indexed like ``order``'s values.
     """
     out = []
     for g in np.unique(groups[order]):
         cells = order[groups[order] == g]
         n = len(cells) // global_batch if drop_last else -(-len(cells) // global_batch)
         out += [cells[i * global_batch : (i + 1) * global_batch] for i in range(n)]
+    if not interleave:
+        return out
     perm = np.random.default_rng(seed).permutation(len(out))
     return [out[i] for i in perm]
 
@@ -107,6 +113,9 @@ class CellLoader:
     group_by
         Name of an ``obs`` array (e.g. ``"batch_labels"``): every global batch then holds cells of one group,
         as the official integration recipe trains domain-specific BatchNorm (no length bucketing).
+    group_order
+        ``"interleaved"``: the one-group batches of all groups shuffled together; ``"sequential"``: group after
+        group, as the official integration tutorial.
     """
 
     def __init__(
@@ -126,6 +135,7 @@ class CellLoader:
         fixed_epoch: bool = False,
         bucket_window: int = 50,
         group_by: str | None = None,
+        group_order: str = "interleaved",
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}.")
@@ -143,6 +153,9 @@ class CellLoader:
         if group_by is not None and group_by not in self.obs:
             raise ValueError(f"group_by={group_by!r} needs obs[{group_by!r}] (per-cell codes).")
         self._groups = None if group_by is None else np.asarray(self.obs[group_by])
+        if group_order not in ("interleaved", "sequential"):
+            raise ValueError(f"group_order must be 'interleaved' or 'sequential', got {group_order!r}.")
+        self.group_order = group_order
         self.epoch = 0
         self._marked = False
         self._done = 0  # batches of the current epoch already consumed (see mark_consumed)
@@ -163,7 +176,14 @@ class CellLoader:
         order = epoch_order(self.indices, seed=self.seed, epoch=epoch, shuffle=self.shuffle, chunk_size=self.chunk_size)
         g = self.batch_size * self.world_size
         if self._groups is not None:
-            return group_batches(order, self._groups, g, drop_last=self.drop_last, seed=_mix(self.seed, epoch, 303))
+            return group_batches(
+                order,
+                self._groups,
+                g,
+                drop_last=self.drop_last,
+                seed=_mix(self.seed, epoch, 303),
+                interleave=self.group_order == "interleaved",
+            )
         if self._lengths is not None and self.bucket_window > 1:
             order = bucket_by_length(order, self._lengths, g, self.bucket_window, seed=_mix(self.seed, epoch, 202))
         return [order[b * g : (b + 1) * g] for b in range(self._global_batches())]

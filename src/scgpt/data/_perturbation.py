@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 
-from .._anndata import as_csr as _as_csr
-from .._anndata import check_adata, check_values, get_matrix, log_normalize_counts, looks_like_counts, missing_values
-from .._logging import logger, warn
+from .._logging import caller, logger, named, warn
+from ._matrix import as_csr as _as_csr
+from ._matrix import check_adata, check_values, get_matrix, log_normalize_counts, looks_like_counts, missing_values
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -113,7 +113,7 @@ def perturbation_label(genes: str | Sequence[str], *, control: str = "control") 
 
 
 def perturbation_labels(
-    adata: AnnData, *, perturbation_key: str = "perturbation", control: str = "control", fn: str = "perturbation"
+    adata: AnnData, *, perturbation_key: str = "perturbation", control: str = "control"
 ) -> pd.Series:
     """The checked ``obs[perturbation_key]`` of a screen as strings.
 
@@ -125,15 +125,14 @@ def perturbation_labels(
         ``obs`` column with the perturbation labels.
     control
         Label of control cells; it must occur.
-    fn
-        Name of the calling function, for messages.
 
     Returns
     -------
     Series of labels (stripped strings) indexed by ``obs_names``. Raises clear errors for a missing column,
     missing values, no control cells and malformed labels.
     """
-    check_adata(adata, fn=fn)
+    fn = caller()
+    check_adata(adata)
     if perturbation_key not in adata.obs:
         raise KeyError(
             f"{fn}: {perturbation_key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)}); pass "
@@ -194,6 +193,7 @@ def _resolve_cell_type(adata: AnnData, cell_type: str | None) -> pd.Series:
     return pd.Series(str(cell_type), index=adata.obs_names)
 
 
+@named()
 def to_gears(
     adata: AnnData,
     *,
@@ -242,9 +242,9 @@ def to_gears(
     """
     from anndata import AnnData
 
-    labels = perturbation_labels(adata, perturbation_key=perturbation_key, control=control, fn="to_gears")
+    labels = perturbation_labels(adata, perturbation_key=perturbation_key, control=control)
     counts = _as_csr(get_matrix(adata, layer))
-    _check_counts(counts, fn="to_gears")
+    _check_counts(counts)
     n_parts = labels.map(lambda s: len(parse_perturbation(s, control=control)))
     if (n_parts > 2).any():
         warn(
@@ -274,6 +274,7 @@ def to_gears(
     return out
 
 
+@named()
 def from_gears(
     adata: AnnData,
     *,
@@ -307,7 +308,7 @@ def from_gears(
     """
     import anndata as ad
 
-    check_adata(adata, fn="from_gears")
+    check_adata(adata)
     if condition_key not in adata.obs:
         raise KeyError(
             f"from_gears: {condition_key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)}); GEARS "
@@ -436,7 +437,8 @@ def rank_genes_vs_control(
 
 
 # ---------------------------------------------------------------------------- expression helpers (numpy only)
-def _check_counts(X, *, fn: str) -> None:
+def _check_counts(X) -> None:
+    fn = caller()
     check_values(X, what=f"{fn}: the expression matrix")
     if not looks_like_counts(X):
         raise ValueError(

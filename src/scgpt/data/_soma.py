@@ -5,7 +5,8 @@
 inference engine (``tl.embed``, several processes, ``scgpt embed --backed``) streams an experiment like a
 backed ``.h5ad``. :class:`SomaSource` puts the same reader behind the training sources' interface.
 
-Needs the optional package ``tiledbsoma`` (``pip install 'scgpt-scverse[dataloaders]'``).
+Needs the optional package ``tiledbsoma``: ``pip install "tiledbsoma>=1.15"`` (or, in a clone of
+scgpt-scverse, ``pip install ".[dataloaders]"``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 from anndata.abc import CSRDataset
 
+from .._logging import calling
 from ._genes import check_coverage, match_genes
 from ._sources import _to_token_space
 from ._vocab import GeneVocab
@@ -36,7 +38,7 @@ def _tiledbsoma():
     except ImportError as err:
         raise ImportError(
             "Reading a TileDB-SOMA experiment needs the optional package tiledbsoma: "
-            "pip install 'scgpt-scverse[dataloaders]'."
+            'pip install "tiledbsoma>=1.15" (or pip install ".[dataloaders]" in a clone of scgpt-scverse).'
         ) from err
     return tiledbsoma
 
@@ -298,7 +300,7 @@ class SomaSource:
     Only the selected cells' rows are read from the experiment's ``X`` layer (through
     :class:`SomaMatrix`), so experiments far larger than memory (and remote ones, when the URI and
     ``context`` allow) train like an :class:`H5adCollection`. Needs the optional ``tiledbsoma`` package
-    (``pip install 'scgpt-scverse[dataloaders]'``).
+    (``pip install "tiledbsoma>=1.15"``).
 
     Parameters
     ----------
@@ -317,6 +319,9 @@ class SomaSource:
         SOMA value filter selecting cells, e.g. ``"tissue_general == 'blood' and is_primary_data == True"``.
     use_aliases
         Match genes by Ensembl id / previous / alias symbols too.
+    organism, orthologs
+        Another species' genes read as their human orthologs (see :func:`scgpt.pp.align_vocab`); e.g. the
+        Census' ``mus_musculus`` experiment with ``organism="mouse"``.
     context
         A ``tiledbsoma.SOMATileDBContext`` or a dict of TileDB configuration options, if needed (see :func:`open_soma`).
 
@@ -336,6 +341,8 @@ class SomaSource:
         gene_key: str = "feature_name",
         obs_value_filter: str | None = None,
         use_aliases: bool = True,
+        organism: str = "human",
+        orthologs: str = "one2one",
         context: Any = None,
     ) -> None:
         adata = open_soma(
@@ -345,8 +352,9 @@ class SomaSource:
         if adata.var_names.has_duplicates:
             dup = list(adata.var_names[adata.var_names.duplicated()][:3])
             raise ValueError(f"{uri}: duplicated gene names in var[{gene_key!r}] (e.g. {dup}).")
-        m = match_genes(adata.var_names, vocab, use_aliases=use_aliases)
-        check_coverage(m, fn="SomaSource")
+        m = match_genes(adata.var_names, vocab, use_aliases=use_aliases, organism=organism, orthologs=orthologs)
+        with calling("SomaSource"):
+            check_coverage(m)
         self.uri, self.n_tokens, self.n_obs = str(uri), len(vocab), adata.n_obs
         self.matrix: SomaMatrix = adata.X
         self.obs_joinids = self.matrix.obs_joinids
@@ -354,7 +362,7 @@ class SomaSource:
         self._present = np.unique(m.ids[m.ids >= 0])
 
     def rows(self, idx: np.ndarray) -> sp.csr_matrix:
-        from .._anndata import check_values
+        from ._matrix import check_values
 
         block = self.matrix[np.asarray(idx, dtype=np.int64)]
         check_values(block, what=self.uri)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import scipy.sparse as sp
 
+from .._logging import calling, describing
 from ._genes import check_coverage, match_adata, match_genes
 from ._vocab import GeneVocab
 
@@ -66,7 +67,7 @@ class AnnDataSource:
     """
 
     def __init__(self, adata: AnnData, col_tokens: np.ndarray, n_tokens: int, layer: str | None = None) -> None:
-        from .._anndata import check_values, get_matrix
+        from ._matrix import check_values, get_matrix
 
         X = get_matrix(adata, layer)
         if adata.isbacked:
@@ -86,10 +87,17 @@ class AnnDataSource:
         gene_key: str | None = None,
         layer: str | None = None,
         use_aliases: bool = True,
-        fn: str,
+        organism: str = "human",
+        orthologs: str = "one2one",
     ) -> AnnDataSource:
-        """The cells of ``adata`` with its genes matched to ``vocab`` (clear errors from ``fn`` at no overlap)."""
-        match = match_adata(adata, vocab, gene_key=gene_key, use_aliases=use_aliases, fn=fn)
+        """The cells of ``adata`` with its genes matched to ``vocab`` (clear errors from ``fn`` at no overlap).
+
+        ``organism``/``orthologs``: another species' genes read as their human orthologs (see
+        :func:`scgpt.pp.align_vocab`); genes that share a token have their counts summed.
+        """
+        match = match_adata(
+            adata, vocab, gene_key=gene_key, use_aliases=use_aliases, organism=organism, orthologs=orthologs
+        )
         return cls(adata, match.ids, len(vocab), layer)
 
     def rows(self, idx: np.ndarray) -> sp.csr_matrix:
@@ -122,6 +130,8 @@ class H5adCollection:
         Layer with counts.
     use_aliases
         Match genes by Ensembl id / previous / alias symbols too.
+    organism, orthologs
+        Another species' genes read as their human orthologs (see :func:`scgpt.pp.align_vocab`).
     """
 
     def __init__(
@@ -132,19 +142,22 @@ class H5adCollection:
         gene_key: str | None = None,
         layer: str | None = None,
         use_aliases: bool = True,
+        organism: str = "human",
+        orthologs: str = "one2one",
     ) -> None:
         if not paths:
             raise ValueError("H5adCollection needs at least one file.")
         self.paths = [Path(p) for p in paths]
         self.layer = layer
         self.n_tokens = len(vocab)
-        from .._anndata import matrix_stored_per_row
+        from ._matrix import matrix_stored_per_row
 
         self._X, self._tokens, sizes, lengths = [], [], [], []
         for p in self.paths:
             X, names = _open_lazy(p, layer, gene_key)
-            m = match_genes(names, vocab, use_aliases=use_aliases)
-            check_coverage(m, fn=f"H5adCollection ({p.name})")
+            m = match_genes(names, vocab, use_aliases=use_aliases, organism=organism, orthologs=orthologs)
+            with calling("H5adCollection"), describing(p.name):
+                check_coverage(m)
             self._X.append(X)
             self._tokens.append(m.ids)
             sizes.append(X.shape[0])
@@ -167,7 +180,7 @@ class H5adCollection:
         return cls([root / name for name in stores], vocab, **kwargs)
 
     def rows(self, idx: np.ndarray) -> sp.csr_matrix:
-        from .._anndata import check_values
+        from ._matrix import check_values
 
         idx = np.asarray(idx)
         file_of = np.searchsorted(self.offsets, idx, side="right") - 1
@@ -199,7 +212,7 @@ def _open_lazy(path: Path, layer: str | None, gene_key: str | None):
     """A row-indexable on-disk matrix and the gene names of an ``.h5ad`` file or ``.zarr`` AnnData store."""
     import pandas as pd
 
-    from .._anndata import get_matrix, open_on_disk
+    from ._matrix import get_matrix, open_on_disk
 
     adata = open_on_disk(path)
     X, var = get_matrix(adata, layer), adata.var

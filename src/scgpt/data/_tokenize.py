@@ -112,6 +112,12 @@ def tokenize(
     X = sp.csr_matrix(X) if not sp.isspmatrix_csr(X) else X
     X = X.copy() if not X.has_canonical_format else X
     X.sum_duplicates()
+    shared = merge_shared_columns(token_ids)
+    if shared is not None:  # several columns on one token (orthologs="all"): their counts summed into one column
+        A, first = shared
+        X = (X @ A.astype(X.dtype)).tocsr()
+        token_ids, gene_key = token_ids[first], gene_key[first]
+        groups = None if groups is None else np.asarray(groups)[first]
     keep_col = token_ids >= 0
     rows = _row_ids(X.indptr)
     nz = keep_col[X.indices] & (X.data != 0)
@@ -150,6 +156,21 @@ def tokenize(
     return TokenizedCells(indptr, toks[order], vals[order], n_input, ckey, keys[order])
 
 
+def merge_shared_columns(token_ids: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray] | None:
+    """Columns that share a token, summed: ``(A, first)`` with ``X @ A`` one column per token, or ``None``.
+
+    ``A`` is ``(n_columns, n_tokens_used)`` with a 1 where a matched column goes to its token's column;
+    ``first`` is the first input column of each token (its token id and gene key stand for the merged
+    column). Unmatched columns are left out. ``None`` when no two columns share a token (the common case).
+    """
+    cols = np.flatnonzero(token_ids >= 0)
+    tokens, first, inverse = np.unique(token_ids[cols], return_index=True, return_inverse=True)
+    if len(tokens) == len(cols):
+        return None
+    A = sp.csr_matrix((np.ones(len(cols)), (cols, inverse)), shape=(len(token_ids), len(tokens)))
+    return A, cols[first]
+
+
 def _bin_per_group(
     rows: np.ndarray,
     group: np.ndarray,
@@ -182,10 +203,10 @@ def rank_in_row(priority: np.ndarray, indptr: np.ndarray) -> np.ndarray:
     return rank
 
 
-def entry_positions(indptr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(row, column)`` of each CSR entry in a padded batch with ``<cls>`` in column 0."""
+def entry_positions(indptr: np.ndarray, *, offset: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """``(row, column)`` of each CSR entry in a padded batch with ``offset`` leading columns (1: ``<cls>``, 0: none)."""
     rows = _row_ids(indptr)
-    return rows, np.arange(len(rows)) - np.repeat(indptr[:-1], np.diff(indptr)) + 1
+    return rows, np.arange(len(rows)) - np.repeat(indptr[:-1], np.diff(indptr)) + offset
 
 
 def pad_batch(
@@ -196,15 +217,20 @@ def pad_batch(
     pad_id: int,
     pad_value: float,
     length: int | None = None,
+    cls: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``<cls>`` + tokens, right-padded to the longest cell (or ``length``): ``(genes, values)``, each ``(B, L)``."""
+    """``<cls>`` + tokens, right-padded to the longest cell (or ``length``): ``(genes, values)``, each ``(B, L)``.
+
+    ``cls=False`` leaves ``<cls>`` out (the perturbation models see genes only).
+    """
     lengths = cells.lengths
-    L = int(lengths.max(initial=0)) + 1 if length is None else length
+    L = int(lengths.max(initial=0)) + int(cls) if length is None else length
     B = len(lengths)
     genes = np.full((B, L), pad_id, dtype=np.int64)
     values = np.full((B, L), pad_value, dtype=np.float32)
-    genes[:, 0], values[:, 0] = cls_id, cls_value
-    rows, cols = entry_positions(cells.indptr)
+    if cls:
+        genes[:, 0], values[:, 0] = cls_id, cls_value
+    rows, cols = entry_positions(cells.indptr, offset=int(cls))
     genes[rows, cols] = cells.genes
     values[rows, cols] = cells.values
     return genes, values

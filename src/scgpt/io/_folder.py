@@ -16,9 +16,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from .._files import atomic_paths
-from ._native import MODEL_FILE
-from ._official import ARGS_FILE, VOCAB_FILE, WEIGHTS_FILE
 
+ARGS_FILE, VOCAB_FILE, WEIGHTS_FILE = "args.json", "vocab.json", "best_model.pt"
+"""The official model folder's files."""
+MODEL_FILE = "model.pt"
+"""This package's checkpoint (:meth:`scgpt.model.ScGPT.save`)."""
 ANNDATA_FILE = "adata.h5ad"
 ADAPTER_FILE = "adapter.pt"  # adapters and heads of a parameter-efficient fine-tune (scgpt.model._adapters)
 OFFICIAL_FILES = (ARGS_FILE, VOCAB_FILE, WEIGHTS_FILE)

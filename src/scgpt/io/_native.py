@@ -17,9 +17,9 @@ from torch import Tensor
 from .._files import torch_save
 from ..data import GeneVocab
 from ..nn import ScGPTConfig
+from ._folder import MODEL_FILE
 from ._official import CheckpointError, check_finite
 
-MODEL_FILE = "model.pt"
 FORMAT = "scgpt-scverse"
 FORMAT_VERSION = 1
 

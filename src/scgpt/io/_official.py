@@ -23,9 +23,9 @@ from .._files import torch_save
 from .._logging import warn
 from ..data._vocab import PAD_TOKEN, GeneVocab
 from ..nn import ScGPTConfig, ScGPTNet
+from ._folder import ARGS_FILE, OFFICIAL_FILES, VOCAB_FILE, WEIGHTS_FILE, model_folder
 from ._keymap import PRETRAINING_ONLY_KEYS, to_official, to_ours
 
-ARGS_FILE, VOCAB_FILE, WEIGHTS_FILE = "args.json", "vocab.json", "best_model.pt"
 _REQUIRED_ARGS = ("embsize", "nheads", "d_hid", "nlayers")
 
 
@@ -441,6 +441,7 @@ def save_official(
     mod_vocab: GeneVocab | None = None,
     attention_layout: str = "torch",
     overwrite: bool = False,
+    extra_files: dict[str, str] | None = None,
 ) -> Path:
     """Write an official model folder that the official ``scgpt`` code (and :func:`read_official`) loads.
 
@@ -466,9 +467,14 @@ def save_official(
         ``"flash"`` (``self_attn.Wqkv.*``, the layout of the released weights).
     overwrite
         Replace a model already in the folder.
+    extra_files
+        ``{file name: text}`` written in the same group (e.g. the model card ``README.md``).
     """
-    from ._folder import OFFICIAL_FILES, model_folder
-
-    with model_folder(path, OFFICIAL_FILES, overwrite=overwrite) as temps:
-        write_official(net, vocab, temps, args=args, mod_vocab=mod_vocab, attention_layout=attention_layout)
+    extra = dict(extra_files or {})
+    with model_folder(path, (*OFFICIAL_FILES, *extra), overwrite=overwrite) as temps:
+        write_official(
+            net, vocab, temps[: len(OFFICIAL_FILES)], args=args, mod_vocab=mod_vocab, attention_layout=attention_layout
+        )
+        for tmp, text in zip(temps[len(OFFICIAL_FILES) :], extra.values(), strict=True):
+            tmp.write_text(text)
     return Path(path).expanduser()

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from .._files import torch_save
-from .._logging import logger, warn
+from .._logging import logger
 from ..io._folder import ADAPTER_FILE
 
 if TYPE_CHECKING:
@@ -102,15 +102,6 @@ def set_trainable(net: torch.nn.Module) -> None:
     """``requires_grad`` on the adapters and :data:`TASK_PARTS` of an adapter network, off elsewhere."""
     for name, p in net.named_parameters():
         p.requires_grad_(_is_trained(name))
-
-
-def unfreeze(model: ScGPT) -> None:
-    """After fine-tuning: a plain model trains all its weights again; an adapter model its adapters and heads."""
-    if has_adapter(model.net):
-        set_trainable(model.net)
-    else:
-        for p in model.net.parameters():
-            p.requires_grad_(True)
 
 
 def new_token_ids(model: ScGPT) -> list[int]:
@@ -211,44 +202,6 @@ def add_adapter(
     logger.info(
         f"    {kind} adapters (rank {rank}) on {', '.join(modules)} of {model.config.n_layers} layers: "
         f"{n_train:,} of {n_all:,} parameters trained ({100 * n_train / n_all:.2f} %)"
-    )
-
-
-def prepare(
-    model: ScGPT,
-    base: ScGPT,
-    freeze_layers: int = 0,
-    *,
-    adapter: str | None = None,
-    adapter_rank: int = 8,
-    adapter_alpha: float = 16,
-    adapter_dropout: float = 0.0,
-    adapter_modules: Sequence[str] | None = None,
-) -> None:
-    """Before fine-tuning ``model`` (``base`` with its task heads): freeze layers, or put adapters on it."""
-    from ._training import freeze
-
-    if adapter is None:
-        options = {"adapter_rank": (adapter_rank, 8), "adapter_alpha": (adapter_alpha, 16)}
-        options.update(adapter_dropout=(adapter_dropout, 0.0), adapter_modules=(adapter_modules, None))
-        given = [k for k, (value, default) in options.items() if value != default]
-        if given:
-            warn(f"{', '.join(given)} set the adapters of adapter='lora'; without adapter= they are ignored.")
-        freeze(model, freeze_layers)
-        return
-    if freeze_layers:
-        raise ValueError(
-            f"freeze_layers={freeze_layers} and adapter={adapter!r} are alternatives (adapters keep every pretrained "
-            "weight fixed already); pass one of them."
-        )
-    add_adapter(
-        model,
-        adapter,
-        base=base,
-        rank=adapter_rank,
-        alpha=adapter_alpha,
-        dropout=adapter_dropout,
-        modules=adapter_modules,
     )
 
 

@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .._anndata import get_matrix, stored_per_row
 from .._logging import logger
+from ..data import get_matrix, stored_per_row
 from ._device import resolve_device
 from ._engine import Accumulator, InferenceResult, chunk_grid, default_chunk_size, run_inference
 
@@ -51,21 +51,6 @@ STRATEGIES = ("ddp", "ddp_fork", "ddp_notebook")
 
 DISTRIBUTED_OPTIONS = ("devices", "num_nodes", "strategy")
 """The options of the callers that can run on several processes (``tl.embed``, ``get_latent_representation``)."""
-
-doc_distributed = """\
-devices
-    Run on several processes with Lightning (``None``, the default: this process alone). A number of
-    devices per node (GPUs, or CPU processes when ``device="cpu"``), ``-1`` for all GPUs, or a list of GPU
-    ids. Each process embeds its share of the cells (backed files: reads only its share); the embeddings
-    are gathered in cell order on every process and equal the single-process ones up to float rounding.
-    Under ``torchrun``/``srun`` pass the number of processes per node the launcher started; in a script
-    run with plain ``python``, Lightning starts the other processes by running the script again.
-num_nodes
-    Machines, for multi-node runs (``srun``, ``torchrun --nnodes``).
-strategy
-    ``"ddp"`` (default; scripts, ``torchrun``, ``srun``), ``"ddp_notebook"``/``"ddp_fork"`` (notebooks and
-    other interactive sessions; not for a TileDB-SOMA experiment, which cannot be read in forked processes),
-    or a :class:`lightning.fabric.strategies.DDPStrategy`."""
 
 
 def global_rank() -> int:
@@ -329,7 +314,9 @@ def run_sharded(
             )
         acc = RangeRows(*spans[rank], normalize=normalize)
         show = progress if rank == 0 else False
-        res = run_inference(model, data, acc, device=fabric.device, progress=show, chunks=mine, **options)
+        res = run_inference(
+            model, data, acc, device=fabric.device, progress=show, chunks=mine, announce=rank == 0, **options
+        )
         local = res.output
         if local is None:  # no cells on this rank
             local = np.zeros((spans[rank][1] - spans[rank][0], model.config.d_model), dtype=np.float32)

@@ -31,9 +31,9 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from .._anndata import check_adata, check_values, get_matrix, looks_like_counts, missing_values, read_rows
-from .._logging import warn
+from .._logging import caller, named, warn
 from .._settings import settings
+from ..data import check_adata, check_values, get_matrix, looks_like_counts, missing_values, read_rows, stored_per_row
 from ..data._collate import CellBatch, Collator
 from ..data._genes import GeneMatch, match_adata
 from ..nn import Encoded, ScGPTNet
@@ -432,17 +432,6 @@ def _progress_bar(total: int, desc: str, show: bool):
     return tqdm(total=total, unit="cell", desc=desc, leave=False)
 
 
-INFERENCE_OPTIONS = (
-    "gene_key", "use_aliases", "layer", "batch_key", "max_length", "batch_size", "seed", "device", "dtype", "progress",
-)  # fmt: skip
-"""The options every caller of :func:`run_inference` takes (documented once, as ``{inference}`` in ``_docs``)."""
-
-
-def inference_options(namespace: dict[str, Any]) -> dict[str, Any]:
-    """The :data:`INFERENCE_OPTIONS` of a caller's arguments: ``run_inference(..., **inference_options(locals()))``."""
-    return {name: namespace[name] for name in INFERENCE_OPTIONS}
-
-
 @dataclass
 class InferenceResult:
     """What :func:`run_inference` produced.
@@ -465,6 +454,33 @@ class InferenceResult:
     dtype: str
 
 
+ANNOUNCE_SECONDS = 10.0
+"""Runs estimated to take longer than this are announced before they start (work, duration, knobs)."""
+
+
+def _announce(model, adata, layer, match, chunks, max_length, include_zero_genes, cls, device, dtype) -> None:
+    """Log the cells, tokens, FLOPs and estimated duration of a run before it starts (longer runs only)."""
+    from ._estimate import ANNOUNCE_MIN_CELLS, announce, estimate
+
+    n = sum(b - a for a, b in chunks)
+    if n < ANNOUNCE_MIN_CELLS:
+        return
+    if include_zero_genes:
+        tokens = np.full(n, min(int(match.matched.sum()) + int(cls), max_length), dtype=np.float64)
+    else:
+        try:  # expressed genes per cell, from the row pointers alone (no values read)
+            per_row = stored_per_row(adata, layer)
+            per_row = np.concatenate([per_row[a:b] for a, b in chunks])
+        except Exception:  # noqa: BLE001 - an estimate only: a reader without row counts falls back to the cap
+            per_row = np.full(n, max_length)
+        tokens = np.minimum(per_row + int(cls), max_length).astype(np.float64)
+    flops, seconds = estimate(model.config, tokens, device=device, dtype=dtype)
+    if seconds >= ANNOUNCE_SECONDS:
+        what = f"running the model over {n:,} cells ({tokens.mean():,.0f} tokens per cell on average)"
+        announce(what, flops, seconds, device=device, knobs="max_length=, fewer cells, or a GPU")
+
+
+@named()
 def run_inference(
     model: ScGPT,
     adata: AnnData,
@@ -480,6 +496,8 @@ def run_inference(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     progress: bool | None = None,
+    organism: str = "human",
+    orthologs: str = "one2one",
     include_zero_genes: bool = False,
     cls_value: float | None = None,
     n_bins: int | None | Literal["model"] = "model",
@@ -487,7 +505,9 @@ def run_inference(
     max_tokens: int | None = None,
     tokens: Sequence[str] | None = None,
     chunks: Sequence[tuple[int, int]] | None = None,
-    fn: str = "embed",
+    cls: bool = True,
+    token_flags: np.ndarray | None = None,
+    announce: bool = True,
 ) -> InferenceResult:
     """Run ``model`` over the cells of ``adata`` (in memory or backed) and feed every minibatch to ``accumulator``.
 
@@ -501,6 +521,9 @@ def run_inference(
         What to compute and keep (:class:`CellRows`, :class:`GeneValues`, :class:`GenePairs`).
     gene_key, use_aliases, layer, batch_key, max_length, batch_size, seed, device, dtype, progress
         See :func:`scgpt.tl.embed`.
+    organism, orthologs
+        The species of the genes and which of their human orthologs are read (:func:`scgpt.pp.align_vocab`);
+        genes that share a token (``orthologs="all"``) have their counts summed by the collator.
     include_zero_genes
         Also feed the in-vocabulary genes a cell does not express (value 0), as the fine-tuning tutorials.
     cls_value
@@ -519,18 +542,25 @@ def run_inference(
         length into minibatches), in this order; the accumulator's :meth:`~Accumulator.end_chunk` follows
         each. Default: all cells, in chunks of :func:`default_chunk_size`. Cells outside them are not read
         (their ``n_tokens`` stay 0). Used to share cells between processes and to resume out-of-core runs.
-    fn
-        Name used in messages.
+    cls
+        Put ``<cls>`` first (``False`` for perturbation models, which see genes only).
+    token_flags
+        Perturbation flag of every vocabulary token (perturbation models: 1 on the target genes).
+    announce
+        Log the work and its estimated duration before a run that takes more than a few seconds.
     """
-    check_adata(adata, fn=fn)
-    if max_length < 2:
+    fn = caller()
+    check_adata(adata)
+    if max_length < 1 + int(cls):
         raise ValueError(f"max_length must be at least 2 (<cls> and one gene), got {max_length}.")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
     get_matrix(adata, layer)  # clear error for a missing layer before any work
-    match = match_adata(adata, model.vocab, gene_key=gene_key, use_aliases=use_aliases, fn=fn)
+    match = match_adata(
+        adata, model.vocab, gene_key=gene_key, use_aliases=use_aliases, organism=organism, orthologs=orthologs
+    )
     if tokens is not None:
-        match = match.restricted_to(model.vocab.lookup(tokens), fn=fn)
+        match = match.restricted_to(model.vocab.lookup(tokens))
     keys = np.zeros(adata.n_vars, dtype=np.uint64)
     keys[match.matched] = model.vocab.gene_keys()[match.ids[match.matched]]
     labels, unseen = batch_label_codes(model, adata, batch_key)
@@ -552,9 +582,10 @@ def run_inference(
         seed=seed,
         token_modality=token_modality(model),
         binary_modalities=binary_modalities(model),
+        cls=cls,
+        token_flags=token_flags,
     )
-    token_to_gene = torch.full((len(model.vocab),), -1, dtype=torch.long)
-    token_to_gene[torch.from_numpy(match.ids[match.matched])] = torch.from_numpy(np.flatnonzero(match.matched))
+    token_to_gene = torch.from_numpy(match.gene_of_token(len(model.vocab)))  # first gene of a shared token
     accumulator.begin(Run(adata.n_obs, adata.n_vars, token_to_gene.to(dev), dev, dt))
     if max_tokens is None and dev.type == "cpu":
         max_tokens = CPU_TOKENS.get(dt, 2048)
@@ -570,6 +601,8 @@ def run_inference(
     matrix = get_matrix(adata, layer)
     n_tokens = np.zeros(adata.n_obs, dtype=np.int64)
     total = sum(b - a for a, b in chunks)
+    if announce:
+        _announce(model, adata, layer, match, chunks, max_length, include_zero_genes, cls, dev, dt)
     bar = _progress_bar(total, f"{fn}: cells", settings.progress if progress is None else progress)
     was_training = model.net.training
     try:
@@ -584,8 +617,8 @@ def run_inference(
                         "by binning ties, but scaled or centred values cannot be used."
                     )
                 cells = collator.tokenize(X, seed=seed)
-                n_tokens[start : start + len(cells)] = cells.lengths + 1
-                for idx in length_batches(cells.lengths + 1, batch_size, max_tokens):
+                n_tokens[start : start + len(cells)] = cells.lengths + int(cls)
+                for idx in length_batches(cells.lengths + int(cls), batch_size, max_tokens):
                     batch = collator.collate(
                         cells.take(idx),
                         batch_labels=None if labels is None else labels[start + idx],
@@ -598,7 +631,7 @@ def run_inference(
     finally:
         bar.close()
         model.net.train(was_training)
-    n_empty = int((n_tokens == 1).sum())
+    n_empty = int((n_tokens == 1).sum()) if cls else 0
     if n_empty:
         warn(
             f"{n_empty} cells express none of the model's genes; they are run from <cls> alone (all such cells "

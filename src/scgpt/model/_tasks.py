@@ -45,11 +45,22 @@ class Task:
     schedule
         Default learning-rate schedule (``"cosine"``, ``"step"`` or ``"constant"``).
     defaults
-        Default training settings (``lr``, ``batch_size``, ``max_epochs``, ``validation_size``,
-        ``early_stopping``, ``eps``) of the official tutorial.
-    paired
-        The task trains on (control cell, perturbed cell) pairs of a perturbation screen
-        (:mod:`scgpt.model._perturbation`) instead of on single cells.
+        Default training settings of the official tutorial or script: ``lr``, ``batch_size``, ``max_epochs``,
+        ``eps`` (Adam), ``gradient_clip_val`` (every official loop clips the gradient norm at 1.0),
+        ``validation_size`` with ``early_stopping`` and ``restore_best`` (the tutorials hold out 10 % of the cells
+        and keep the epoch with the best validation score).
+    data
+        What the task trains on: ``"cells"`` (each cell tokenised by the recipe) or ``"pairs"`` ((control cell,
+        perturbed cell) pairs of a perturbation screen, :mod:`scgpt.data._screen`). :meth:`data_hook` gives the
+        class that prepares either for :meth:`ScGPT.finetune <scgpt.model.ScGPT.finetune>`.
+    inference
+        How a model fine-tuned for the task reads cells for its outputs, beside the zero-shot defaults:
+        ``include_zero_genes``, ``cls_value``, ``cls`` (``<cls>`` first), ``panel`` (only the genes it was
+        fine-tuned on, ``registry_["tokens"]``). The ``max_length`` is the fine-tuning one.
+    latent
+        :meth:`ScGPT.get_latent_representation <scgpt.model.ScGPT.get_latent_representation>` of a model
+        fine-tuned for the task reads cells as ``inference`` says (the task's product is an embedding);
+        otherwise the zero-shot way.
     """
 
     name: str
@@ -62,11 +73,40 @@ class Task:
     heads: Callable[[ScGPTConfig, Mapping[str, list[str]]], dict[str, Any]] = lambda config, categories: {}
     schedule: Literal["cosine", "step", "constant"] = "cosine"
     defaults: Mapping[str, Any] = field(default_factory=dict)
-    paired: bool = False
+    data: Literal["cells", "pairs"] = "cells"
+    inference: Mapping[str, Any] = field(default_factory=dict)
+    latent: bool = False
+
+    def data_hook(self) -> type:
+        """The class that prepares this task's training data (``CellData`` or ``PairData``)."""
+        if self.data == "pairs":
+            from ._perturbation import PairData
+
+            return PairData
+        from ._celldata import CellData
+
+        return CellData
+
+    def inference_options(self, registry: Mapping[str, Any]) -> dict[str, Any]:
+        """Keyword arguments of the inference engine for a model fine-tuned for this task (its ``registry_``)."""
+        options = {k: v for k, v in self.inference.items() if k != "panel"}
+        options["max_length"] = int(registry.get("last_recipe", {}).get("max_length", self.recipe.max_length))
+        if self.inference.get("panel"):
+            options["tokens"] = registry.get("tokens")
+        return options
+
+
+TUTORIAL_DROPOUT = 0.2
+"""Dropout of the official fine-tuning tutorials (annotation, integration, multi-omic); the perturbation tutorial: 0."""
+
+
+def _annotation_heads(config: ScGPTConfig, categories: Mapping[str, list[str]]) -> dict[str, Any]:
+    return {"n_cls": len(categories["labels"]), "mvc_style": None, "dropout": TUTORIAL_DROPOUT}  # no GEPC
 
 
 def _integration_heads(config: ScGPTConfig, categories: Mapping[str, list[str]]) -> dict[str, Any]:
     changes: dict[str, Any] = {
+        "dropout": TUTORIAL_DROPOUT,
         "n_batch_labels": len(categories["batches"]),
         "use_batch_labels": True,
         "batch_norm": "dsbn",
@@ -80,8 +120,13 @@ def _integration_heads(config: ScGPTConfig, categories: Mapping[str, list[str]])
 
 def _multiomic_heads(config: ScGPTConfig, categories: Mapping[str, list[str]]) -> dict[str, Any]:
     if "batches" not in categories:
-        return {}
-    return {"n_batch_labels": len(categories["batches"]), "use_batch_labels": True, "dab": True}
+        return {"dropout": TUTORIAL_DROPOUT}
+    return {
+        "n_batch_labels": len(categories["batches"]),
+        "use_batch_labels": True,
+        "dab": True,
+        "dropout": TUTORIAL_DROPOUT,
+    }
 
 
 def _perturbation_heads(config: ScGPTConfig, categories: Mapping[str, list[str]]) -> dict[str, Any]:
@@ -100,10 +145,12 @@ def _perturbation_heads(config: ScGPTConfig, categories: Mapping[str, list[str]]
         "mod_pad_id": None,
         "generative": False,
         "pad_value": 0.0,  # the tutorial's pad_value; un-binned log1p values are fed
+        "dropout": 0.0,  # the tutorial's dropout
     }
 
 
 _PRETRAIN_RATIOS = (0.25, 0.5, 0.75)
+_CLIP = {"gradient_clip_val": 1.0}  # every official loop: torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
 
 TASKS: dict[str, Task] = {
     task.name: task
@@ -121,6 +168,7 @@ TASKS: dict[str, Task] = {
                 mask_ratio=_PRETRAIN_RATIOS,
             ),
             heads=lambda config, categories: {"generative": True},
+            defaults=_CLIP,
         ),
         # masked-value pretraining (GEP + GEPC), the simpler alternative
         Task(
@@ -128,21 +176,34 @@ TASKS: dict[str, Task] = {
             "masked-value pretraining (GEP + GEPC)",
             "pretrain",
             Recipe("pretrain-masked", {"mlm": 1.0, "mvc": 1.0}, masking="masked", mask_ratio=_PRETRAIN_RATIOS),
+            defaults=_CLIP,
         ),
-        # Tutorial_Annotation: CLS only, nothing masked, expressed genes, <cls> value 0, max length 3001,
-        # Adam lr 1e-4, batch 32, 10 epochs, StepLR 0.9 per epoch
+        # Tutorial_Annotation: CLS only, nothing masked, expressed genes, <cls> value 0, max length 3001, dropout 0.2,
+        # Adam lr 1e-4 eps 1e-4 (the tutorial's AMP setting), batch 32, 10 epochs, StepLR 0.9 per epoch, clipping at
+        # 1.0, 10 % held out, the epoch with the lowest validation loss kept
         Task(
             "annotation",
             "cell-type classifier over the labels_key categories (official annotation tutorial)",
             "finetune",
             Recipe("annotation", {"cls": 1.0}, masking="none", mask_ratio=0.0, cls_value="zero", max_length=3001),
             requires=("labels_key",),
-            heads=lambda config, categories: {"n_cls": len(categories["labels"]), "mvc_style": None},  # no GEPC
+            heads=_annotation_heads,
             schedule="step",
-            defaults={"lr": 1e-4, "batch_size": 32, "max_epochs": 10, "validation_size": 0.1, "early_stopping": True},
+            defaults={
+                "lr": 1e-4,
+                "batch_size": 32,
+                "max_epochs": 10,
+                "validation_size": 0.1,
+                "early_stopping": True,
+                "restore_best": True,
+                "eps": 1e-4,
+                **_CLIP,
+            },
+            inference={"cls_value": 0.0},
         ),
         # Tutorial_Integration: GEP + GEPC + explicit zero probabilities + ECS(0.8, x10) + DAB(1) + DSBN, mask 0.4,
-        # HVGs with zeros, lr 1e-4, StepLR 0.9, 15 epochs, batch 64, Adam eps 1e-4 (AMP), per-batch minibatches
+        # HVGs with zeros, dropout 0.2, lr 1e-4, StepLR 0.9, 15 epochs, batch 64, Adam eps 1e-4 (AMP), clipping at
+        # 1.0, per-batch minibatches, 10 % held out and the epoch with the lowest validation loss kept
         Task(
             "integration",
             "batch integration: DSBN, adversarial batch discriminator, ECS over the batch_key batches (official)",
@@ -157,16 +218,27 @@ TASKS: dict[str, Task] = {
                 include_zero_genes=True,
                 max_length=1201,
                 per_batch_minibatches=True,
+                batch_order="sequential",  # SubsetsBatchSampler(inter_subset_shuffle=False): batch after batch
             ),
             requires=("batch_key",),
             heads=_integration_heads,
             schedule="step",
-            defaults={"lr": 1e-4, "batch_size": 64, "max_epochs": 15, "validation_size": 0.1, "eps": 1e-4},
+            defaults={
+                "lr": 1e-4,
+                "batch_size": 64,
+                "max_epochs": 15,
+                "validation_size": 0.1,
+                "restore_best": True,
+                "eps": 1e-4,
+                **_CLIP,
+            },
+            inference={"include_zero_genes": True, "cls_value": 0.0, "panel": True},
+            latent=True,
         ),
         # Tutorial_Multiomics: RNA HVGs with zeros + the other modalities' features as tokens with modality ids,
         # binned per modality; GEP + GEPC (+ DAB over batches, batch labels joined to the decoders), mask 0.4.
         # The official tutorial trains a new encoder from the gene embeddings (lr 1e-3, 25 epochs); here the whole
-        # pretrained model is fine-tuned, at the integration learning rate.
+        # pretrained model is fine-tuned, at the integration learning rate. Dropout 0.2, clipping at 1.0, 10 % held out.
         Task(
             "multiomic",
             "joint embedding of RNA and proteins/peaks as tokens with modality ids (official multi-omic tutorial)",
@@ -184,13 +256,23 @@ TASKS: dict[str, Task] = {
             multiomic=True,
             heads=_multiomic_heads,
             schedule="step",
-            defaults={"lr": 1e-4, "batch_size": 32, "max_epochs": 25, "validation_size": 0.1, "eps": 1e-4},
+            defaults={
+                "lr": 1e-4,
+                "batch_size": 32,
+                "max_epochs": 25,
+                "validation_size": 0.1,
+                "restore_best": True,
+                "eps": 1e-4,
+                **_CLIP,
+            },
+            inference={"include_zero_genes": True, "cls_value": 0.0, "panel": True},
+            latent=True,
         ),
         # Tutorial_Perturbation (TransformerGenerator): a random control cell's un-binned log1p(normalize_total)
         # values over the gene panel (zeros included, no <cls>) with flags on the target genes -> a cell of that
         # perturbation; MSE on every measured gene; 1536 tokens (a random subset above that, targets always
-        # kept), lr 1e-4, batch 64, StepLR 0.9, 15 epochs, best epoch by validation correlation (here the
-        # Pearson-delta over held-out target genes)
+        # kept), dropout 0, lr 1e-4 (Adam's default eps), batch 64, StepLR 0.9, 15 epochs, clipping at 1.0, best epoch
+        # by validation correlation (here the Pearson-delta over held-out target genes)
         Task(
             "perturbation",
             "perturbation-response prediction: control cell + target-gene flags -> perturbed cell (official)",
@@ -206,8 +288,16 @@ TASKS: dict[str, Task] = {
             ),
             heads=_perturbation_heads,
             schedule="step",
-            defaults={"lr": 1e-4, "batch_size": 64, "max_epochs": 15, "validation_size": 0.1, "early_stopping": True},
-            paired=True,
+            defaults={
+                "lr": 1e-4,
+                "batch_size": 64,
+                "max_epochs": 15,
+                "validation_size": 0.1,
+                "early_stopping": True,
+                **_CLIP,
+            },
+            data="pairs",
+            inference={"include_zero_genes": True, "cls": False},
         ),
     )
 }

@@ -1,25 +1,22 @@
-"""Data setup, training and fine-tuning for :class:`~scgpt.model.ScGPT`.
+"""Training of :class:`~scgpt.model.ScGPT`: architecture changes, data modules and ``train`` (scvi-tools style).
 
-scvi-tools style (``setup_anndata`` + ``train``), and ``finetune(task, ...)`` through the task registry.
+``train(adata, *, recipe, ..., plan_kwargs=None, **trainer_kwargs)``: the optimiser and schedule go to the
+training plan (:class:`~scgpt.train.ScGPTTrainingPlan`), everything about *how* to train (devices,
+precision, checkpoints, early stopping) to :class:`~scgpt.train.TrainRunner`, as scvi-tools does.
 """
 
 from __future__ import annotations
 
 import copy
-import os
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
-from .._anndata import check_adata, missing_values
-from .._logging import logger, warn
+from .._logging import logger, named
 from .._settings import settings
-from ..data._genes import gene_names
-from ..data._splits import random_split, stratified_split
-from ._adapters import prepare, unfreeze
-from ._tasks import Task, get_task, resolve_recipe
+from ..data._splits import random_split
+from ._setup import _categories, _registered_codes
+from ._tasks import resolve_recipe
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -27,142 +24,13 @@ if TYPE_CHECKING:
     from ..data import CellSource
     from ..train import Recipe, ScGPTDataModule
 
-SETUP_KEY = "_scgpt_setup"
-
 
 class TrainingOutOfMemoryError(MemoryError):
     """Training ran out of device memory; the message names the settings that would fit."""
 
 
-def _obs_column(adata: AnnData, key: str, what: str) -> pd.Series:
-    if key not in adata.obs:
-        raise KeyError(f"{what}={key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)}).")
-    return adata.obs[key]
-
-
-def _categorical(values: pd.Series) -> pd.Categorical:
-    """String categories of a column: a categorical keeps its order (unused categories dropped), else sorted."""
-    if isinstance(values.dtype, pd.CategoricalDtype):
-        values = values.cat.remove_unused_categories()
-        order = [str(c) for c in values.cat.categories]
-        return pd.Categorical(values.astype(str), categories=order)
-    return pd.Categorical(values.astype(str))
-
-
-def label_codes(adata: AnnData, labels_key: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """``(keep, codes, categories)`` of a label column: unlabelled cells are left out with a warning.
-
-    Raises when no cell or a single cell type is labelled; warns for cell types with a single cell.
-    """
-    values = _obs_column(adata, labels_key, "labels_key")
-    missing = missing_values(values)
-    if missing.all():
-        raise ValueError(f"obs[{labels_key!r}] holds no labels (all missing).")
-    if missing.any():
-        first = adata.obs_names[np.flatnonzero(missing)[0]]
-        warn(f"{int(missing.sum())} cells have no label in {labels_key!r} (first: {first!r}); they are left out.")
-    cats = _categorical(values[~missing])
-    if len(cats.categories) < 2:
-        raise ValueError(
-            f"obs[{labels_key!r}] has a single cell type ({cats.categories[0]!r}); a classifier needs two."
-        )
-    counts = pd.Series(cats).value_counts()
-    rare = counts[counts < 2]
-    if len(rare):
-        warn(f"{len(rare)} cell types have a single cell ({list(rare.index[:5])}); they are kept.")
-    return ~missing, np.asarray(cats.codes, dtype=np.int64), [str(c) for c in cats.categories]
-
-
-def batch_codes(adata: AnnData, batch_key: str) -> tuple[np.ndarray, list[str]]:
-    """``(codes, categories)`` of a batch column; missing batches are an error naming the first cell."""
-    values = _obs_column(adata, batch_key, "batch_key")
-    missing = missing_values(values)
-    if missing.any():
-        first = adata.obs_names[np.flatnonzero(missing)[0]]
-        raise ValueError(
-            f"obs[{batch_key!r}] has {int(missing.sum())} cells without a batch (first: {first!r}); give every cell a "
-            "batch or drop those cells."
-        )
-    cats = _categorical(values)
-    return np.asarray(cats.codes, dtype=np.int64), list(cats.categories)
-
-
 class TrainingMixin:
-    """``setup_anndata``, ``adapt``, ``train``, ``finetune`` and ``make_datamodule`` for :class:`~scgpt.model.ScGPT`."""
-
-    _managers: dict[str, Any] = {}
-
-    # ------------------------------------------------------------------ data setup
-    @classmethod
-    def setup_anndata(
-        cls,
-        adata: AnnData,
-        *,
-        layer: str | None = None,
-        batch_key: str | None = None,
-        labels_key: str | None = None,
-        gene_key: str | None = None,
-    ) -> None:
-        """Register the fields of an AnnData for :meth:`train`.
-
-        Uses scvi-tools' :class:`~scvi.data.AnnDataManager` (count layer, categorical batch and
-        label fields). The model's gene identity is its vocabulary: genes are matched to it by name
-        (``var_names`` or ``var[gene_key]``, plus Ensembl ids and old symbols), not by position.
-        :meth:`finetune` needs no setup.
-
-        Parameters
-        ----------
-        adata
-            Cells x genes with raw counts.
-        layer
-            Layer with raw counts; ``None`` uses ``adata.X``.
-        batch_key
-            ``obs`` column with batches (for DSBN, batch conditioning and the batch discriminator).
-        labels_key
-            ``obs`` column with cell-type labels (for the classification objective).
-        gene_key
-            ``var`` column with gene names; ``None`` uses ``var_names``.
-
-        Returns
-        -------
-        ``None``. Sets ``adata.obs['_scvi_batch']``, ``adata.obs['_scvi_labels']``, ``adata.uns['_scvi_uuid']``,
-        ``adata.uns['_scvi_manager_uuid']`` (scvi-tools' registry) and ``adata.uns['_scgpt_setup']``.
-        """
-        from scvi.data import AnnDataManager, fields
-
-        check_adata(adata, fn="setup_anndata")
-        gene_names(adata, gene_key)  # clear errors for missing keys / duplicated names
-        for key, what in ((batch_key, "batch_key"), (labels_key, "labels_key")):
-            if key is not None:
-                n_na = int(missing_values(_obs_column(adata, key, what)).sum())
-                if n_na:
-                    raise ValueError(
-                        f"adata.obs[{key!r}] has {n_na} missing values; drop or fill those cells before setup_anndata "
-                        "(model.finetune leaves unlabelled cells out itself)."
-                    )
-        setup_args = {"layer": layer, "batch_key": batch_key, "labels_key": labels_key, "gene_key": gene_key}
-        manager = AnnDataManager(
-            fields=[
-                fields.LayerField("X", layer, is_count_data=True),
-                fields.CategoricalObsField("batch", batch_key),
-                fields.CategoricalObsField("labels", labels_key),
-            ],
-            setup_method_args={"model_name": "ScGPT", "setup_args": setup_args},
-        )
-        manager.register_fields(adata)
-        cls._managers[manager.adata_uuid] = manager
-        adata.uns[SETUP_KEY] = {k: v for k, v in setup_args.items() if v is not None}
-
-    @classmethod
-    def _manager(cls, adata: AnnData):
-        uuid = adata.uns.get("_scvi_uuid")
-        if SETUP_KEY not in adata.uns or uuid not in cls._managers:
-            raise ValueError("This AnnData is not set up: call scgpt.model.ScGPT.setup_anndata(adata, ...) first.")
-        return cls._managers[uuid]
-
-    def view_anndata_setup(self, adata: AnnData | None = None) -> None:
-        """Print the registered fields and categories of an AnnData (default: the bound one)."""
-        self._manager(self._resolve_adata(adata)).view_registry()
+    """``adapt``, ``train`` and ``make_datamodule`` for :class:`~scgpt.model.ScGPT`."""
 
     # ------------------------------------------------------------------ architecture changes
     def adapt(self, **config_changes: Any):
@@ -200,6 +68,7 @@ class TrainingMixin:
         return new
 
     # ------------------------------------------------------------------ training
+    @named()
     def train(
         self,
         adata: AnnData | None = None,
@@ -208,34 +77,14 @@ class TrainingMixin:
         max_epochs: int | None = None,
         max_steps: int = -1,
         batch_size: int = 32,
-        lr: float = 1e-4,
-        weight_decay: float = 0.0,
-        eps: float = 1e-8,
-        schedule: str | None = None,
-        warmup_steps: int = 0,
-        step_gamma: float = 0.9,
         max_length: int | None = None,
         mask_ratio: float | tuple[float, ...] | None = None,
         train_size: float = 0.9,
         validation_size: float | None = None,
-        early_stopping: bool = False,
-        early_stopping_patience: int = 3,
-        restore_best: bool = False,
-        accelerator: str = "auto",
-        devices: int | str | list[int] = "auto",
-        strategy: str = "auto",
-        num_nodes: int = 1,
-        precision: str | int = "32-true",
-        accumulate_grad_batches: int = 1,
-        gradient_clip_val: float | None = None,
-        gradient_checkpointing: bool = False,
-        checkpoint_dir: str | os.PathLike | None = None,
-        checkpoint_every_n_steps: int | None = None,
-        resume: bool | str | os.PathLike = False,
-        log_every_n_steps: int = 10,
         seed: int = 0,
-        progress: bool | None = None,
         datamodule: Any = None,
+        gradient_checkpointing: bool = False,
+        plan_kwargs: dict[str, Any] | None = None,
         **trainer_kwargs: Any,
     ):
         """Pretrain or fine-tune in place with PyTorch Lightning.
@@ -253,62 +102,62 @@ class TrainingMixin:
         batch_size
             Cells per minibatch per device; the global batch is
             ``batch_size x devices x num_nodes x accumulate_grad_batches``.
-        lr, weight_decay, eps
-            Adam(W) settings.
-        schedule, warmup_steps, step_gamma
-            Learning-rate schedule (see :class:`~scgpt.train.ScGPTTrainingPlan`); ``schedule=None`` takes the
-            task's (``"cosine"`` for a :class:`~scgpt.train.Recipe`).
         max_length, mask_ratio
             Override the recipe's tokens per cell and hidden fraction.
         train_size, validation_size
             Random split of the cells (validation: the rest by default).
-        early_stopping, early_stopping_patience
-            Stop when ``val_loss`` stops improving.
-        restore_best
-            End with the weights of the epoch with the lowest ``val_loss`` (the official tutorials' ``best_model``)
-            instead of the last epoch's; needs validation cells.
-        accelerator, devices, strategy, num_nodes
-            Lightning device settings; ``strategy="ddp"`` with several devices or nodes for distributed
-            data-parallel training.
-        precision
-            ``"32-true"``, ``"bf16-mixed"`` or ``"16-mixed"`` (GPU).
-        accumulate_grad_batches, gradient_clip_val
-            Gradient accumulation and clipping.
+        seed
+            Seed of the split, order, masks and dropout.
+        datamodule
+            A ready :class:`~scgpt.train.ScGPTDataModule` (e.g. from :meth:`make_datamodule` over an
+            :class:`~scgpt.data.H5adCollection`).
         gradient_checkpointing
             Recompute each transformer layer's activations in the backward pass instead of keeping them: the
             activation memory of one layer instead of all of them, for about a third more time per step (same
             losses and gradients). See ``docs/training.md`` for what fits where.
-        checkpoint_dir
-            Where Lightning checkpoints (``last.ckpt``) and per-step loss logs
-            (``logs/version_<n>/metrics.csv``, a new version per run or resume) go.
-        checkpoint_every_n_steps
-            Save ``last.ckpt`` every this many steps (default: at each epoch end).
-        resume
-            ``True``: continue from ``checkpoint_dir/last.ckpt`` if it exists (same final weights as an
-            uninterrupted run); or a path to a checkpoint.
-        log_every_n_steps
-            Logging interval.
-        seed
-            Seed of the split, order, masks and dropout.
-        progress
-            Show progress bars (default: ``scgpt.settings.progress``).
-        datamodule
-            A ready :class:`~scgpt.train.ScGPTDataModule` (e.g. from :meth:`make_datamodule` over an
-            :class:`~scgpt.data.H5adCollection`).
+        plan_kwargs
+            Optimiser and schedule, passed to :class:`~scgpt.train.ScGPTTrainingPlan`: ``lr`` (default 1e-4),
+            ``weight_decay``, ``eps`` (Adam(W)), ``schedule`` (``"cosine"``, ``"step"`` or ``"constant"``; default
+            the task's, ``"cosine"`` for a :class:`~scgpt.train.Recipe`), ``warmup_steps``, ``step_gamma``.
         **trainer_kwargs
-            Passed to :class:`lightning.pytorch.Trainer`.
+            How to train, passed to :class:`~scgpt.train.TrainRunner`: ``accelerator``, ``devices``, ``strategy``,
+            ``num_nodes`` (``strategy="ddp"`` with several devices or nodes trains data-parallel); ``precision``
+            (``"32-true"``, ``"bf16-mixed"``, ``"16-mixed"``); ``accumulate_grad_batches``, ``gradient_clip_val``
+            (``None`` with a task's recipe: the task's, 1.0 as every official loop; ``0``: no clipping);
+            ``early_stopping``, ``early_stopping_patience``; ``restore_best`` (end with the weights of the epoch
+            with the lowest ``val_loss``, the official tutorials' ``best_model``); ``checkpoint_dir`` (``last.ckpt``
+            and per-step loss logs ``logs/version_<n>/metrics.csv``), ``checkpoint_every_n_steps``, ``resume``
+            (``True``: continue from ``checkpoint_dir/last.ckpt`` if it exists, the same final weights as an
+            uninterrupted run; or a path to a checkpoint); ``log_every_n_steps``; ``progress`` (default
+            ``scgpt.settings.progress``); and any other :class:`lightning.pytorch.Trainer` argument.
 
         Returns
         -------
         ``self``, trained in place; ``history_`` holds the per-epoch losses and ``trainer_`` the Trainer.
+
+        Examples
+        --------
+        >>> model.train(adata, recipe="pretrain", max_epochs=1, plan_kwargs={"lr": 1e-3})  # doctest: +SKIP
         """
         import torch
 
-        from ..train import ScGPTTrainingPlan, TrainRunner, check_recipe
-        from ..train._runner import RUNNER_OPTIONS
+        from ..train import PLAN_OPTIONS, ScGPTTrainingPlan, TrainRunner, check_recipe
 
+        misplaced = sorted(set(trainer_kwargs) & set(PLAN_OPTIONS))
+        if misplaced:
+            given = ", ".join(f"{k!r}: {trainer_kwargs[k]!r}" for k in misplaced)
+            raise TypeError(
+                f"train: {', '.join(misplaced)} {'is a' if len(misplaced) == 1 else 'are'} training-plan option"
+                f"{'s' * (len(misplaced) > 1)}; pass plan_kwargs={{{given}}}."
+            )
+        plan_kwargs = dict(plan_kwargs or {})
+        unknown = sorted(set(plan_kwargs) - set(PLAN_OPTIONS))
+        if unknown:
+            raise TypeError(f"train: unknown plan_kwargs {unknown}; the plan takes {list(PLAN_OPTIONS)}.")
         rec, task = resolve_recipe(recipe)
-        if task is not None and task.paired and datamodule is None:
+        if task is not None and trainer_kwargs.get("gradient_clip_val") is None:  # the official loops clip at 1.0
+            trainer_kwargs["gradient_clip_val"] = task.defaults.get("gradient_clip_val")
+        if task is not None and task.data == "pairs" and datamodule is None:
             raise ValueError(
                 f"recipe={task.name!r} trains on pairs of a perturbation screen, not on single cells: use "
                 f"model.finetune({task.name!r}, adata, perturbation_key=..., control=...)."
@@ -330,20 +179,15 @@ class TrainingMixin:
             datamodule = self._datamodule(
                 adata, rec, batch_size=batch_size, train_size=train_size, validation_size=validation_size, seed=seed
             )
-        plan = ScGPTTrainingPlan(
-            self.net,
-            rec,
-            lr=lr,
-            weight_decay=weight_decay,
-            eps=eps,
-            schedule=schedule or (task.schedule if task is not None else "cosine"),
-            warmup_steps=warmup_steps,
-            step_gamma=step_gamma,
-            seed=seed,
-        )
-        options = {name: value for name, value in locals().items() if name in RUNNER_OPTIONS}
-        options["progress"] = settings.progress if progress is None else progress
-        runner = TrainRunner(plan, datamodule, **options, **trainer_kwargs)
+        if plan_kwargs.get("schedule") is None:
+            plan_kwargs["schedule"] = task.schedule if task is not None else "cosine"
+        plan = ScGPTTrainingPlan(self.net, rec, seed=seed, **plan_kwargs)
+        resume = trainer_kwargs.pop("resume", False)
+        if trainer_kwargs.get("progress") is None:
+            trainer_kwargs["progress"] = settings.progress
+        runner = TrainRunner(plan, datamodule, max_epochs=max_epochs, max_steps=max_steps, **trainer_kwargs)
+        self.base_model_ = self.base_model()  # the weights it starts from; no file holds the weights after this
+        self.weights_file_ = None
         self.net.train()
         checkpointing, self.net.gradient_checkpointing = self.net.gradient_checkpointing, gradient_checkpointing
         try:
@@ -351,7 +195,8 @@ class TrainingMixin:
         except torch.cuda.OutOfMemoryError:  # torch.OutOfMemoryError, on any device
             from ._resources import out_of_memory_message
 
-            raise TrainingOutOfMemoryError(out_of_memory_message(self, datamodule, rec, locals())) from None
+            options = {"batch_size": batch_size, "gradient_checkpointing": gradient_checkpointing, **trainer_kwargs}
+            raise TrainingOutOfMemoryError(out_of_memory_message(self, datamodule, rec, options)) from None
         finally:
             self.net.eval()
             self.net.gradient_checkpointing = checkpointing
@@ -360,220 +205,7 @@ class TrainingMixin:
         self.registry_["last_recipe"] = rec.to_dict()
         return self
 
-    def finetune(
-        self,
-        task: str | Task,
-        adata: AnnData,
-        *,
-        labels_key: str | None = None,
-        batch_key: str | None = None,
-        perturbation_key: str | None = None,
-        control: str | None = None,
-        train_perturbations: Sequence[str] | None = None,
-        val_perturbations: Sequence[str] | None = None,
-        layer: str | None = None,
-        gene_key: str | None = None,
-        use_aliases: bool = True,
-        max_epochs: int | None = None,
-        batch_size: int | None = None,
-        lr: float | None = None,
-        max_length: int | None = None,
-        validation_size: float | None = None,
-        early_stopping: bool | None = None,
-        freeze_layers: int = 0,
-        adapter: str | None = None,
-        adapter_rank: int = 8,
-        adapter_alpha: float = 16,
-        adapter_dropout: float = 0.0,
-        adapter_modules: Sequence[str] | None = None,
-        seed: int = 0,
-        **train_kwargs: Any,
-    ):
-        """A copy of the model fine-tuned for a task of :data:`scgpt.model.TASKS` (this model is not modified).
-
-        The task adds its heads (e.g. a classifier over the ``labels_key`` categories, batch conditioning
-        over the ``batch_key`` batches), then trains its official objectives with the official settings,
-        which the arguments below override.
-
-        Parameters
-        ----------
-        task
-            ``"annotation"``, ``"integration"``, ``"multiomic"``, ``"perturbation"`` (or
-            ``"pretrain"``/``"pretrain-masked"`` to continue pretraining), or a :class:`~scgpt.model.Task`.
-        adata
-            Cells x genes with raw counts; need not be set up.
-        labels_key
-            ``obs`` column with cell types (``"annotation"``). Unlabelled cells are left out with a warning.
-        batch_key
-            ``obs`` column with batches (``"integration"``).
-        perturbation_key, control
-            ``"perturbation"``: the ``obs`` column with each cell's target gene(s) (``"JAK2"``, ``"JAK2+STAT1"``;
-            default ``"perturbation"``) and the label of control cells (default ``"control"``).
-        train_perturbations, val_perturbations
-            ``"perturbation"``: the labels to train on (default: every non-control label not in
-            ``val_perturbations``) and to validate on (default: a seeded ``validation_size`` share of the
-            target genes, held out whole with :func:`scgpt.data.split_perturbations`). See
-            :func:`scgpt.model._perturbation.finetune_perturbation`.
-        layer
-            Layer with raw counts; ``None`` uses ``adata.X``.
-        gene_key
-            ``var`` column with gene names; ``None`` uses ``var_names``.
-        use_aliases
-            Also match genes by Ensembl id, previous symbol or alias.
-        max_epochs, batch_size, lr, max_length
-            Training settings; ``None`` takes the task's (annotation: 10 epochs, batch 32, lr 1e-4, 3001 tokens).
-        validation_size
-            Share of cells held out for validation (stratified by label when there are labels);
-            ``"perturbation"``: share of target genes held out.
-        early_stopping
-            Stop when the validation loss stops improving (annotation: yes; perturbation: yes, on the
-            validation Pearson-delta).
-        freeze_layers
-            Keep the gene/value encoders (gene embeddings included) and the first ``freeze_layers`` transformer
-            layers fixed (0: train all).
-        adapter
-            ``"lora"``: keep every pretrained weight of the trunk fixed and train low-rank adapters on the
-            transformer layers (``peft`` LoRA; install ``scgpt-scverse[peft]``), plus the task's heads and
-            conditioning parts (DSBN, batch/perturbation/modality encoders, new-token embeddings) in full: a few
-            percent of the weights, less memory, and :meth:`save` writes only those (megabytes). ``None``: train
-            all weights (or those ``freeze_layers`` leaves). See ``docs/training.md``.
-        adapter_rank, adapter_alpha, adapter_dropout
-            LoRA rank, scaling (updates scaled by ``alpha / rank``) and dropout on the adapters' input.
-        adapter_modules
-            Linear layers of every transformer layer that get adapters, among ``"in_proj"``, ``"out_proj"``
-            (attention), ``"linear1"``, ``"linear2"`` (feed-forward); default all four.
-        seed
-            Seed of the new heads' initialisation, the split, the order and the masks.
-        **train_kwargs
-            Passed to :meth:`train` (``schedule``, ``gradient_checkpointing``, ``precision``, ``accelerator``,
-            ``devices``, ``checkpoint_dir``, ...).
-
-        Returns
-        -------
-        The fine-tuned model, with the weights of the epoch with the lowest validation loss when cells were
-        held out (the official tutorials' ``best_model``; perturbation: the highest validation Pearson-delta).
-        Its ``registry_`` records the task, the keys and the categories in output order (``label_categories``,
-        ``batch_categories``), or the perturbation setup (``perturbation_key``, ``control``, ``perturbation``).
-
-        Examples
-        --------
-        >>> clf = model.finetune("annotation", reference, labels_key="cell_type")  # doctest: +SKIP
-        >>> scgpt.tl.annotate(query, clf)  # doctest: +SKIP
-        >>> gen = model.finetune("perturbation", screen)  # doctest: +SKIP
-        >>> scgpt.tl.predict_perturbation(screen, gen, ["JAK2", "JAK2+STAT1"])  # doctest: +SKIP
-        """
-        import torch
-
-        from ..data import AnnDataSource
-
-        t = get_task(task)
-        check_adata(adata, fn=f"finetune({t.name!r})")
-        adapter_options = {"adapter": adapter, "adapter_rank": adapter_rank, "adapter_alpha": adapter_alpha}
-        adapter_options.update(adapter_dropout=adapter_dropout, adapter_modules=adapter_modules)
-        perturbation_options = {
-            "perturbation_key": perturbation_key,
-            "control": control,
-            "train_perturbations": train_perturbations,
-            "val_perturbations": val_perturbations,
-        }
-        if t.paired:
-            from ._perturbation import finetune_perturbation
-
-            for key, value in (("labels_key", labels_key), ("batch_key", batch_key)):
-                if value is not None:
-                    warn(f"finetune({t.name!r}) does not use {key}; ignored.")
-            return finetune_perturbation(
-                self,
-                t,
-                adata,
-                **perturbation_options,
-                layer=layer,
-                gene_key=gene_key,
-                use_aliases=use_aliases,
-                max_epochs=max_epochs,
-                batch_size=batch_size,
-                lr=lr,
-                max_length=max_length,
-                validation_size=validation_size,
-                early_stopping=early_stopping,
-                freeze_layers=freeze_layers,
-                adapter_options=adapter_options,
-                seed=seed,
-                **train_kwargs,
-            )
-        given = [k for k, v in perturbation_options.items() if v is not None]
-        if given:
-            warn(f"finetune({t.name!r}) does not use {', '.join(given)} (perturbation options); ignored.")
-        keys = {"labels_key": labels_key, "batch_key": batch_key}
-        missing = [k for k in t.requires if keys[k] is None]
-        if missing:
-            raise ValueError(f"finetune({t.name!r}) needs {', '.join(f'{k}=' for k in missing)} (an obs column).")
-        unused = [k for k, v in keys.items() if v is not None and k not in t.requires + t.optional]
-        if unused:
-            warn(f"finetune({t.name!r}) does not use {', '.join(unused)}; ignored.")
-        if t.multiomic and self.mod_vocab is None:
-            raise ValueError(
-                f"finetune({t.name!r}) needs a multi-omic model: use scgpt.tl.integrate(mdata, model, modalities=...) "
-                "or scgpt.model.with_modalities(model, {'prot': [...]})."
-            )
-        keep = np.ones(adata.n_obs, dtype=bool)
-        obs: dict[str, np.ndarray] = {}
-        categories: dict[str, list[str]] = {}
-        if "labels_key" in t.requires:
-            keep, obs["labels"], categories["labels"] = label_codes(adata, labels_key)
-        cells = adata if keep.all() else adata[keep]
-        if batch_key is not None and "batch_key" in t.requires + t.optional:
-            obs["batch_labels"], categories["batches"] = batch_codes(cells, batch_key)
-
-        torch.manual_seed(seed)
-        new = self.adapt(**t.heads(self.config, categories))
-        prepare(new, self, freeze_layers, **adapter_options)
-
-        defaults = t.defaults
-        recipe = t.recipe if max_length is None else t.recipe.replace(max_length=max_length)
-        if "batches" not in categories and "dab" in recipe.objectives:  # an optional batch_key not given
-            recipe = recipe.replace(objectives={k: w for k, w in recipe.objectives.items() if k != "dab"})
-        stop = defaults.get("early_stopping", False) if early_stopping is None else early_stopping
-        if validation_size is None:  # by default, cells are held out only to stop early
-            validation_size = defaults.get("validation_size", 0.1) if stop else 0.0
-        if "labels" in obs:
-            split = stratified_split(obs["labels"], validation_size, seed=seed)
-        else:
-            split = random_split(cells.n_obs, 1 - validation_size, validation_size, seed=seed)
-        source = AnnDataSource.matched(
-            cells, new.vocab, gene_key=gene_key, layer=layer, use_aliases=use_aliases, fn=f"finetune({t.name!r})"
-        )
-        size = defaults.get("batch_size", 32) if batch_size is None else batch_size
-        dm = new.make_datamodule(source, recipe, batch_size=size, seed=seed, obs=obs, split=split)
-        new.registry_["task"] = t.name
-        if recipe.include_zero_genes:  # every gene of the panel is a token of every cell: the panel is the model's
-            new.registry_["tokens"] = new.vocab.lookup_tokens(source.present_tokens())
-        if "labels" in categories:
-            new.registry_.update(label_categories=categories["labels"], labels_key=labels_key)
-        if "batches" in categories:
-            new.registry_.update(batch_categories=categories["batches"], batch_key=batch_key)
-        logger.info(
-            f"fine-tuning for {t.name!r} on {len(split[0])} cells ({len(split[1])} for validation)"
-            + "".join(f", {len(v)} {k}" for k, v in categories.items())
-        )
-        train_kwargs.setdefault("restore_best", len(split[1]) > 0)  # the official best_model: lowest val_loss
-        for key, default in (("eps", defaults.get("eps", 1e-8)), ("schedule", t.schedule)):
-            if train_kwargs.get(key) is None:  # not given, or None from the command line: the task's
-                train_kwargs[key] = default
-        try:
-            new.train(
-                datamodule=dm,
-                recipe=recipe,
-                max_epochs=defaults.get("max_epochs", 10) if max_epochs is None else max_epochs,
-                lr=defaults.get("lr", 1e-4) if lr is None else lr,
-                seed=seed,
-                early_stopping=stop and len(split[1]) > 0,
-                **train_kwargs,
-            )
-        finally:
-            unfreeze(new)
-        return new
-
+    @named()
     def make_datamodule(
         self,
         source: CellSource,
@@ -649,6 +281,7 @@ class TrainingMixin:
             obs=obs,
             chunk_size=chunk_size,
             group_by=group_by,
+            group_order=rec.batch_order,
         )
 
     def _datamodule(self, adata: AnnData, recipe: Recipe, *, batch_size, train_size, validation_size, seed):
@@ -658,7 +291,12 @@ class TrainingMixin:
         manager = self._manager(adata)
         setup = manager.registry["setup_args"]
         source = AnnDataSource.matched(
-            adata, self.vocab, gene_key=setup.get("gene_key"), layer=setup.get("layer"), fn="train"
+            adata,
+            self.vocab,
+            gene_key=setup.get("gene_key"),
+            layer=setup.get("layer"),
+            organism=setup.get("organism", "human"),
+            orthologs=setup.get("orthologs", "one2one"),
         )
         obs: dict[str, np.ndarray] = {}
         c = self.config
@@ -689,30 +327,3 @@ class TrainingMixin:
             seed=seed,
             obs=obs,
         )
-
-
-def freeze(model, freeze_layers: int) -> None:
-    """Keep the gene/value encoders and the first ``freeze_layers`` transformer layers fixed (0: train all)."""
-    n_layers = model.config.n_layers
-    if not 0 <= freeze_layers <= n_layers:
-        raise ValueError(f"freeze_layers must be between 0 and {n_layers}, got {freeze_layers}.")
-    frozen = [model.net.encoder, model.net.value_encoder, *model.net.transformer_encoder.layers[:freeze_layers]]
-    for module in frozen if freeze_layers else []:
-        module.requires_grad_(False)
-
-
-def _categories(manager, key: str) -> list[str] | None:
-    setup = manager.registry["setup_args"]
-    if setup.get(f"{key}_key" if key == "batch" else "labels_key") is None:
-        return None
-    return [str(c) for c in manager.get_state_registry(key)["categorical_mapping"]]
-
-
-def _registered_codes(manager, adata: AnnData, key: str) -> np.ndarray:
-    """Integer codes of a registered field read from ``adata`` itself.
-
-    A subset or copy of a set-up AnnData shares its registry (same ``_scvi_uuid``), so the codes must
-    come from the cells passed in, not from the AnnData that was registered.
-    """
-    field = manager.data_registry[key]
-    return np.asarray(getattr(adata, field.attr_name)[field.attr_key]).ravel().astype(np.int64)

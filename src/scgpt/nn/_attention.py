@@ -7,8 +7,10 @@ released scGPT checkpoints, so official weights load with a rename only.
 Both projections are :class:`~torch.nn.Linear` modules, always called as modules (never through
 their weights with ``F.linear``), so that adapter libraries such as ``peft`` that wrap ``nn.Linear``
 modules change what the attention computes: a projection applied functionally would be skipped by
-the wrapper and its adapter would silently never train. The state-dict keys stay those of
-:class:`torch.nn.MultiheadAttention` (``in_proj_weight``, ``in_proj_bias``) through state-dict hooks.
+the wrapper and its adapter would silently never train. The input projection's weight and bias are
+also registered on the attention itself under the names of :class:`torch.nn.MultiheadAttention`
+(``in_proj_weight``, ``in_proj_bias``; the same tensors, counted once), so parameter names, their order
+and the state-dict keys are those of the official model; a state-dict hook leaves out the module's copy.
 """
 
 from __future__ import annotations
@@ -38,20 +40,13 @@ class SelfAttention(nn.Module):
         self.d_model, self.n_heads, self.dropout = d_model, n_heads, dropout
         # no random draws here (reset_parameters initialises it), so a seed gives the weights it always gave
         self.in_proj = nn.utils.skip_init(nn.Linear, d_model, 3 * d_model, device=torch.get_default_device())
+        # the same tensors under the official names: named_parameters() lists these (first, once), as before
+        self.in_proj_weight = self.in_proj.weight  # [W_q; W_k; W_v], (3d, d)
+        self.in_proj_bias = self.in_proj.bias  # (3d,)
         self.out_proj = nn.Linear(d_model, d_model)
         self.reset_parameters()
         self.register_state_dict_post_hook(_packed_names)
         _register_load_pre_hook(self, _module_names)
-
-    @property
-    def in_proj_weight(self) -> Tensor:
-        """``[W_q; W_k; W_v]``, ``(3d, d)``: the weight of ``in_proj`` (its state-dict key)."""
-        return self.in_proj.weight
-
-    @property
-    def in_proj_bias(self) -> Tensor:
-        """The bias of ``in_proj``, ``(3d,)`` (its state-dict key)."""
-        return self.in_proj.bias
 
     def reset_parameters(self) -> None:
         """Initialise as :class:`torch.nn.MultiheadAttention` does."""
@@ -126,32 +121,32 @@ class SelfAttention(nn.Module):
 
 
 def _packed_names(module: SelfAttention, state_dict: dict, prefix: str, local_metadata: dict) -> None:
-    """State-dict post-hook: ``in_proj.weight``/``.bias`` are saved as ``in_proj_weight``/``in_proj_bias``.
+    """State-dict post-hook: the ``in_proj`` module's copy of ``in_proj_weight``/``in_proj_bias`` is left out.
 
-    Keys keep their order (this module's keys are the last ones written), so a saved file is
-    byte-identical to one saved before the projection became a module.
+    Also under an adapter (``peft`` keeps the original layer as ``in_proj.base_layer``). The keys and their
+    order are then those of the attention before the projection became a module, so a saved file is
+    byte-identical to one saved before.
     """
-    getattr(state_dict, "_metadata", {}).pop(prefix + "in_proj", None)  # as before: no entry of its own
-    mine = [k for k in state_dict if k.startswith(prefix)]
-    for key in mine:
-        value = state_dict.pop(key)
-        name = key[len(prefix) :]
-        state_dict[prefix + _PACKED.get(name, name)] = value
+    meta = getattr(state_dict, "_metadata", {})
+    for inner in _INNER:
+        meta.pop(prefix + inner, None)  # as before: no entry of its own
+        for name in ("weight", "bias"):
+            state_dict.pop(f"{prefix}{inner}.{name}", None)
 
 
 def _module_names(module: SelfAttention, state_dict: dict, prefix: str, *args) -> None:
-    """Load-state-dict pre-hook: ``in_proj_weight``/``in_proj_bias`` load into the ``in_proj`` module.
+    """Load-state-dict pre-hook: ``in_proj_weight``/``in_proj_bias`` also fill the ``in_proj`` module's keys.
 
-    When an adapter wraps ``in_proj`` (``peft`` keeps the original as ``in_proj.base_layer``), the
-    packed keys load into the wrapped layer.
+    They are the same tensors; the module's keys are expected by ``load_state_dict``. When an adapter wraps
+    ``in_proj`` (``peft`` keeps the original as ``in_proj.base_layer``), the wrapped layer's keys.
     """
-    target = "in_proj.base_layer." if hasattr(module.in_proj, "base_layer") else "in_proj."
+    inner = _INNER[1] if hasattr(module.in_proj, "base_layer") else _INNER[0]
     for name in ("weight", "bias"):
         if prefix + f"in_proj_{name}" in state_dict:
-            state_dict[prefix + target + name] = state_dict.pop(prefix + f"in_proj_{name}")
+            state_dict[f"{prefix}{inner}.{name}"] = state_dict[prefix + f"in_proj_{name}"]
 
 
-_PACKED = {"in_proj.weight": "in_proj_weight", "in_proj.bias": "in_proj_bias"}
+_INNER = ("in_proj", "in_proj.base_layer")
 
 
 def _register_load_pre_hook(module: nn.Module, hook) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+import pandas as pd
 
-from .._docs import doc_params
-from ._utils import finish, new_axes
+from .._docs import doc_params, evaluation_key_doc
+from .._logging import caller, named
+from ._utils import evaluation_entry, finish, new_axes
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -15,10 +17,39 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
-@doc_params()
+OVERALL = "overall"  # the row of scgpt.tl.evaluate_annotation's scores over all cells
+
+
+def _confusion(data: AnnData | pd.DataFrame, key: str | None) -> tuple[pd.DataFrame, pd.Series | None]:
+    """The confusion matrix (true x predicted counts) and the overall scores of an evaluation."""
+    fn = caller()
+    if isinstance(data, pd.DataFrame):
+        stored = data.attrs.get("confusion")
+        if not isinstance(stored, dict) or not {"data", "index", "columns"} <= set(stored):
+            raise KeyError(
+                f"{fn}: the DataFrame has no confusion matrix in .attrs['confusion']; pass the DataFrame "
+                "scgpt.tl.evaluate_annotation returned (pandas drops .attrs in some operations), or the AnnData it "
+                "stored its results in (key_added=) with key=."
+            )
+        table = data
+        conf = pd.DataFrame(**stored)
+    elif hasattr(data, "uns"):
+        entry = evaluation_entry(data, key, "evaluate_annotation", needs=("confusion", "results"))
+        table, conf = entry["results"], entry["confusion"]
+    else:
+        raise TypeError(
+            f"{fn}: data must be the DataFrame of scgpt.tl.evaluate_annotation or an AnnData, got "
+            f"{type(data).__name__}."
+        )
+    overall = table.loc[OVERALL] if isinstance(table, pd.DataFrame) and OVERALL in table.index else None
+    return conf, overall
+
+
+@doc_params(key=evaluation_key_doc("evaluate_annotation"))
+@named("scgpt.pl.confusion")
 def confusion(
-    adata: AnnData,
-    key: str = "scgpt_celltype_evaluation",
+    data: AnnData | pd.DataFrame,
+    key: str | None = None,
     *,
     normalize: Literal["true", "pred", None] = "true",
     cmap: str = "Blues",
@@ -32,10 +63,10 @@ def confusion(
 
     Parameters
     ----------
-    adata
-        Annotated data holding ``adata.uns[key]``.
-    key
-        ``uns`` entry written by :func:`scgpt.tl.evaluate_annotation`.
+    data
+        The DataFrame :func:`scgpt.tl.evaluate_annotation` returned (its ``attrs["confusion"]``), or an AnnData
+        holding its results in ``uns[key]`` (``evaluate_annotation(..., key_added=key)``).
+    {key}
     normalize
         ``"true"``: rows sum to 1 (recall per cell type); ``"pred"``: columns sum to 1 (precision);
         ``None``: cell counts.
@@ -51,12 +82,9 @@ def confusion(
     -------
     {plot_returns}
     """
-    if key not in adata.uns or "confusion" not in adata.uns[key]:
-        raise KeyError(f"adata.uns[{key!r}] has no confusion matrix; run scgpt.tl.evaluate_annotation first.")
     if normalize not in ("true", "pred", None):
         raise ValueError(f"normalize must be 'true', 'pred' or None, got {normalize!r}.")
-    metrics = adata.uns[key]
-    conf = metrics["confusion"]
+    conf, overall = _confusion(data, key)
     values = conf.to_numpy(dtype=float)
     if normalize == "true":
         values = values / np.maximum(values.sum(1, keepdims=True), 1)
@@ -91,7 +119,7 @@ def confusion(
         pad=0.04,
         label={"true": "share of true cells", "pred": "share of predicted cells", None: "cells"}[normalize],
     )
-    ax.set_title(
-        title if title is not None else f"accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}"
-    )
+    if title is None and overall is not None:
+        title = f"accuracy {overall['accuracy']:.3f}, macro-F1 {overall['f1']:.3f}"
+    ax.set_title(title or "")
     return finish(fig, ax, show=show, return_fig=return_fig)

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .._docs import doc_params
+from .._logging import named
 from ._utils import finish, new_axes
 
 if TYPE_CHECKING:
@@ -71,6 +72,7 @@ def _palette(n: int, stored: object = None) -> list[str]:
 
 
 @doc_params()
+@named("scgpt.pl.attention")
 def attention(
     adata: AnnData,
     key: str = "scgpt_grn",
@@ -194,6 +196,7 @@ def attention(
 
 
 @doc_params()
+@named("scgpt.pl.grn")
 def grn(
     adata_or_edges: AnnData | pd.DataFrame,
     key: str = "scgpt_grn",
@@ -359,6 +362,7 @@ def _chosen_programs(names: list[str], programs: str | Sequence[str] | None) -> 
 
 
 @doc_params()
+@named("scgpt.pl.gene_programs")
 def gene_programs(
     adata: AnnData,
     groupby: str,
@@ -497,6 +501,7 @@ def gene_programs(
 
 
 @doc_params()
+@named("scgpt.pl.gene_embedding")
 def gene_embedding(
     adata: AnnData,
     key: str = "scgpt_program",

@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from .._docs import doc_params
-from ._utils import finish, new_axes
+from .._docs import doc_params, evaluation_key_doc
+from .._logging import named
+from ._utils import evaluation_entry, finish, new_axes
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -18,10 +19,11 @@ if TYPE_CHECKING:
 AGGREGATES = ("Bio conservation", "Batch correction", "Total", "AvgBIO", "AvgBATCH")
 
 
-@doc_params()
+@doc_params(key=evaluation_key_doc("benchmark_integration"))
+@named("scgpt.pl.benchmark_integration")
 def benchmark_integration(
     data: AnnData | pd.DataFrame,
-    key: str = "scgpt_integration_benchmark",
+    key: str | None = None,
     *,
     cmap: str = "viridis",
     title: str | None = None,
@@ -37,9 +39,9 @@ def benchmark_integration(
     Parameters
     ----------
     data
-        An AnnData holding ``uns[key]['results']``, or the table returned by :func:`scgpt.tl.benchmark_integration`.
-    key
-        ``uns`` entry written by :func:`scgpt.tl.benchmark_integration`.
+        The table :func:`scgpt.tl.benchmark_integration` returned, or an AnnData holding its results in
+        ``uns[key]`` (``benchmark_integration(..., key_added=key)``).
+    {key}
     cmap
         Colour map.
     title
@@ -52,10 +54,13 @@ def benchmark_integration(
     """
     if isinstance(data, pd.DataFrame):
         table = data
+    elif hasattr(data, "uns"):
+        table = evaluation_entry(data, key, "benchmark_integration", needs=("results",))["results"]
     else:
-        if key not in data.uns or "results" not in data.uns[key]:
-            raise KeyError(f"adata.uns[{key!r}] has no results; run scgpt.tl.benchmark_integration first.")
-        table = data.uns[key]["results"]
+        raise TypeError(
+            "scgpt.pl.benchmark_integration: data must be the DataFrame of scgpt.tl.benchmark_integration or an "
+            f"AnnData, got {type(data).__name__}."
+        )
     table = table.sort_values("Total", ascending=False) if "Total" in table else table
     metrics = [c for c in table.columns if c not in AGGREGATES] + [c for c in AGGREGATES if c in table.columns]
     values = table[metrics].to_numpy(dtype=float)

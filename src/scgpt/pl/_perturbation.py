@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 
-from .._anndata import log_normalized
-from .._docs import doc_params
-from ..data._perturbation import parse_perturbation, perturbation_label, perturbation_labels, rank_genes_vs_control
-from ._utils import finish, new_axes
+from .._docs import doc_params, evaluation_key_doc
+from .._logging import caller, named
+from ..data import log_normalized, parse_perturbation, perturbation_label, perturbation_labels, rank_genes_vs_control
+from ._utils import evaluation_entry, finish, missing_evaluation, new_axes
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -53,7 +53,8 @@ def _model_colors(n: int) -> list[str]:
 # --------------------------------------------------------------------------- perturbation
 
 
-def _predictions(pred: AnnData | Mapping[str, AnnData] | None, fn: str) -> dict[str, AnnData]:
+def _predictions(pred: AnnData | Mapping[str, AnnData] | None) -> dict[str, AnnData]:
+    fn = caller()
     from anndata import AnnData
 
     if pred is None:
@@ -78,8 +79,9 @@ def _row_label(name: str, control: str) -> str:
         return name
 
 
-def _predicted_values(p: AnnData, name: str, label: str, genes: list[str], control: str, fn: str) -> np.ndarray:
+def _predicted_values(p: AnnData, name: str, label: str, genes: list[str], control: str) -> np.ndarray:
     """The predicted profile of ``label`` on ``genes`` (a row of ``p.X``)."""
+    fn = caller()
     import scipy.sparse as sp
 
     rows = [i for i, s in enumerate(p.obs_names) if _row_label(str(s), control) == label]
@@ -99,8 +101,8 @@ def _shown_genes(
     label: str,
     var_names: pd.Index,
     n_genes: int,
-    fn: str,
 ) -> list[str] | None:
+    fn = caller()
     if de_genes is None:
         return None
     if isinstance(de_genes, Mapping):
@@ -118,6 +120,7 @@ def _shown_genes(
 
 
 @doc_params()
+@named("scgpt.pl.perturbation")
 def perturbation(
     adata: AnnData,
     perturbation: str | Sequence[str],
@@ -153,16 +156,16 @@ def perturbation(
         A prediction (:func:`scgpt.tl.perturbation_baseline` or :func:`scgpt.tl.predict_perturbation` output,
         named by its ``uns["perturbation_prediction"]["method"]``) or a dict method name -> prediction; each must
         have a row for the perturbation and cover the shown genes. ``None``: observed changes only.
-    perturbation_key
-        ``obs`` column with the perturbation labels.
+    {perturbation_key}
     control
         Label of control cells (they must occur).
     n_genes
         Number of genes shown.
     de_genes
         The genes to show, strongest first (the first ``n_genes`` of them), or a dict perturbation -> genes such
-        as ``df.attrs["de_genes"]`` of :func:`scgpt.tl.evaluate_perturbation`. ``None``: the top ``n_genes`` of
-        :func:`scgpt.tl.perturbation_de_genes` (Welch t-test against the control cells, ranked by absolute score).
+        as ``df.attrs["de_genes"]`` of :func:`scgpt.tl.evaluate_perturbation` (or its ``uns[key_added]["de_genes"]``).
+        ``None``: the top ``n_genes`` of :func:`scgpt.tl.perturbation_de_genes` (Welch t-test against the control
+        cells, ranked by absolute score).
     layer
         Layer of ``adata`` with the counts; ``None`` uses ``adata.X``.
     {plot}
@@ -177,7 +180,7 @@ def perturbation(
     fn = "scgpt.pl.perturbation"
     if n_genes < 1:
         raise ValueError(f"{fn}: n_genes must be positive, got {n_genes}.")
-    labels = perturbation_labels(adata, perturbation_key=perturbation_key, control=control, fn=fn)
+    labels = perturbation_labels(adata, perturbation_key=perturbation_key, control=control)
     label = perturbation_label(perturbation, control=control)
     if label == control:
         raise ValueError(f"{fn}: {control!r} is the control label; choose a perturbation.")
@@ -188,12 +191,12 @@ def perturbation(
         raise KeyError(
             f"{fn}: perturbation {label!r} has no cells in adata.obs[{perturbation_key!r}] (labels: {shown})."
         )
-    preds = _predictions(pred, fn)
-    genes = _shown_genes(de_genes, label, adata.var_names, n_genes, fn)
+    preds = _predictions(pred)
+    genes = _shown_genes(de_genes, label, adata.var_names, n_genes)
 
     cells = labels.isin([control, label]).to_numpy()
     names = labels.to_numpy()[cells]
-    X = log_normalized(adata[cells] if not cells.all() else adata, layer, fn=fn)
+    X = log_normalized(adata[cells] if not cells.all() else adata, layer)
     if genes is None:
         ranked = rank_genes_vs_control(X, names, [label], control, n_genes=n_genes)[label]
         genes = [str(g) for g in adata.var_names[ranked]]
@@ -203,7 +206,7 @@ def perturbation(
     ctrl_mean = values[is_control].mean(0)
     observed = values[names == label] - ctrl_mean
     band_low, band_high = np.percentile(values[is_control] - ctrl_mean, CONTROL_QUANTILES, axis=0)
-    predicted = {name: _predicted_values(p, name, label, genes, control, fn) - ctrl_mean for name, p in preds.items()}
+    predicted = {name: _predicted_values(p, name, label, genes, control) - ctrl_mean for name, p in preds.items()}
 
     n = len(genes)
     fig, ax = new_axes(ax, (max(4.0, 1.2 + 0.38 * n), 4.0))
@@ -283,34 +286,38 @@ def _lower_is_better(metric: str) -> bool:
     return any(word in name for word in ("mse", "mae", "rmse", "error", "distance", "loss"))
 
 
-def _results_table(results: AnnData | pd.DataFrame, key: str, fn: str) -> pd.DataFrame:
-    if isinstance(results, pd.DataFrame):
-        table = results
+def _results_table(data: AnnData | pd.DataFrame, key: str | None) -> pd.DataFrame:
+    fn = caller()
+    if isinstance(data, pd.DataFrame):
+        table = data
     else:
-        uns = getattr(results, "uns", None)
+        uns = getattr(data, "uns", None)
         if uns is None:
-            raise TypeError(f"{fn}: results must be the DataFrame of scgpt.tl.evaluate_perturbation or an AnnData.")
-        entry = uns.get(key)
-        if isinstance(entry, Mapping) and isinstance(entry.get("results"), pd.DataFrame):
-            entry = entry["results"]
-        if not isinstance(entry, pd.DataFrame):
-            raise KeyError(f"{fn}: adata.uns[{key!r}] holds no evaluation table (scgpt.tl.evaluate_perturbation).")
-        table = entry
+            raise TypeError(f"{fn}: data must be the DataFrame of scgpt.tl.evaluate_perturbation or an AnnData.")
+        entry = uns.get(key) if key is not None else None
+        if isinstance(entry, pd.DataFrame):  # a table stored by hand
+            table = entry
+        else:
+            entry = evaluation_entry(data, key, "evaluate_perturbation", needs=("results",))
+            table = entry["results"]
+            if not isinstance(table, pd.DataFrame):
+                raise missing_evaluation(data, key, "evaluate_perturbation")
     missing = [c for c in ("method", "perturbation") if c not in table.columns]
     if missing:
         raise KeyError(f"{fn}: the results lack the columns {missing} (the table of scgpt.tl.evaluate_perturbation).")
     return table
 
 
-@doc_params()
+@doc_params(key=evaluation_key_doc("evaluate_perturbation"))
+@named("scgpt.pl.perturbation_metrics")
 def perturbation_metrics(
-    results: pd.DataFrame | AnnData,
+    data: pd.DataFrame | AnnData,
     *,
     metric: str = "pearson_delta",
     methods: str | Sequence[str] | None = None,
     baselines: str | Sequence[str] = BASELINES,
     kind: Literal["box", "strip", "bar"] = "box",
-    key: str = "perturbation_evaluation",
+    key: str | None = None,
     ax: Axes | None = None,
     show: bool | None = None,
     return_fig: bool = False,
@@ -326,9 +333,10 @@ def perturbation_metrics(
 
     Parameters
     ----------
-    results
-        The table of :func:`scgpt.tl.evaluate_perturbation` (columns ``method``, ``perturbation`` and the
-        metrics), or an AnnData holding it in ``uns[key]``.
+    data
+        The table :func:`scgpt.tl.evaluate_perturbation` returned (columns ``method``, ``perturbation`` and the
+        metrics), or an AnnData holding its results in ``uns[key]`` (``evaluate_perturbation(...,
+        key_added=key)``, or the table itself).
     metric
         Column to show, e.g. ``"pearson_delta"``, ``"pearson_delta_pertmean"``, ``"mse_top1000"``.
     methods
@@ -338,8 +346,7 @@ def perturbation_metrics(
     kind
         ``"box"`` (boxes with the perturbations as points), ``"strip"`` (the points only) or ``"bar"`` (the
         mean with the standard deviation, and the points).
-    key
-        ``uns`` entry holding the table when ``results`` is an AnnData.
+    {key}
     {plot}
 
     Returns
@@ -352,7 +359,7 @@ def perturbation_metrics(
     fn = "scgpt.pl.perturbation_metrics"
     if kind not in ("box", "strip", "bar"):
         raise ValueError(f"{fn}: kind must be 'box', 'strip' or 'bar', got {kind!r}.")
-    table = _results_table(results, key, fn)
+    table = _results_table(data, key)
     available = [
         c
         for c in table.columns

@@ -8,18 +8,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 import scipy.sparse as sp
 
-from .._anndata import check_key_added, check_values, iter_row_chunks, record, warn_overwrite, writable
 from .._docs import doc_params
-from .._logging import logger
-from ..data._binning import bin_csr
-from ..data._genes import gene_names
-from ..data._random import cell_keys, gene_keys
+from .._face import check_key_added, record, warn_overwrite, writable
+from .._logging import logger, named
+from ..data import bin_csr, cell_keys, check_values, gene_keys, gene_names, iter_row_chunks
 
 if TYPE_CHECKING:
     from anndata import AnnData
 
 
 @doc_params()
+@named()
 def bin_values(
     adata: AnnData,
     *,
@@ -75,8 +74,8 @@ def bin_values(
         raise ValueError(f"n_bins must be between 3 and 65536, got {n_bins}.")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}.")
-    adata = writable(adata, fn="bin_values", copy=copy)
-    check_key_added(key_added, reads=(layer,), slot="layers", fn="bin_values")
+    adata = writable(adata, copy=copy)
+    check_key_added(key_added, reads=(layer,), slot="layers")
     logger.info(f"binning values into {n_bins} bins per cell")
     keys = gene_keys(gene_names(adata, gene_key))
     blocks = []
@@ -90,7 +89,7 @@ def bin_values(
     n_empty = sum(int((np.diff(b.indptr) == 0).sum()) for b in blocks)
     if n_empty:
         logger.warning(f"    {n_empty} cells have no nonzero value; their bins are all 0")
-    warn_overwrite(adata, "layers", key_added, fn="bin_values", copy=copy)
+    warn_overwrite(adata, "layers", key_added, copy=copy)
     adata.layers[key_added] = sp.vstack(blocks, format="csr") if len(blocks) > 1 else blocks[0]
     params = {"n_bins": n_bins, "layer": layer, "gene_key": gene_key, "seed": seed}
     record(adata, key_added, params, start=start, added=[f"'{key_added}', bins (adata.layers)"])

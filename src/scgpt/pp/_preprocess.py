@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import scipy.sparse as sp
 
-from .._anndata import check_adata, check_key_added, get_matrix, record, warn_overwrite, writable
 from .._docs import doc_params
-from .._logging import logger, warn
+from .._face import check_key_added, record, warn_overwrite, writable
+from .._logging import logger, named, warn
+from ..data import MIN_VARIABLE, check_adata, get_matrix, varying_genes
 from ._binning import bin_values
 
 if TYPE_CHECKING:
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 _HVG_FLAVORS = ("seurat_v3", "seurat_v3_paper", "cell_ranger", "seurat")
 
 
+@named()
 def highly_variable_genes(
     adata: AnnData,
     n_top_genes: int = 3000,
@@ -65,7 +67,7 @@ def highly_variable_genes(
     import scanpy as sc
 
     start = time.perf_counter()
-    check_adata(adata, fn="highly_variable_genes")
+    check_adata(adata)
     if flavor not in _HVG_FLAVORS:
         raise ValueError(f"flavor must be one of {list(_HVG_FLAVORS)}, got {flavor!r}.")
     if n_top_genes < 1:
@@ -74,6 +76,17 @@ def highly_variable_genes(
     if batch_key is not None and batch_key not in adata.obs:
         raise KeyError(f"batch_key={batch_key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)}).")
     n_top_genes = min(n_top_genes, adata.n_vars)
+    if flavor.startswith("seurat_v3"):  # its loess fit aborts the process on a batch without varying genes
+        counts = get_matrix(adata, layer)
+        per = varying_genes(counts, None if batch_key is None else adata.obs[batch_key].to_numpy())
+        few = {b: n for b, n in per.items() if n < MIN_VARIABLE}
+        if few:
+            where = f"batches {list(few)[:5]} of {batch_key!r}" if batch_key else "the cells"
+            raise ValueError(
+                f"highly_variable_genes: {where} have fewer than {MIN_VARIABLE} genes that vary ({few}), e.g. empty "
+                "droplets or a batch of one cell; seurat_v3 cannot fit them. Filter such cells first "
+                "(scgpt.pp.preprocess(filter_cell_by_counts=...)), merge small batches, or use flavor='seurat'."
+            )
     logger.info(f"selecting {n_top_genes} highly variable genes ({flavor})")
     sc.pp.highly_variable_genes(
         adata, n_top_genes=n_top_genes, flavor=flavor, layer=layer, batch_key=batch_key, subset=subset, **kwargs
@@ -96,6 +109,7 @@ def _min_counts(value: int | bool | None, name: str) -> int:
 
 
 @doc_params()
+@named()
 def preprocess(
     adata: AnnData,
     *,
@@ -174,13 +188,13 @@ def preprocess(
     import scanpy as sc
 
     start = time.perf_counter()
-    adata = writable(adata, fn="preprocess", copy=copy, in_memory=True)
+    adata = writable(adata, copy=copy, in_memory=True)
     for param, key in (
         ("result_normed_key", result_normed_key),
         ("result_log1p_key", result_log1p_key),
         ("result_binned_key", result_binned_key),
     ):
-        check_key_added(key, reads=(layer, hvg_layer), slot="layers", fn="preprocess", param=param)
+        check_key_added(key, reads=(layer, hvg_layer), slot="layers", param=param)
     number = isinstance(normalize_total, numbers.Real) and not isinstance(normalize_total, bool)
     if not (normalize_total is None or normalize_total == "median" or (number and normalize_total > 0)):
         raise ValueError(f"normalize_total must be a positive number, 'median' or None; got {normalize_total!r}.")
@@ -200,7 +214,7 @@ def preprocess(
     last = counts_key
     if normalize_total is not None:
         target = None if normalize_total == "median" else float(normalize_total)
-        warn_overwrite(adata, "layers", result_normed_key, fn="preprocess", copy=copy)
+        warn_overwrite(adata, "layers", result_normed_key, copy=copy)
         adata.layers[result_normed_key] = sc.pp.normalize_total(
             adata, target_sum=target, layer=counts_key, inplace=False
         )["X"]
@@ -215,7 +229,7 @@ def preprocess(
             np.log1p(logged.data, out=logged.data)
         else:
             logged = np.log1p(np.asarray(src, dtype=np.float32))
-        warn_overwrite(adata, "layers", result_log1p_key, fn="preprocess", copy=copy)
+        warn_overwrite(adata, "layers", result_log1p_key, copy=copy)
         adata.layers[result_log1p_key] = logged
         last = result_log1p_key
         added.append(f"'{result_log1p_key}', log1p of normalised values (adata.layers)")

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
-from .._anndata import check_adata, check_key_added, missing_values, record, warn_overwrite, writable
 from .._docs import doc_params
-from .._logging import logger, warn
-from ..model import CellRows, ScGPT, resolve_model, run_inference
-from ..model._training import label_codes
+from .._face import check_key_added, provenance, record, warn_overwrite, writable
+from .._logging import describing, log_added, logger, named, warn
+from ..data import check_adata, missing_values
+from ..model import ScGPT, label_codes, resolve_model
 from ._reference import (
     EXACT_MAX_CELLS,
     ReferenceIndex,
@@ -75,7 +75,8 @@ def _knn_index(
         return index, model_name
     if labels_key is None:
         raise ValueError("method='knn' needs `reference=` (labelled cells) and `labels_key=` (their label column).")
-    check_adata(reference, fn="annotate (reference)")
+    with describing("reference"):
+        check_adata(reference)
     keep, codes, classes = label_codes(reference, labels_key)
     reference = reference if keep.all() else reference[keep]
     model_name = None
@@ -87,7 +88,7 @@ def _knn_index(
         model_obj, model_name = resolve_model(model)
         logger.info(f"embedding {reference.n_obs} reference and {adata.n_obs} query cells")
         kw = {**inference, "max_length": max_length or 1200}
-        ref_emb = run_inference(model_obj, reference, CellRows(normalize=True), fn="annotate (reference)", **kw).output
+        ref_emb = model_obj.get_latent_representation(reference, **kw)
     index = index_embeddings(
         ref_emb, codes, classes, labels_key=labels_key, use_rep=use_rep, backend=knn_backend,
         n_neighbors=10 if n_neighbors is None else n_neighbors, seed=inference["seed"],
@@ -98,6 +99,7 @@ def _knn_index(
 
 # ---------------------------------------------------------------------------- the tool
 @doc_params()
+@named()
 def annotate(
     adata: AnnData,
     model: ScGPT | str | os.PathLike | None = None,
@@ -113,6 +115,8 @@ def annotate(
     knn_backend: Literal["auto", "sklearn", "pynndescent", "faiss"] = "auto",
     gene_key: str | None = None,
     use_aliases: bool = True,
+    organism: str = "human",
+    orthologs: str = "one2one",
     layer: str | None = None,
     max_length: int | None = None,
     batch_size: int = 64,
@@ -164,6 +168,7 @@ def annotate(
         needs faiss. A reference index keeps the backend it was built with.
     {gene_key}
     {use_aliases}
+    {organism}
     {layer}
     max_length
         Tokens per cell including ``<cls>``; ``None``: 1200 for ``knn``, the fine-tuning length for ``finetune``.
@@ -194,14 +199,14 @@ def annotate(
         raise ValueError(f"method must be 'finetune' or 'knn', got {method!r}.")
     if n_neighbors is not None and n_neighbors < 1:
         raise ValueError(f"n_neighbors must be at least 1, got {n_neighbors}.")
-    adata = writable(adata, fn="annotate", copy=copy)
-    check_key_added(key_added, reads=(labels_key,), slot="obs", fn="annotate")
-    check_key_added(f"{key_added}_confidence", reads=(labels_key,), slot="obs", fn="annotate")
+    adata = writable(adata, copy=copy)
+    check_key_added(key_added, reads=(labels_key,), slot="obs")
+    check_key_added(f"{key_added}_confidence", reads=(labels_key,), slot="obs")
     inference = {
         "gene_key": gene_key, "use_aliases": use_aliases, "layer": layer, "batch_size": batch_size, "seed": seed,
-        "device": device, "dtype": dtype, "progress": progress,
+        "device": device, "dtype": dtype, "progress": progress, "organism": organism, "orthologs": orthologs,
     }  # fmt: skip
-    model_name = None
+    model_name, model_obj, given = None, None, None
     index = None
     if method == "knn":
         if finetune_kwargs:
@@ -213,16 +218,18 @@ def annotate(
             qry_emb = np.asarray(adata.obsm[use_rep])
         else:
             model_obj, model_name = resolve_model(model)
+            given = model_obj
             kw = {
                 **inference,
                 "max_length": max_length or (index.fingerprint.get("embedding") or {}).get("max_length") or 1200,
             }
-            qry_emb = run_inference(model_obj, adata, CellRows(normalize=True), fn="annotate", **kw).output
+            qry_emb = model_obj.get_latent_representation(adata, **kw)
         qry_emb = index.check_query(qry_emb, use_rep=use_rep)
         best, confidence = index.predict_codes(qry_emb, n_neighbors)
         classes, labels_key = index.classes, index.labels_key
     else:
         model_obj, model_name = resolve_model(model)
+        given = model_obj  # its provenance, before a classifier is fine-tuned from it
         if reference is not None:
             if type(reference).__name__ != "AnnData":
                 raise TypeError(
@@ -238,6 +245,8 @@ def annotate(
                 labels_key=labels_key,
                 gene_key=gene_key,
                 use_aliases=use_aliases,
+                organism=organism,
+                orthologs=orthologs,
                 layer=layer,
                 max_length=max_length,
                 seed=seed,
@@ -255,16 +264,18 @@ def annotate(
         labels = np.where(low, unknown_label, labels)
         logger.info(f"    {int(low.sum())} cells below confidence {min_confidence} labelled {unknown_label!r}")
     order = classes + ([unknown_label] if min_confidence is not None and unknown_label not in classes else [])
-    warn_overwrite(adata, "obs", key_added, fn="annotate", copy=copy)
+    warn_overwrite(adata, "obs", key_added, copy=copy)
     adata.obs[key_added] = pd.Categorical(labels, categories=order)
     adata.obs[f"{key_added}_confidence"] = confidence.astype(np.float32)
     params = {
         "method": method,
-        "model": model_name,
+        **provenance(given, model_name),
         "labels_key": labels_key,
         "min_confidence": min_confidence,
         "n_neighbors": (index.n_neighbors if n_neighbors is None else n_neighbors) if index else None,
         "use_rep": use_rep,
+        "organism": organism,
+        "orthologs": orthologs,
         "seed": seed,
         "reference_cells": index.n_cells if index else None if reference is None else int(reference.n_obs),
     }
@@ -276,75 +287,126 @@ def annotate(
 
 
 # ---------------------------------------------------------------------------- evaluation
+OVERALL = "overall"
+"""Row of :func:`evaluate_annotation` with the scores over all cells (macro means of the per-type scores)."""
+
+
+@doc_params()
+@named()
 def evaluate_annotation(
-    adata: AnnData, true_key: str, pred_key: str, *, key_added: str | None = None
-) -> dict[str, Any]:
-    """Accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix of an annotation.
+    adata: AnnData,
+    *,
+    labels_key: str,
+    key: str = "scgpt_celltype",
+    key_added: str | None = None,
+) -> pd.DataFrame:
+    """Precision, recall, F1 and accuracy of an annotation, per cell type and overall, and its confusion matrix.
+
+    Every cell with a true label counts: a missing prediction is an error (column ``"(no prediction)"`` of the
+    confusion matrix), and so is a prediction of a label that is no true cell type (e.g. ``"unknown"``). Cells
+    without a true label (missing, or the strings "nan"/"None") are left out with a warning.
 
     Parameters
     ----------
     adata
         Annotated data with both label columns.
-    true_key
-        ``obs`` column with the true cell types.
-    pred_key
-        ``obs`` column with the predictions (e.g. ``"scgpt_celltype"``).
-    key_added
-        ``uns`` entry written (default ``f"{pred_key}_evaluation"``).
+    {labels_key}
+    key
+        ``obs`` column with the predictions: the ``key_added`` of :func:`scgpt.tl.annotate` (default), or the
+        labels of any other classifier.
+    {eval_key_added}
 
     Returns
     -------
-    The metrics, also stored in ``adata.uns[key_added]``: ``accuracy``, ``macro_f1`` (over the true
-    cell types; predictions of other labels, e.g. ``"unknown"``, count as errors), ``per_class``
-    (DataFrame: precision, recall, f1, support), ``confusion`` (DataFrame, true x predicted counts),
-    ``n_cells`` and ``n_missing_predictions``. Every cell with a true label counts: a missing prediction is
-    an error (column ``"(no prediction)"`` of the confusion matrix). Cells without a true label (missing,
-    or the strings "nan"/"None") are left out with a warning.
+    A DataFrame (as scikit-learn's ``classification_report``), index ``cell type``: one row per true cell type
+    (sorted), then the row ``"overall"``; columns
+
+    - ``precision``, ``recall``, ``f1``: of the cell type; in the ``"overall"`` row their means over the true
+      cell types (macro averages: ``f1`` is the macro-F1, ``recall`` the balanced accuracy);
+    - ``accuracy``: the share of the row's cells predicted right (for a cell type, its recall);
+    - ``n_cells``: cells with that true label (``"overall"``: all cells scored);
+    - ``n_missing_predictions``: those of them without a prediction.
+
+    ``df.attrs["confusion"]`` holds the confusion matrix as plain lists (``pd.DataFrame(**df.attrs["confusion"])``
+    gives it: rows the true cell types, columns the predicted labels, those that are no true cell type last),
+    which :func:`scgpt.pl.confusion` draws from the DataFrame alone. With ``key_added``:
+
+    ``adata.uns[key_added]`` : dict
+        ``params`` (``labels_key``, ``key``), ``results`` (the DataFrame), ``confusion`` (the confusion matrix,
+        a DataFrame of cell counts) and ``evaluator`` (``"scgpt.tl.evaluate_annotation"``).
+
+    Examples
+    --------
+    >>> scgpt.tl.annotate(query, clf)  # doctest: +SKIP
+    >>> df = scgpt.tl.evaluate_annotation(query, labels_key="cell_type")  # doctest: +SKIP
+    >>> df.loc["overall", ["accuracy", "f1"]]  # accuracy, macro-F1  # doctest: +SKIP
+    >>> scgpt.pl.confusion(df)  # doctest: +SKIP
     """
-    for key in (true_key, pred_key):
-        if key not in adata.obs:
-            raise KeyError(f"{key!r} is not a column of adata.obs.")
-    if true_key == pred_key:
-        raise ValueError(f"true_key and pred_key are the same column ({true_key!r}); the score would be 1 by design.")
-    key_added = key_added or f"{pred_key}_evaluation"
-    no_truth = missing_values(adata.obs[true_key])
+    start = time.perf_counter()
+    fn = "evaluate_annotation"
+    check_adata(adata)
+    for name, column in (("labels_key", labels_key), ("key", key)):
+        if column not in adata.obs:
+            raise KeyError(f"{fn}: {name}={column!r} is not a column of adata.obs.")
+    if labels_key == key:
+        raise ValueError(f"labels_key and key are the same column ({key!r}); the score would be 1 by design.")
+    if key_added is not None:
+        check_key_added(key_added, reads=(key,), slot="uns")
+    no_truth = missing_values(adata.obs[labels_key])
     if no_truth.all():
-        raise ValueError(f"No cell has a true label in {true_key!r}.")
+        raise ValueError(f"No cell has a true label in {labels_key!r}.")
     if no_truth.any():
         first = adata.obs_names[np.flatnonzero(no_truth)[0]]
-        warn(f"{int(no_truth.sum())} cells have no true label in {true_key!r} (first: {first!r}); they are left out.")
+        warn(f"{int(no_truth.sum())} cells have no true label in {labels_key!r} (first: {first!r}); they are left out.")
     keep = ~no_truth
-    true = adata.obs[true_key].astype(str).to_numpy()[keep]
-    no_pred = missing_values(adata.obs[pred_key])[keep]
-    pred = np.where(no_pred, NO_PREDICTION, adata.obs[pred_key].astype(str).to_numpy()[keep])
+    true = adata.obs[labels_key].astype(str).to_numpy()[keep]
+    no_pred = missing_values(adata.obs[key])[keep]
+    pred = np.where(no_pred, NO_PREDICTION, adata.obs[key].astype(str).to_numpy()[keep])
     true_classes = sorted(set(true))
+    if OVERALL in true_classes:
+        raise ValueError(
+            f"{fn}: {OVERALL!r} is a cell type in {labels_key!r}, and the name of the row of the scores over all "
+            "cells; rename that cell type."
+        )
     all_labels = true_classes + sorted(set(pred) - set(true_classes))
     conf = pd.crosstab(
         pd.Categorical(true, categories=true_classes), pd.Categorical(pred, categories=all_labels), dropna=False
     )
-    conf.index.name, conf.columns.name = "true", "predicted"
+    conf.index = pd.Index(true_classes, dtype=object, name="true")
+    conf.columns = pd.Index(all_labels, dtype=object, name="predicted")
     tp = np.diag(conf.loc[true_classes, true_classes]).astype(float)
     support = conf.sum(1).to_numpy(dtype=float)
     predicted = conf[true_classes].sum(0).to_numpy(dtype=float)
     precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
     recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
     f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(tp), where=precision + recall > 0)
-    per_class = pd.DataFrame(
-        {"precision": precision, "recall": recall, "f1": f1, "support": support.astype(int)},
-        index=pd.Index(true_classes, name="cell type"),
+    missing = conf[NO_PREDICTION].to_numpy() if NO_PREDICTION in conf.columns else np.zeros(len(true_classes), int)
+    accuracy = float((true == pred).mean())
+    table = pd.DataFrame(
+        {
+            "precision": [*precision, precision.mean()],
+            "recall": [*recall, recall.mean()],
+            "f1": [*f1, f1.mean()],
+            "accuracy": [*recall, accuracy],
+            "n_cells": [*support.astype(int), int(keep.sum())],
+            "n_missing_predictions": [*missing.astype(int), int(no_pred.sum())],
+        },
+        index=pd.Index([*true_classes, OVERALL], dtype=object, name="cell type"),
     )
-    metrics = {
-        "accuracy": float((true == pred).mean()),
-        "macro_f1": float(f1.mean()),
-        "per_class": per_class,
-        "confusion": conf,
-        "n_cells": int(keep.sum()),
-        "n_missing_predictions": int(no_pred.sum()),
+    table.attrs["confusion"] = {
+        "data": conf.to_numpy().astype(int).tolist(),
+        "index": list(true_classes),
+        "columns": list(all_labels),
     }
-    warn_overwrite(adata, "uns", key_added, fn="evaluate_annotation")
-    adata.uns[key_added] = metrics
-    missing = f", {metrics['n_missing_predictions']} without a prediction (counted as errors)" if no_pred.any() else ""
-    logger.info(
-        f"accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f} on {metrics['n_cells']} cells{missing}"
-    )
-    return metrics
+    n_missing = int(no_pred.sum())
+    missing_text = f", {n_missing} without a prediction (counted as errors)" if n_missing else ""
+    logger.info(f"accuracy {accuracy:.3f}, macro-F1 {f1.mean():.3f} on {int(keep.sum())} cells{missing_text}")
+    if key_added is None:
+        log_added(start, [])
+    else:
+        warn_overwrite(adata, "uns", key_added)
+        params = {"labels_key": labels_key, "key": key}
+        record(
+            adata, key_added, params, start=start, added=[], results=table, confusion=conf, evaluator=f"scgpt.tl.{fn}"
+        )
+    return table

@@ -10,9 +10,11 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .._anndata import check_adata, get_matrix, record, warn_overwrite
-from .._logging import logger
+from .._docs import doc_params
+from .._face import record, warn_overwrite
+from .._logging import log_added, logger, named
 from .._settings import settings
+from ..data import check_adata, get_matrix
 from ._hvg import variable_genes
 
 if TYPE_CHECKING:
@@ -32,8 +34,8 @@ def _need(module: str, extra: str = "eval"):
         return importlib.import_module(module)
     except ImportError as e:
         raise ImportError(
-            f"benchmark_integration needs {module.split('.')[0]}: pip install 'scgpt-scverse[{extra}]' "
-            "(scib-metrics and harmonypy)."
+            f'benchmark_integration needs {module.split(".")[0]}: pip install "scib-metrics>=0.5.1" harmonypy '
+            f'(or pip install ".[{extra}]" in a clone of scgpt-scverse).'
         ) from e
 
 
@@ -58,11 +60,13 @@ def _log_normalised_hvg(adata: AnnData, *, layer: str | None, batch_key: str, n_
     return tmp
 
 
+@doc_params()
+@named()
 def benchmark_integration(
     adata: AnnData,
     *,
     batch_key: str,
-    label_key: str,
+    labels_key: str,
     obsm_keys: Sequence[str] | None = None,
     baselines: Sequence[Literal["pca", "harmony", "scvi"]] = ("pca", "harmony", "scvi"),
     layer: str | None = None,
@@ -70,7 +74,7 @@ def benchmark_integration(
     n_comps: int = 50,
     scvi_max_epochs: int | None = None,
     seed: int = 0,
-    key_added: str = "scgpt_integration_benchmark",
+    key_added: str | None = None,
     progress: bool | None = None,
 ) -> pd.DataFrame:
     """Score integrated embeddings with scib-metrics, next to the baselines computed in the same call.
@@ -84,7 +88,8 @@ def benchmark_integration(
     ARI and label silhouette) and AvgBATCH (mean of the batch silhouette — BRAS in scib-metrics 0.5 — and
     graph connectivity) are added, so numbers compare with the paper.
 
-    Needs the ``eval`` extra: ``pip install 'scgpt-scverse[eval]'`` (scib-metrics, harmonypy).
+    Needs scib-metrics and harmonypy: ``pip install "scib-metrics>=0.5.1" harmonypy`` (or the ``eval`` extra,
+    ``pip install ".[eval]"`` in a clone of scgpt-scverse).
 
     Parameters
     ----------
@@ -92,36 +97,37 @@ def benchmark_integration(
         Cells with raw counts (``X`` or ``layer``) and the embeddings to score in ``obsm``.
     batch_key
         ``obs`` column with batches.
-    label_key
-        ``obs`` column with cell types (the biology to keep).
+    {labels_key}
     obsm_keys
         Embeddings to score besides the baselines, e.g. ``["X_scGPT_integrated", "X_scGPT"]`` (default: every
         ``obsm`` key starting with ``X_scGPT``).
     baselines
         Which baselines to include (computed when missing from ``obsm``).
-    layer
-        Layer with raw counts; ``None`` uses ``adata.X``.
+    {layer}
     n_top_genes, n_comps
         Highly variable genes and principal components of the baselines.
     scvi_max_epochs
         Training length of scVI (default: scvi-tools' own, by data size).
     seed
         Seed of Harmony, scVI and the k-means clusterings.
-    key_added
-        ``uns`` entry written.
-    progress
-        Show progress bars (default: ``scgpt.settings.progress``).
+    {eval_key_added}
+    {progress}
 
     Returns
     -------
-    The results: one row per embedding, one column per metric, the aggregates (``Batch correction``,
-    ``Bio conservation``, ``Total``), ``AvgBIO`` and ``AvgBATCH``; also stored in
-    ``adata.uns[key_added]['results']`` with the ``params``. Baselines computed here are written to
-    ``adata.obsm`` (``X_pca``, ``X_pca_harmony``, ``X_scVI``).
+    The results: one row per embedding (index ``embedding``), one column per metric, the aggregates
+    (``Batch correction``, ``Bio conservation``, ``Total``), ``AvgBIO`` and ``AvgBATCH``. Baselines computed
+    here are written whatever ``key_added`` (inputs of the scores, reused by the next call):
+
+    ``adata.obsm["X_pca"]``, ``["X_pca_harmony"]``, ``["X_scVI"]`` : float32
+        The baselines that were missing.
+    ``adata.uns[key_added]`` : dict
+        With ``key_added``: ``params``, ``results`` (the DataFrame) and ``evaluator``
+        (``"scgpt.tl.benchmark_integration"``).
     """
     start = time.perf_counter()
-    check_adata(adata, fn="benchmark_integration")
-    for key, what in ((batch_key, "batch_key"), (label_key, "label_key")):
+    check_adata(adata)
+    for key, what in ((batch_key, "batch_key"), (labels_key, "labels_key")):
         if key not in adata.obs:
             raise KeyError(f"{what}={key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)}).")
     unknown = [b for b in baselines if b not in BASELINES]
@@ -161,7 +167,7 @@ def benchmark_integration(
             counts = tmp.copy()
             counts.X = counts.layers["counts"]
             scvi.model.SCVI.setup_anndata(counts, batch_key=batch_key)
-            from ..train._runner import quiet_training
+            from ..train import quiet_training
 
             vae = scvi.model.SCVI(counts, n_latent=30)
             with quiet_training():
@@ -171,13 +177,13 @@ def benchmark_integration(
     logger.info(f"scib-metrics on {len(embeddings)} embeddings of {adata.n_obs} cells")
     import anndata as ad
 
-    view = ad.AnnData(obs=adata.obs[[batch_key, label_key]].astype(str).astype("category"))
+    view = ad.AnnData(obs=adata.obs[[batch_key, labels_key]].astype(str).astype("category"))
     for k in embeddings:
         view.obsm[k] = np.array(adata.obsm[k], dtype=np.float32)  # a copy: scib-metrics works on it in place
     bench = scib.Benchmarker(
         view,
         batch_key=batch_key,
-        label_key=label_key,
+        label_key=labels_key,
         embedding_obsm_keys=embeddings,
         pre_integrated_embedding_obsm_key="X_pca",
         n_jobs=1,
@@ -189,16 +195,20 @@ def benchmark_integration(
     table["AvgBIO"] = table[list(AVG_BIO)].mean(1)
     table["AvgBATCH"] = table[list(AVG_BATCH)].mean(1)
     table.index.name = "embedding"
-    warn_overwrite(adata, "uns", key_added, fn="benchmark_integration")
+    added = [f"'{BASELINES[b]}', baseline embedding (adata.obsm)" for b in todo]
+    if key_added is None:
+        log_added(start, added)
+        return table
+    warn_overwrite(adata, "uns", key_added)
     params = {
         "batch_key": batch_key,
-        "label_key": label_key,
+        "labels_key": labels_key,
         "embeddings": embeddings,
         "baselines": list(baselines),
         "n_top_genes": n_top_genes,
         "n_comps": n_comps,
         "seed": seed,
     }
-    added = [f"'{BASELINES[b]}', baseline embedding (adata.obsm)" for b in todo]
-    record(adata, key_added, params, start=start, added=added, results=table)
+    evaluator = "scgpt.tl.benchmark_integration"
+    record(adata, key_added, params, start=start, added=added, results=table, evaluator=evaluator)
     return table

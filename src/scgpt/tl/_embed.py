@@ -8,19 +8,25 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._anndata import record, resolve_target, warn_overwrite
 from .._docs import doc_params
-from .._logging import logger
-from ..model import CellRows, ScGPT, resolve_model, run_inference
-from ..model._distributed import doc_distributed, run_sharded
-from ..model._engine import inference_options
+from .._face import record, resolve_target, warn_overwrite
+from .._logging import logger, named
+from ..data import adata_counts_fraction, check_counts, counts_summary, describe_match
+from ..model import ScGPT, resolve_model
 
 if TYPE_CHECKING:
     from anndata import AnnData
     from mudata import MuData
 
 
-@doc_params(distributed=doc_distributed)
+@doc_params(
+    max_length="""\
+max_length
+    Tokens per cell including ``<cls>``; ``None``: 1,200 (the official default), or the fine-tuning length for a
+    model fine-tuned for integration (which reads cells as in its fine-tuning). Cells expressing more genes keep a
+    seeded random subset."""
+)
+@named()
 def embed(
     adata: AnnData | MuData,
     model: ScGPT | str | os.PathLike | None = None,
@@ -29,12 +35,14 @@ def embed(
     use_aliases: bool = True,
     layer: str | None = None,
     batch_key: str | None = None,
-    max_length: int = 1200,
+    max_length: int | None = None,
     batch_size: int = 64,
     seed: int = 0,
     device: str | None = None,
     dtype: str | None = None,
     progress: bool | None = None,
+    organism: str = "human",
+    orthologs: str = "one2one",
     devices: int | str | list[int] | None = None,
     num_nodes: int = 1,
     strategy: str | Any | None = None,
@@ -60,7 +68,17 @@ def embed(
         Cells x genes with raw counts (in memory, backed, a zarr store on disk, or a TileDB-SOMA experiment
         opened with :func:`scgpt.data.open_soma`), or a MuData whose ``mod`` modality holds them.
     {model}
-    {inference}
+    {gene_key}
+    {use_aliases}
+    {layer}
+    {batch_key}
+    {max_length}
+    {batch_size}
+    {seed}
+    {device}
+    {dtype}
+    {progress}
+    {organism}
     {distributed}
     key_added
         Key of the ``obsm`` (and ``varm``, ``uns``) entries written.
@@ -79,7 +97,11 @@ def embed(
     ``adata.varm[key_added]`` : :class:`numpy.ndarray` (n_vars, d_model), float32
         Gene embeddings (``genes=True``); NaN for genes outside the vocabulary.
     ``adata.uns[key_added]`` : dict
-        ``params``, the vocabulary coverage (``n_genes_matched``, ``n_genes``) and ``mean_tokens_per_cell``.
+        ``params`` (with the provenance: ``scgpt_version``, ``model`` and ``weights_sha256``, the SHA-256 of
+        the weights file), the vocabulary coverage (``n_genes_matched``, ``n_genes``), ``mean_tokens_per_cell`` and
+        ``counts_fraction`` (``median``, ``p5``, ``min`` over cells of the share of a cell's counts in genes the
+        model reads); for another species also ``orthologs_report`` (genes by orthology and by what became of
+        them, see :func:`scgpt.pp.align_vocab`).
 
     For a MuData, the modality gets these fields, ``mdata.obsm[key_added]`` holds the cell
     embeddings aligned to ``mdata.obs_names`` (NaN for cells absent from the modality) and
@@ -89,20 +111,39 @@ def embed(
     --------
     >>> import scgpt
     >>> scgpt.tl.embed(adata, "path/to/scGPT_human")  # doctest: +SKIP
+    >>> scgpt.tl.embed(mouse, "path/to/scGPT_human", organism="mouse")  # doctest: +SKIP
     >>> sc.pp.neighbors(adata, use_rep="X_scGPT")  # doctest: +SKIP
     """
     start = time.perf_counter()
-    target = resolve_target(adata, mod=mod, fn="embed", copy=copy)
+    target = resolve_target(adata, mod=mod, copy=copy)
     cells = target.adata
     model_obj, model_name = resolve_model(model)
     logger.info(f"computing scGPT embeddings of {cells.n_obs} cells")
-    if devices is None:
-        res = run_inference(model_obj, cells, CellRows(normalize=True), **inference_options(locals()))
-    else:
-        res = run_sharded(
-            model_obj, cells, devices=devices, num_nodes=num_nodes, strategy=strategy, **inference_options(locals())
-        )
-    warn_overwrite(cells, "obsm", key_added, fn="embed", copy=copy)
+    res = model_obj.get_latent_representation(
+        cells,
+        gene_key=gene_key,
+        use_aliases=use_aliases,
+        layer=layer,
+        batch_key=batch_key,
+        max_length=max_length,
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        dtype=dtype,
+        progress=progress,
+        organism=organism,
+        orthologs=orthologs,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=strategy,
+        return_info=True,
+    )
+    rep = res.match.report()
+    counts = counts_summary(adata_counts_fraction(cells, res.match, layer=layer))
+    for line in describe_match(rep, counts):
+        logger.info(f"    {line}")
+    check_counts(counts, res.match)
+    warn_overwrite(cells, "obsm", key_added, copy=copy)
     added = target.write_obsm(key_added, res.output, "cell embeddings")
     if genes:
         gene_emb = np.full((cells.n_vars, model_obj.config.d_model), np.nan, dtype=np.float32)
@@ -112,7 +153,7 @@ def embed(
         cells.varm[key_added] = gene_emb
         added.append(f"'{key_added}', gene embeddings (adata.varm)")
     params = {
-        "model": model_name,
+        **model_obj.provenance(model_name),  # scgpt_version, model, weights_sha256
         "gene_key": gene_key,
         "use_aliases": use_aliases,
         "layer": layer,
@@ -122,8 +163,12 @@ def embed(
         "seed": seed,
         "dtype": res.dtype,
         "genes": genes,
+        "organism": res.match.organism,
+        "orthologs": orthologs,
     }
-    rep = res.match.report()
+    extra = {}
+    if res.match.organism != "human":
+        extra["orthologs_report"] = {k: rep[k] for k in ("orthology", "by_reason", "n_by_id", "n_summed")}
     record(
         cells,
         key_added,
@@ -133,6 +178,8 @@ def embed(
         n_genes_matched=rep["n_matched"],
         n_genes=rep["n_genes"],
         mean_tokens_per_cell=float(res.n_tokens.mean()),
+        counts_fraction=counts,
+        **extra,
     )
     target.write_uns(key_added)
     return target.returned if copy else None

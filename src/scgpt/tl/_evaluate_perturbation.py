@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from .._anndata import check_adata, log_normalized
-from .._logging import log_added, logger, warn
-from ..data._perturbation import perturbation_label, perturbation_labels, rank_genes_vs_control
+from .._docs import doc_params
+from .._face import record, warn_overwrite
+from .._logging import describing, log_added, logger, named, warn
+from ..data import check_adata, log_normalized, perturbation_label, perturbation_labels, rank_genes_vs_control
 from ._perturbation_baselines import PREDICTION_KEY, _mean_by_label, _unknown_message
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ METRICS = (
     "pearson_raw",
 )
 MEAN_ROW = "mean"
+EVALUATOR = "scgpt.tl.evaluate_perturbation"
 DE_METHOD = "t-test"
 #: Changes at most this large (log1p units) count as no change: Pearson of such a vector is 0, its sign 0.
 ZERO_TOL = 1e-6
@@ -64,6 +66,8 @@ def direction_accuracy(pred_delta: np.ndarray, true_delta: np.ndarray) -> float:
 
 
 # ---------------------------------------------------------------------------- DE genes
+@doc_params()
+@named()
 def perturbation_de_genes(
     adata: AnnData,
     perturbations: Sequence[str] | None = None,
@@ -86,29 +90,28 @@ def perturbation_de_genes(
         The screen: counts with ``obs[perturbation_key]``.
     perturbations
         Labels to rank (``None``: every non-control label present).
-    perturbation_key
-        ``obs`` column with the perturbation labels.
-    control
-        Label of control cells.
+    {perturbation_key}
+    {control}
     n_de
         Genes returned per perturbation.
-    layer
-        Layer with the counts; ``None`` uses ``adata.X``.
+    {layer}
 
     Returns
     -------
-    Perturbation label -> the ``n_de`` top genes (``var_names``), strongest first.
+    Perturbation label -> the ``n_de`` top genes (``var_names``), strongest first: a lookup of gene lists (the
+    ``de_genes`` that :func:`evaluate_perturbation` returns in ``df.attrs`` and :func:`scgpt.pl.perturbation`
+    takes), not a table of scores, so not a DataFrame.
     """
-    labels = perturbation_labels(adata, perturbation_key=perturbation_key, control=control, fn="perturbation_de_genes")
+    labels = perturbation_labels(adata, perturbation_key=perturbation_key, control=control)
     present = set(labels.unique()) - {control}
     groups = (
         sorted(present) if perturbations is None else [perturbation_label(p, control=control) for p in perturbations]
     )
     unknown = [g for g in groups if g not in present]
     if unknown:
-        raise KeyError(_unknown_message(unknown, present, perturbation_key, "perturbation_de_genes"))
+        raise KeyError(_unknown_message(unknown, present, perturbation_key))
     cells = labels.isin([control, *groups]).to_numpy()
-    X = log_normalized(adata[cells] if not cells.all() else adata, layer=layer, fn="perturbation_de_genes")
+    X = log_normalized(adata[cells] if not cells.all() else adata, layer=layer)
     ranked = rank_genes_vs_control(X, labels.to_numpy()[cells], groups, control, n_genes=n_de)
     return {g: list(adata.var_names[ranked[g]]) for g in groups}
 
@@ -137,7 +140,8 @@ def _predictions(pred, methods) -> dict[str, AnnData]:
             raise KeyError(f"evaluate_perturbation: methods {unknown} are not among the predictions ({list(preds)}).")
         preds = {m: preds[m] for m in methods}
     for name, p in preds.items():
-        check_adata(p, fn=f"evaluate_perturbation (prediction {name!r})")
+        with describing(f"prediction {name!r}"):
+            check_adata(p)
     return preds
 
 
@@ -157,10 +161,9 @@ def _aligned_rows(name: str, p: AnnData, var_names: pd.Index, present: set[str],
     keep = [i for i, s in enumerate(labels) if s != control]
     unknown = [labels[i] for i in keep if labels[i] not in present]
     if unknown:
-        raise KeyError(
-            _unknown_message(unknown, present, key, f"evaluate_perturbation (prediction {name!r})")
-            + " Only perturbations with observed cells can be scored."
-        )
+        with describing(f"prediction {name!r}"):
+            message = _unknown_message(unknown, present, key)
+        raise KeyError(message + " Only perturbations with observed cells can be scored.")
     X = p[:, var_names].X
     X = X.toarray() if sp.issparse(X) else np.asarray(X, dtype=np.float64)
     return [labels[i] for i in keep], X[keep].astype(np.float64)
@@ -178,9 +181,11 @@ def _score(y: np.ndarray, t: np.ndarray, ctrl: np.ndarray, pertmean: np.ndarray,
     }
 
 
+@doc_params()
+@named()
 def evaluate_perturbation(
-    pred: AnnData | Mapping[str, AnnData],
     adata: AnnData,
+    pred: AnnData | Mapping[str, AnnData],
     *,
     perturbation_key: str = "perturbation",
     control: str = "control",
@@ -188,6 +193,7 @@ def evaluate_perturbation(
     methods: Sequence[str] | str | None = None,
     genes: Sequence[str] | None = None,
     layer: str | None = None,
+    key_added: str | None = None,
 ) -> pd.DataFrame:
     """Score perturbation predictions against the observed screen, per perturbation and method.
 
@@ -197,17 +203,15 @@ def evaluate_perturbation(
 
     Parameters
     ----------
+    adata
+        The observed screen: counts with ``obs[perturbation_key]``; every predicted perturbation must
+        have cells in it.
     pred
         One prediction AnnData (:func:`scgpt.tl.perturbation_baseline` format: one row per perturbation,
         ``X`` = predicted mean profile) or a dict method name -> prediction. Predictions must cover the
         scored genes (extra genes are ignored); a row named like the control is ignored.
-    adata
-        The observed screen: counts with ``obs[perturbation_key]``; every predicted perturbation must
-        have cells in it.
-    perturbation_key
-        ``obs`` column with the perturbation labels.
-    control
-        Label of control cells.
+    {perturbation_key}
+    {control}
     n_de
         Number of top differentially expressed genes per perturbation (:func:`perturbation_de_genes`:
         t-test against the control cells, ranked by absolute score; computed once per perturbation and
@@ -220,8 +224,8 @@ def evaluate_perturbation(
         Genes to score on (``None``: all of ``adata.var_names``), e.g. the genes a model predicts.
         Profiles are still normalised over all genes of ``adata`` (do not subset ``adata`` instead: that
         changes ``normalize_total``); DE genes and the top-1000 genes are chosen among these genes.
-    layer
-        Layer of ``adata`` with the counts; ``None`` uses ``adata.X``.
+    {layer}
+    {eval_key_added}
 
     Returns
     -------
@@ -244,19 +248,25 @@ def evaluate_perturbation(
     direction unless the observed one is also zero. After the rows of each method comes a row with
     ``perturbation == "mean"``: the mean of each metric over that method's perturbations (NaN-skipping)
     and the total ``n_cells``. ``df.attrs`` holds ``de_genes`` (perturbation -> DE genes), ``n_de``,
-    ``de_method`` and ``top1000_genes``.
+    ``de_method`` and ``top1000_genes``. With ``key_added``:
+
+    ``adata.uns[key_added]`` : dict
+        ``params`` (``perturbation_key``, ``control``, ``n_de``, ``methods``, ``genes``, ``layer``), ``results``
+        (the DataFrame), ``de_genes``, ``de_method`` and ``top1000_genes`` (as in ``df.attrs``) and
+        ``evaluator`` (``"scgpt.tl.evaluate_perturbation"``).
 
     Examples
     --------
-    >>> df = scgpt.tl.evaluate_perturbation({"linear": lin, "train_mean": mean}, adata)
+    >>> df = scgpt.tl.evaluate_perturbation(adata, {"linear": lin, "train_mean": mean})
     >>> df[df.perturbation == "mean"].set_index("method")[["pearson_delta", "pearson_delta_pertmean"]]
     """
     start = time.perf_counter()
-    check_adata(adata, fn="evaluate_perturbation")
+    _check_order(adata)
+    check_adata(adata)
     if n_de < 1:
         raise ValueError(f"evaluate_perturbation: n_de must be positive, got {n_de}.")
     preds = _predictions(pred, methods)
-    labels = perturbation_labels(adata, perturbation_key=perturbation_key, control=control, fn="evaluate_perturbation")
+    labels = perturbation_labels(adata, perturbation_key=perturbation_key, control=control)
     present = sorted(set(labels.unique()) - {control})
     if not present:
         raise ValueError("evaluate_perturbation: adata holds control cells only; there is nothing to score.")
@@ -268,7 +278,7 @@ def evaluate_perturbation(
     scored = sorted({s for names, _ in rows.values() for s in names})
     if not scored:
         raise ValueError("evaluate_perturbation: the predictions hold no perturbation (only control rows).")
-    X = log_normalized(adata, layer=layer, fn="evaluate_perturbation")
+    X = log_normalized(adata, layer=layer)
     order = [control, *present]
     profiles = _mean_by_label(X, labels.to_numpy(), order)[:, cols]
     profile_of = dict(zip(order, profiles))
@@ -309,8 +319,33 @@ def evaluate_perturbation(
         }
     )
     _log_summary(df)
-    log_added(start, [])
+    if key_added is None:
+        log_added(start, [])
+    else:
+        warn_overwrite(adata, "uns", key_added)
+        params = {
+            "perturbation_key": perturbation_key,
+            "control": control,
+            "n_de": n_de,
+            "methods": None if methods is None else ([methods] if isinstance(methods, str) else list(methods)),
+            "genes": None if genes is None else [str(g) for g in gene_names],
+            "layer": layer,
+        }
+        extra = {k: df.attrs[k] for k in ("de_genes", "de_method", "top1000_genes")}
+        record(adata, key_added, params, start=start, added=[], results=df, **extra, evaluator=EVALUATOR)
     return df
+
+
+def _check_order(adata: object) -> None:
+    """A clear error for the order of the pre-releases, ``evaluate_perturbation(pred, adata)``."""
+    from anndata import AnnData
+
+    if isinstance(adata, Mapping) or (isinstance(adata, AnnData) and PREDICTION_KEY in adata.uns):
+        raise TypeError(
+            "evaluate_perturbation takes the observed screen first and the prediction(s) second: "
+            "evaluate_perturbation(adata, pred); the first argument is a prediction (uns['perturbation_prediction'])"
+            " or a dict of them."
+        )
 
 
 def _scored_genes(adata: AnnData, genes: Sequence[str] | None) -> pd.Index:

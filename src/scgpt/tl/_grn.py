@@ -22,12 +22,11 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .._anndata import actual_if_view, check_adata, log_normalized, missing_values, record, warn_overwrite
 from .._docs import doc_params
-from .._logging import logger
-from ..data import match_genes
-from ..data._genes import gene_names
-from ..model import GenePairs, rank_normalize, resolve_model, run_inference
+from .._face import actual_if_view, provenance, record, warn_overwrite
+from .._logging import caller, logger, named
+from ..data import check_adata, gene_names, log_normalized, match_genes, missing_values
+from ..model import resolve_model
 from ._hvg import variable_genes
 
 if TYPE_CHECKING:
@@ -39,17 +38,29 @@ GENE_EMBEDDING_KEY = "X_scGPT_gene"
 
 
 # ---------------------------------------------------------------------------- genes
-def _known_genes(adata: AnnData, model: ScGPT, *, gene_key: str | None, use_aliases: bool, fn: str):
+def _known_genes(
+    adata: AnnData,
+    model: ScGPT,
+    *,
+    gene_key: str | None,
+    use_aliases: bool,
+    organism: str = "human",
+    orthologs: str = "one2one",
+):
     """``(columns, tokens)`` of the genes of ``adata`` that the vocabulary knows."""
-    match = match_genes(gene_names(adata, gene_key), model.vocab, use_aliases=use_aliases)
+    fn = caller()
+    match = match_genes(
+        gene_names(adata, gene_key), model.vocab, use_aliases=use_aliases, organism=organism, orthologs=orthologs
+    )
     cols = np.flatnonzero(match.matched)
     if not len(cols):
         raise ValueError(f"{fn}: none of the {adata.n_vars} genes is in the model's vocabulary.")
     return cols, np.asarray(model.vocab.lookup_tokens(match.ids[cols]), dtype=object)
 
 
-def _named_columns(adata: AnnData, names: Sequence[str], known: np.ndarray, *, what: str, fn: str) -> np.ndarray:
+def _named_columns(adata: AnnData, names: Sequence[str], known: np.ndarray, *, what: str) -> np.ndarray:
     """Columns of user-named genes, with clear errors for names absent from the data or the vocabulary."""
+    fn = caller()
     names = [names] if isinstance(names, str) else [str(n) for n in names]
     if not names:
         raise ValueError(f"{fn}: `{what}` is empty.")
@@ -69,6 +80,7 @@ def _named_columns(adata: AnnData, names: Sequence[str], known: np.ndarray, *, w
 
 # ---------------------------------------------------------------------------- programs
 @doc_params()
+@named()
 def gene_programs(
     adata: AnnData,
     model: ScGPT | str | None = None,
@@ -82,6 +94,8 @@ def gene_programs(
     layer: str | None = None,
     gene_key: str | None = None,
     use_aliases: bool = True,
+    organism: str = "human",
+    orthologs: str = "one2one",
     seed: int = 0,
     key_added: str = "scgpt_program",
     copy: bool = False,
@@ -116,6 +130,7 @@ def gene_programs(
         Layer with the expression; ``None``: ``X``.
     {gene_key}
     {use_aliases}
+    {organism}
     seed
         Seed of the k-NN graph, Leiden, the UMAP and the control genes.
     key_added
@@ -136,20 +151,23 @@ def gene_programs(
     Examples
     --------
     >>> scgpt.tl.gene_programs(adata, "demo")  # doctest: +SKIP
-    >>> scgpt.tl.enrich_programs(adata, "hallmark")  # doctest: +SKIP
+    >>> scgpt.tl.enrich_programs(adata, gene_sets="hallmark")  # doctest: +SKIP
     """
     import anndata as ad
     import scanpy as sc
 
     start = time.perf_counter()
-    check_adata(adata, fn="gene_programs")
+    check_adata(adata)
     if min_size < 1 or n_neighbors < 2 or resolution <= 0:
         raise ValueError("gene_programs: min_size must be ≥ 1, n_neighbors ≥ 2 and resolution > 0.")
     adata = adata.copy() if copy else adata
-    actual_if_view(adata, fn="gene_programs")
+    actual_if_view(adata)
     model_obj, model_name = resolve_model(model)
-    known, tokens = _known_genes(adata, model_obj, gene_key=gene_key, use_aliases=use_aliases, fn="gene_programs")
-    cols = known if genes is None else _named_columns(adata, genes, known, what="genes", fn="gene_programs")
+    known, tokens = _known_genes(
+        adata, model_obj, gene_key=gene_key, use_aliases=use_aliases, organism=organism,
+        orthologs=orthologs,
+    )  # fmt: skip
+    cols = known if genes is None else _named_columns(adata, genes, known, what="genes")
     if len(cols) <= n_neighbors:
         raise ValueError(f"gene_programs: {len(cols)} genes are too few for a {n_neighbors}-neighbour graph.")
     token_of = dict(zip(known.tolist(), tokens, strict=True))
@@ -169,7 +187,7 @@ def gene_programs(
     if not names:
         logger.warning(f"gene_programs: no cluster has {min_size} genes or more; lower min_size or resolution.")
 
-    warn_overwrite(adata, "var", key_added, fn="gene_programs", copy=copy)
+    warn_overwrite(adata, "var", key_added, copy=copy)
     full_emb = np.full((adata.n_vars, emb.shape[1]), np.nan, dtype=np.float32)
     full_emb[cols] = emb
     adata.varm[GENE_EMBEDDING_KEY] = full_emb
@@ -188,7 +206,7 @@ def gene_programs(
         adata, members, layer=layer, ctrl_size=ctrl_size, n_bins=n_bins, seed=seed
     )
     params = {
-        "model": model_name,
+        **provenance(model_obj, model_name),
         "genes": None if genes is None else list(map(str, genes)),
         "resolution": resolution,
         "n_neighbors": n_neighbors,
@@ -215,6 +233,7 @@ def gene_programs(
     return adata if copy else None
 
 
+@named()
 def program_scores(
     adata: AnnData,
     programs: dict[str, np.ndarray],
@@ -274,21 +293,21 @@ def _select_genes(
     tfs: Sequence[str] | None,
     n_top_genes: int | None,
     layer: str | None,
-    fn: str,
 ) -> np.ndarray:
     """Columns of the network's genes: ``genes`` or the most variable known genes; named TFs always kept (#208)."""
+    fn = caller()
     if genes is not None:
-        cols = _named_columns(adata, genes, known, what="genes", fn=fn)
+        cols = _named_columns(adata, genes, known, what="genes")
     elif n_top_genes is None or n_top_genes >= len(known):
         cols = known
     else:
-        from .._anndata import get_matrix
+        from ..data import get_matrix
 
         counts = get_matrix(adata, layer)[:, known]
         cols = known[variable_genes(counts, n_top_genes, None)]
         logger.info(f"    the {len(cols)} most variable of {len(known)} known genes")
     if tfs is not None:
-        tf_cols = _named_columns(adata, tfs, known, what="TFs", fn=fn)
+        tf_cols = _named_columns(adata, tfs, known, what="TFs")
         extra = np.setdiff1d(tf_cols, cols)
         if len(extra) and genes is not None:
             raise ValueError(f"{fn}: the TFs {list(adata.var_names[extra])} are not among `genes`; add them.")
@@ -296,14 +315,15 @@ def _select_genes(
     return np.sort(cols)
 
 
-def _source_columns(adata: AnnData, cols: np.ndarray, tfs: Sequence[str] | None, method: str, fn: str) -> np.ndarray:
+def _source_columns(adata: AnnData, cols: np.ndarray, tfs: Sequence[str] | None, method: str) -> np.ndarray:
     """Positions (within ``cols``) of the genes that may be sources: the TFs."""
+    fn = caller()
     if tfs is not None:
         names = [tfs] if isinstance(tfs, str) else list(tfs)
         return np.flatnonzero(np.isin(adata.var_names[cols], names))
     if method == "embedding":
         return np.arange(len(cols))
-    from ..datasets._grn import transcription_factors
+    from ..datasets import transcription_factors
 
     pos = np.flatnonzero(np.isin(adata.var_names[cols], transcription_factors()))
     if not len(pos):
@@ -350,31 +370,72 @@ def _attention_maps(
     inference: dict,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mean attention maps ``(n_groups, n, n)`` over the genes ``cols`` (row = query), and cells per group."""
-    sub = adata[:, cols]
-    res = run_inference(
-        model,
-        sub,
-        GenePairs(
-            layers=layers,
-            heads=heads,
-            softmax=scores == "softmax",
-            groups=groups,
-            per_cell=rank_normalize if rank else None,
-        ),
+    maps = model.get_attention(
+        adata[:, cols],
+        layers=layers,
+        heads=heads,
+        softmax=scores == "softmax",
+        rank_normalize=rank,
+        groups=groups,
         include_zero_genes=include_zero_genes,
         tokens=[tokens[c] for c in cols],
-        max_length=len(cols) + 1,
-        fn="infer_grn",
         **inference,
     )
-    out = res.output
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = out["sums"] / out["counts"]
-    mean[out["counts"] == 0] = np.nan
-    return mean, out["n_cells"]
+    return maps.mean, maps.n_cells
+
+
+def _check_options(
+    method: str, scores: str, top_k: int | None, groupby: str | None, reference_group: str | None
+) -> None:
+    """Clear errors for :func:`infer_grn` options that do not fit together, before any work."""
+    fn = caller()
+    if method not in ("embedding", "attention"):
+        raise ValueError(f"{fn}: method must be 'embedding' or 'attention', got {method!r}.")
+    if scores not in ("qk", "softmax"):
+        raise ValueError(f"{fn}: scores must be 'qk' or 'softmax', got {scores!r}.")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"{fn}: top_k must be positive or None, got {top_k}.")
+    if method == "embedding" and groupby is not None:
+        raise ValueError(f"{fn}: gene embeddings do not depend on cells; `groupby` needs method='attention'.")
+    if reference_group is not None and groupby is None:
+        raise ValueError(f"{fn}: `reference_group` needs `groupby`.")
+
+
+def _layers_and_heads(model: ScGPT, layers, heads) -> tuple[list[int], str | list[int]]:
+    """The layer indices and head indices (or ``"mean"``) of an attention network, checked against the model."""
+    fn = caller()
+    n_layers = model.config.n_layers
+    layer_list = [layers] if isinstance(layers, int | np.integer) else list(layers)
+    bad = [i for i in layer_list if not -n_layers <= i < n_layers]
+    if bad:
+        raise IndexError(f"{fn}: layer indices {bad} are out of range for a model with {n_layers} layers.")
+    if isinstance(heads, str) and heads != "mean":
+        raise ValueError(f"{fn}: heads must be 'mean' or head indices, got {heads!r}.")
+    head_list = "mean" if isinstance(heads, str) else ([heads] if isinstance(heads, int | np.integer) else list(heads))
+    if head_list != "mean" and not all(0 <= h < model.config.n_heads for h in head_list):
+        raise IndexError(f"{fn}: head indices {head_list} are out of range for {model.config.n_heads} heads.")
+    return layer_list, head_list
+
+
+def _edge_tables(maps, labels, names, sources, *, symmetric: bool, top_k: int | None, difference: bool) -> list:
+    """One edge table per network map, labelled with its group when there are groups.
+
+    The ``top_k`` sources per target, or the symmetric top-k pairs of an undirected embedding network.
+    """
+    parts = []
+    for M, g in zip(maps, labels, strict=True):
+        if symmetric:
+            part = _top_edges(_symmetric_top(M, top_k), names, sources, None, by_abs=False)
+        else:
+            part = _top_edges(M, names, sources, top_k, by_abs=difference)
+        if g is not None:
+            part["group"] = str(g)
+        parts.append(part)
+    return parts
 
 
 @doc_params()
+@named()
 def infer_grn(
     adata: AnnData,
     model: ScGPT | str | None = None,
@@ -394,6 +455,8 @@ def infer_grn(
     key_added: str = "scgpt_grn",
     gene_key: str | None = None,
     use_aliases: bool = True,
+    organism: str = "human",
+    orthologs: str = "one2one",
     layer: str | None = None,
     batch_key: str | None = None,
     batch_size: int = 16,
@@ -456,6 +519,7 @@ def infer_grn(
         Name of the network (see Returns).
     {gene_key}
     {use_aliases}
+    {organism}
     layer
         Layer with counts; ``None``: ``X``.
     {batch_key}
@@ -480,42 +544,26 @@ def infer_grn(
     Examples
     --------
     >>> scgpt.tl.infer_grn(adata, "demo", method="attention", tfs=["SPI1", "CEBPB"])  # doctest: +SKIP
-    >>> scgpt.tl.evaluate_grn(adata.uns["scgpt_grn"]["edges"], adata=adata)  # doctest: +SKIP
+    >>> scgpt.tl.evaluate_grn(adata)  # the network in adata.uns["scgpt_grn"]  # doctest: +SKIP
     """
     start = time.perf_counter()
     fn = "infer_grn"
-    check_adata(adata, fn=fn)
-    if method not in ("embedding", "attention"):
-        raise ValueError(f"{fn}: method must be 'embedding' or 'attention', got {method!r}.")
-    if scores not in ("qk", "softmax"):
-        raise ValueError(f"{fn}: scores must be 'qk' or 'softmax', got {scores!r}.")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"{fn}: top_k must be positive or None, got {top_k}.")
-    if method == "embedding" and groupby is not None:
-        raise ValueError(f"{fn}: gene embeddings do not depend on cells; `groupby` needs method='attention'.")
-    if reference_group is not None and groupby is None:
-        raise ValueError(f"{fn}: `reference_group` needs `groupby`.")
-    groups, group_names = _groups(adata, groupby, reference_group, fn=fn)
+    check_adata(adata)
+    _check_options(method, scores, top_k, groupby, reference_group)
+    groups, group_names = _groups(adata, groupby, reference_group)
     adata = adata.copy() if copy else adata
-    actual_if_view(adata, fn=fn)
+    actual_if_view(adata)
     model_obj, model_name = resolve_model(model)
-    n_layers = model_obj.config.n_layers
-    layer_list = [layers] if isinstance(layers, int | np.integer) else list(layers)
-    bad = [i for i in layer_list if not -n_layers <= i < n_layers]
-    if bad:
-        raise IndexError(f"{fn}: layer indices {bad} are out of range for a model with {n_layers} layers.")
-    if isinstance(heads, str) and heads != "mean":
-        raise ValueError(f"{fn}: heads must be 'mean' or head indices, got {heads!r}.")
-    head_list = "mean" if isinstance(heads, str) else ([heads] if isinstance(heads, int | np.integer) else list(heads))
-    if head_list != "mean" and not all(0 <= h < model_obj.config.n_heads for h in head_list):
-        raise IndexError(f"{fn}: head indices {head_list} are out of range for {model_obj.config.n_heads} heads.")
+    layer_list, head_list = _layers_and_heads(model_obj, layers, heads)
 
-    known, tokens = _known_genes(adata, model_obj, gene_key=gene_key, use_aliases=use_aliases, fn=fn)
+    known, tokens = _known_genes(
+        adata, model_obj, gene_key=gene_key, use_aliases=use_aliases, organism=organism, orthologs=orthologs
+    )
     token_of = dict(zip(known.tolist(), tokens, strict=True))
-    cols = _select_genes(adata, known, genes=genes, tfs=tfs, n_top_genes=n_top_genes, layer=layer, fn=fn)
+    cols = _select_genes(adata, known, genes=genes, tfs=tfs, n_top_genes=n_top_genes, layer=layer)
     if len(cols) < 2:
         raise ValueError(f"{fn}: a network needs at least 2 genes, got {len(cols)}.")
-    sources = _source_columns(adata, cols, tfs, method, fn)
+    sources = _source_columns(adata, cols, tfs, method)
     names = adata.var_names[cols].astype(str).to_numpy()
     logger.info(f"inferring a gene network ({method}) over {len(cols)} genes, {len(sources)} sources")
 
@@ -527,6 +575,7 @@ def infer_grn(
     else:
         inference = {
             "gene_key": gene_key, "use_aliases": use_aliases, "layer": layer, "batch_key": batch_key,
+            "organism": organism, "orthologs": orthologs,
             "batch_size": batch_size, "seed": seed, "device": device, "dtype": dtype, "progress": progress,
         }  # fmt: skip
         maps, counts = _attention_maps(
@@ -540,23 +589,14 @@ def infer_grn(
             keep = [i for i in range(len(labels)) if i != ref]
             maps, labels = maps[keep] - maps[ref], [labels[i] for i in keep]
 
-    difference = reference_group is not None
-    parts = []
-    for M, g in zip(maps, labels, strict=True):
-        if method == "embedding" and tfs is None:
-            M = _symmetric_top(M, top_k)
-            part = _top_edges(M, names, sources, None, by_abs=False)
-        else:
-            part = _top_edges(M, names, sources, top_k, by_abs=difference)
-        if g is not None:
-            part["group"] = str(g)
-        parts.append(part)
+    parts = _edge_tables(maps, labels, names, sources, symmetric=method == "embedding" and tfs is None,
+                         top_k=top_k, difference=reference_group is not None)  # fmt: skip
     edges = pd.concat(parts, ignore_index=True)
     edges = edges.sort_values("weight", ascending=False, kind="stable").reset_index(drop=True)
 
     added = []
     if len(parts) == 1:
-        warn_overwrite(adata, "varp", key_added, fn=fn, copy=copy)
+        warn_overwrite(adata, "varp", key_added, copy=copy)
         t = adata.var_names.get_indexer(edges["target"])
         s = adata.var_names.get_indexer(edges["source"])
         adata.varp[key_added] = sp.csr_matrix(
@@ -564,7 +604,8 @@ def infer_grn(
         )
         added.append(f"'{key_added}', the network, row = target, column = source (adata.varp)")
     params = {
-        "model": model_name, "method": method, "genes": None if genes is None else list(map(str, genes)),
+        **provenance(model_obj, model_name), "method": method,
+        "genes": None if genes is None else list(map(str, genes)),
         "tfs": None if tfs is None else list(map(str, [tfs] if isinstance(tfs, str) else tfs)),
         "n_top_genes": n_top_genes, "groupby": groupby, "reference_group": reference_group,
         "layers": layer_list, "heads": head_list, "scores": scores, "rank_normalize": rank_normalize,
@@ -574,7 +615,7 @@ def infer_grn(
     if method == "embedding":
         for name in ("groupby", "reference_group", "layers", "heads", "scores", "rank_normalize", "include_zero_genes"):
             params.pop(name)
-    warn_overwrite(adata, "uns", key_added, fn=fn, copy=copy)
+    warn_overwrite(adata, "uns", key_added, copy=copy)
     record(
         adata,
         key_added,
@@ -603,8 +644,9 @@ def _symmetric_top(S: np.ndarray, top_k: int | None) -> np.ndarray:
     return S
 
 
-def _groups(adata: AnnData, groupby: str | None, reference: str | None, *, fn: str):
+def _groups(adata: AnnData, groupby: str | None, reference: str | None):
     """Integer group codes per cell (-1 = missing) and the group names, with clear errors."""
+    fn = caller()
     if groupby is None:
         return None, None
     if groupby not in adata.obs:

@@ -12,14 +12,16 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from os import PathLike
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .._anndata import check_adata, check_key_added, missing_values, record, warn_overwrite
-from .._logging import log_added, logger, warn
+from .._docs import doc_params
+from .._face import check_key_added, record, warn_overwrite
+from .._logging import caller, log_added, logger, named, warn
+from ..data import check_adata, missing_values
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -34,11 +36,14 @@ METRICS = ("n_edges", "n_true", "density", "auprc", "auprc_ratio", "auroc", "epr
 
 
 # ------------------------------------------------------------------------------------------------ evaluate_grn
+@doc_params()
+@named()
 def evaluate_grn(
-    edges: pd.DataFrame,
-    reference: pd.DataFrame | Literal["collectri"] = "collectri",
-    *,
     adata: AnnData | None = None,
+    edges: pd.DataFrame | None = None,
+    *,
+    key: str = "scgpt_grn",
+    reference: pd.DataFrame | Literal["collectri"] = "collectri",
     tfs_only: bool = True,
     baselines: Sequence[Literal["random", "pearson", "spearman"]] | None = None,
     group: str | None = None,
@@ -50,6 +55,11 @@ def evaluate_grn(
     key_added: str | None = None,
 ) -> pd.DataFrame:
     """Score a gene network against a reference, next to random and co-expression baselines.
+
+    The network is the one :func:`scgpt.tl.infer_grn` wrote to ``adata.uns[key]["edges"]``
+    (``evaluate_grn(adata)``), or any edge table passed as ``edges``: with ``adata`` (e.g. the cells of another
+    call, or a network from another tool) the co-expression baselines are computed on ``adata``'s cells; without
+    (``evaluate_grn(edges=edges)``) only the random baseline is.
 
     Every method ranks the same candidate pairs (the *universe*): sources are the transcription factors
     of the reference found in the gene set (every gene of it with ``tfs_only=False``), targets are all
@@ -87,17 +97,22 @@ def evaluate_grn(
 
     Parameters
     ----------
+    adata
+        Cells x genes with counts (or log-normalised values) in ``X`` or ``layer``: the network in
+        ``adata.uns[key]["edges"]`` unless ``edges`` is given, and the cells of the ``pearson`` and ``spearman``
+        baselines. ``None`` (only with ``edges``): no co-expression baselines, nothing stored.
     edges
-        The network: a DataFrame with columns ``source``, ``target``, ``weight`` (decoupler's ``net`` and
-        geneRNIB's format, as :func:`scgpt.tl.infer_grn` writes to ``adata.uns[key]['edges']``), optionally
-        ``group``. Attention networks are directed (source = key, target = query); embedding-similarity
-        networks are undirected and list both directions. Each (source, target) pair may appear once.
+        A network instead of ``adata.uns[key]["edges"]``: a DataFrame with columns ``source``, ``target``,
+        ``weight`` (decoupler's ``net`` and geneRNIB's format, as :func:`scgpt.tl.infer_grn` writes),
+        optionally ``group``. Attention networks are directed (source = key, target = query);
+        embedding-similarity networks are undirected and list both directions. Each (source, target) pair may
+        appear once.
+    key
+        The ``key_added`` of :func:`scgpt.tl.infer_grn`: the network is ``adata.uns[key]["edges"]`` (when
+        ``edges`` is not given).
     reference
         The true edges: a DataFrame with ``source`` and ``target`` columns (``weight`` is ignored), or
         ``"collectri"`` for the bundled CollecTRI network (:func:`scgpt.datasets.collectri`).
-    adata
-        Cells x genes with counts (or log-normalised values) in ``X`` or ``layer``: needed for the
-        ``pearson`` and ``spearman`` baselines and for ``key_added``.
     tfs_only
         Sources restricted to the reference's sources (its transcription factors), as BEELINE and geneRNIB
         do; ``False``: every gene of the gene set may be a source.
@@ -106,13 +121,13 @@ def evaluate_grn(
         ``adata`` is given, only ``"random"`` otherwise; asking for ``"pearson"`` or ``"spearman"``
         explicitly without ``adata`` is an error.
     group
-        With a ``group`` column in ``edges`` (networks per group of cells): the group to score. Needed when
+        With a ``group`` column in the edges (networks per group of cells): the group to score. Needed when
         there are several groups.
     layer
         Layer with the expression for the co-expression baselines; ``None`` uses ``adata.X``.
     genes
         The gene set (e.g. the network genes, ``adata.uns[key]['genes']`` of :func:`scgpt.tl.infer_grn`).
-        ``None``: the genes appearing in ``edges``. With co-expression baselines, genes not in
+        ``None``: the genes appearing in the edges. With co-expression baselines, genes not in
         ``adata.var_names`` are left out of the universe (with a warning), for every row alike.
     signed
         ``True`` ranks edges by ``weight`` as given; ``False`` by ``|weight|`` (for networks whose negative
@@ -121,34 +136,35 @@ def evaluate_grn(
         Row name of the network in the result.
     seed
         Seed of the ``random`` baseline.
-    key_added
-        If given, the results are also stored in ``adata.uns[key_added]`` (needs ``adata``).
+    {eval_key_added}
 
     Returns
     -------
     One row per method (``name``, then the baselines, and ``"random (expected)"`` with ``"random"``),
     indexed by ``method``, with columns ``n_edges`` (pairs the method scores in the universe), ``n_true``
     (reference edges in the universe), ``density``, ``auprc``, ``auprc_ratio``, ``auroc``, ``epr``,
-    ``precision_at_k``. With ``key_added``, ``adata.uns[key_added]`` holds ``params``, ``results`` (this
-    table) and ``universe`` (numbers of sources, genes, pairs and true pairs).
+    ``precision_at_k``. With ``key_added``:
+
+    ``adata.uns[key_added]`` : dict
+        ``params``, ``results`` (the DataFrame), ``universe`` (numbers of sources, genes, pairs and true pairs)
+        and ``evaluator`` (``"scgpt.tl.evaluate_grn"``).
 
     Examples
     --------
     >>> scgpt.tl.infer_grn(adata, "demo", method="attention")  # doctest: +SKIP
-    >>> scgpt.tl.evaluate_grn(adata.uns["scgpt_grn"]["edges"], adata)  # doctest: +SKIP
+    >>> scgpt.tl.evaluate_grn(adata)  # adata.uns["scgpt_grn"]["edges"] vs CollecTRI  # doctest: +SKIP
+    >>> scgpt.tl.evaluate_grn(adata, cells.uns["scgpt_grn"]["edges"])  # another call's network  # doctest: +SKIP
     """
     start = time.perf_counter()
     fn = "evaluate_grn"
-    if key_added is not None and adata is None:
-        raise ValueError(f"{fn}: key_added={key_added!r} stores the results in adata.uns; pass `adata` too.")
-    if adata is not None:
-        check_adata(adata, fn=fn)
-    net = _check_edges(edges, group=group, signed=signed, fn=fn)
-    ref = _reference(reference, fn=fn)
-    todo = _baselines(baselines, adata, fn=fn)
+    from_uns = edges is None
+    edges = _network(adata, edges, key, key_added)
+    net = _check_edges(edges, group=group, signed=signed)
+    ref = _reference(reference)
+    todo = _baselines(baselines, adata)
     expression = [b for b in todo if b in ("pearson", "spearman")]
 
-    gene_set = _gene_set(genes, net, fn=fn)
+    gene_set = _gene_set(genes, net)
     if expression:
         if not adata.var_names.is_unique:
             raise ValueError(f"{fn}: adata.var_names are not unique; call adata.var_names_make_unique() first.")
@@ -212,19 +228,12 @@ def evaluate_grn(
     table = pd.DataFrame.from_dict(rows, orient="index")[list(METRICS)]
     table.index.name = "method"
     table = table.astype({"n_edges": int, "n_true": int})
-    row = table.loc[name]
-    logger.info(
-        f"    {name}: AUPRC ratio {row['auprc_ratio']:.3g}, EPR {row['epr']:.3g}, AUROC {row['auroc']:.3g}"
-        + "".join(f"; {m}: EPR {table.loc[m, 'epr']:.3g}" for m in table.index[1:] if m != EXPECTED_RANDOM)
-        + (
-            f" (random expectation: AUPRC ratio {table.loc[EXPECTED_RANDOM, 'auprc_ratio']:.3g}, EPR 1)"
-            if EXPECTED_RANDOM in table.index
-            else ""
-        )
-    )
+    _log_scores(table, name)
     if key_added is not None:
-        warn_overwrite(adata, "uns", key_added, fn=fn)
+        warn_overwrite(adata, "uns", key_added)
         params = {
+            "key": key if from_uns else None,
+            "edges": None if from_uns else f"DataFrame ({len(edges)} edges)",
             "reference": reference if isinstance(reference, str) else f"DataFrame ({len(ref)} edges)",
             "tfs_only": tfs_only,
             "baselines": list(todo),
@@ -236,8 +245,62 @@ def evaluate_grn(
             "seed": seed,
         }
         universe = {"n_sources": len(sources), "n_genes": len(gene_set), "n_pairs": n_pairs, "n_true": n_true}
-        record(adata, key_added, params, start=start, added=[], results=table, universe=universe)
+        extra = {"results": table, "universe": universe, "evaluator": f"scgpt.tl.{fn}"}
+        record(adata, key_added, params, start=start, added=[], **extra)
+    else:
+        log_added(start, [])
     return table
+
+
+def _log_scores(table: pd.DataFrame, name: str) -> None:
+    row = table.loc[name]
+    logger.info(
+        f"    {name}: AUPRC ratio {row['auprc_ratio']:.3g}, EPR {row['epr']:.3g}, AUROC {row['auroc']:.3g}"
+        + "".join(f"; {m}: EPR {table.loc[m, 'epr']:.3g}" for m in table.index[1:] if m != EXPECTED_RANDOM)
+        + (
+            f" (random expectation: AUPRC ratio {table.loc[EXPECTED_RANDOM, 'auprc_ratio']:.3g}, EPR 1)"
+            if EXPECTED_RANDOM in table.index
+            else ""
+        )
+    )
+
+
+def _network(adata: AnnData | None, edges: pd.DataFrame | None, key: str, key_added: str | None) -> pd.DataFrame:
+    """The edges to score: ``edges``, or those :func:`scgpt.tl.infer_grn` wrote to ``adata.uns[key]``.
+
+    Errors name the networks present, and the new order of the arguments to a call in the old one.
+    """
+    fn = caller()
+    if isinstance(adata, pd.DataFrame):
+        raise TypeError(
+            f"{fn} takes the AnnData first: evaluate_grn(adata) scores adata.uns[key]['edges'] (written by "
+            "scgpt.tl.infer_grn), evaluate_grn(adata, edges) an edge table with adata's cells for the co-expression "
+            "baselines, evaluate_grn(edges=edges, reference=...) an edge table without cells."
+        )
+    if key_added is not None and adata is None:
+        raise ValueError(f"{fn}: key_added={key_added!r} stores the results in adata.uns; pass `adata` too.")
+    if adata is not None:
+        check_adata(adata)
+    if edges is not None:
+        return edges
+    if adata is None:
+        raise ValueError(
+            f"{fn}: nothing to score; pass `adata` holding a network of scgpt.tl.infer_grn (adata.uns[key]['edges']), "
+            "or `edges=` (a source, target, weight table)."
+        )
+    if key_added is not None:
+        check_key_added(key_added, reads=(key,), slot="uns")
+    entry = adata.uns.get(key)
+    if isinstance(entry, Mapping) and isinstance(entry.get("edges"), pd.DataFrame):
+        return entry["edges"]
+    networks = [
+        str(k) for k, v in adata.uns.items() if isinstance(v, Mapping) and isinstance(v.get("edges"), pd.DataFrame)
+    ]
+    present = f"networks in adata.uns: {networks}; pass key= naming one" if networks else "adata.uns holds no network"
+    raise KeyError(
+        f"{fn}: adata.uns[{key!r}] holds no network ('edges'); {present}, run scgpt.tl.infer_grn(adata, ..., "
+        f"key_added={key!r}) first, or pass `edges=`."
+    )
 
 
 def _names(names: Iterable, shown: int = 5) -> str:
@@ -246,7 +309,8 @@ def _names(names: Iterable, shown: int = 5) -> str:
     return ", ".join(names[:shown]) + more
 
 
-def _check_columns(df: object, columns: Sequence[str], *, what: str, fn: str) -> None:
+def _check_columns(df: object, columns: Sequence[str], *, what: str) -> None:
+    fn = caller()
     if not isinstance(df, pd.DataFrame):
         raise TypeError(
             f"{fn}: {what} must be a pandas DataFrame with columns {list(columns)}, got {type(df).__name__}."
@@ -259,9 +323,10 @@ def _check_columns(df: object, columns: Sequence[str], *, what: str, fn: str) ->
         )
 
 
-def _check_edges(edges: object, *, group: str | None, signed: bool, fn: str) -> pd.DataFrame:
+def _check_edges(edges: object, *, group: str | None, signed: bool) -> pd.DataFrame:
     """The network's ``source``, ``target``, ``weight`` (of ``group``), checked: numeric, finite, no duplicates."""
-    _check_columns(edges, ("source", "target", "weight"), what="edges", fn=fn)
+    fn = caller()
+    _check_columns(edges, ("source", "target", "weight"), what="edges")
     net = edges
     if "group" in edges.columns:
         groups = list(pd.unique(edges["group"].astype(str)))
@@ -302,15 +367,16 @@ def _check_edges(edges: object, *, group: str | None, signed: bool, fn: str) -> 
     return out
 
 
-def _reference(reference: object, *, fn: str) -> pd.DataFrame:
+def _reference(reference: object) -> pd.DataFrame:
     """The reference's unique (source, target) pairs, without self-loops."""
+    fn = caller()
     if isinstance(reference, str):
         if reference != "collectri":
             raise ValueError(f"{fn}: reference must be 'collectri' or a DataFrame, got {reference!r}.")
-        from ..datasets._grn import collectri
+        from ..datasets import collectri
 
         reference = collectri()
-    _check_columns(reference, ("source", "target"), what="reference", fn=fn)
+    _check_columns(reference, ("source", "target"), what="reference")
     ref = pd.DataFrame({"source": reference["source"].astype(str), "target": reference["target"].astype(str)})
     ref = ref[ref["source"] != ref["target"]].drop_duplicates(ignore_index=True)
     if ref.empty:
@@ -318,7 +384,8 @@ def _reference(reference: object, *, fn: str) -> pd.DataFrame:
     return ref
 
 
-def _baselines(baselines: Sequence[str] | None, adata: AnnData | None, *, fn: str) -> list[str]:
+def _baselines(baselines: Sequence[str] | None, adata: AnnData | None) -> list[str]:
+    fn = caller()
     if baselines is None:
         if adata is None:
             logger.info("    no adata: the pearson and spearman baselines are left out (pass adata to compute them)")
@@ -333,7 +400,8 @@ def _baselines(baselines: Sequence[str] | None, adata: AnnData | None, *, fn: st
     return todo
 
 
-def _gene_set(genes: Sequence[str] | None, net: pd.DataFrame, *, fn: str) -> pd.Index:
+def _gene_set(genes: Sequence[str] | None, net: pd.DataFrame) -> pd.Index:
+    fn = caller()
     if genes is None:
         return pd.Index(sorted(set(net["source"]) | set(net["target"])))
     genes = [genes] if isinstance(genes, str) else list(genes)
@@ -444,7 +512,7 @@ def _coexpression(
     adata: AnnData, genes: pd.Index, sources: pd.Index, *, layer: str | None, methods: Sequence[str]
 ) -> dict[str, np.ndarray]:
     """Pearson / Spearman correlation (sources x genes) of log-normalised expression over the cells."""
-    from .._anndata import log_normalized
+    from ..data import log_normalized
 
     logger.info(f"    co-expression baselines ({', '.join(methods)}) over {adata.n_obs} cells")
     X = log_normalized(adata, layer)[:, adata.var_names.get_indexer(genes)].tocsc()
@@ -513,10 +581,12 @@ def _rank_columns(X: sp.csc_matrix) -> sp.csc_matrix:
 
 
 # -------------------------------------------------------------------------------------------- enrich_programs
+@doc_params()
+@named()
 def enrich_programs(
     adata: AnnData,
-    gene_sets: Mapping[str, Iterable[str]] | pd.DataFrame | str | PathLike[str] = "hallmark",
     *,
+    gene_sets: Mapping[str, Iterable[str]] | pd.DataFrame | str | PathLike[str] = "hallmark",
     key: str = "scgpt_program",
     background: Iterable[str] | None = None,
     min_overlap: int = 2,
@@ -540,9 +610,9 @@ def enrich_programs(
     gene_sets
         A dict from set name to genes, a DataFrame with ``source`` (set name) and ``target`` (gene) columns
         (decoupler's format), a path to a ``.gmt`` file, or ``"hallmark"`` for the 50 bundled MSigDB
-        Hallmark sets (human symbols; :func:`scgpt.datasets._grn.hallmark`).
+        Hallmark sets (human symbols; :func:`scgpt.datasets.hallmark`).
     key
-        ``var`` column with the programs.
+        ``var`` column with the programs: the ``key_added`` of :func:`scgpt.tl.gene_programs`.
     background
         Genes added to the background (those of ``adata.var_names``; others are ignored). The default
         background is the genes that were clustered: the rows of ``adata.varm[key + '_umap']`` that are not
@@ -553,8 +623,7 @@ def enrich_programs(
         Smallest overlap reported (and smallest program / set size tested).
     fdr
         Threshold of the ``significant`` column.
-    key_added
-        ``uns`` entry written; ``None`` writes ``adata.uns[key]['enrichment']``.
+    {eval_key_added}
 
     Returns
     -------
@@ -562,26 +631,28 @@ def enrich_programs(
     ``pval``: ``program``, ``gene_set``, ``overlap``, ``program_size`` (genes of the program),
     ``set_size`` (genes of the set in the background), ``genes`` (the shared genes, comma-separated),
     ``odds_ratio`` (sample odds ratio of the 2 x 2 table, ``inf`` when the program or set lies inside the
-    other), ``pval``, ``fdr``, ``significant`` (``fdr < fdr``). Also stored with the ``params`` as
-    ``{"params": ..., "results": table}`` in ``adata.uns[key]['enrichment']`` (or ``adata.uns[key_added]``).
+    other), ``pval``, ``fdr``, ``significant`` (``fdr < fdr``). With ``key_added``:
+
+    ``adata.uns[key_added]`` : dict
+        ``params``, ``results`` (the DataFrame) and ``evaluator`` (``"scgpt.tl.enrich_programs"``).
 
     Examples
     --------
     >>> scgpt.tl.gene_programs(adata, "demo")  # doctest: +SKIP
-    >>> scgpt.tl.enrich_programs(adata, "hallmark").head()  # doctest: +SKIP
+    >>> scgpt.tl.enrich_programs(adata, gene_sets="hallmark").head()  # doctest: +SKIP
     """
     from scipy.stats import false_discovery_control, hypergeom
 
     start = time.perf_counter()
     fn = "enrich_programs"
-    check_adata(adata, fn=fn)
+    check_adata(adata)
     if key not in adata.var.columns:
         raise KeyError(
             f"{fn}: adata.var has no {key!r} column; run scgpt.tl.gene_programs first (it writes the programs to "
             f"adata.var[{key!r}]), or pass key= naming the column that holds them."
         )
     if key_added is not None:
-        check_key_added(key_added, reads=(key,), slot="uns", fn=fn)
+        check_key_added(key_added, reads=(key,), slot="uns")
     if min_overlap < 1:
         raise ValueError(f"{fn}: min_overlap must be at least 1, got {min_overlap}.")
     if not 0 < fdr <= 1:
@@ -596,7 +667,7 @@ def enrich_programs(
     names = list(labels.cat.categories) if isinstance(labels.dtype, pd.CategoricalDtype) else sorted(set(labels[has]))
     programs = {str(p): set(var_names[has & (labels == p).to_numpy()]) for p in names}
     programs = {p: g for p, g in programs.items() if g}
-    sets = _gene_sets(gene_sets, fn=fn)
+    sets = _gene_sets(gene_sets)
 
     clustered = has.copy()
     if f"{key}_umap" in adata.varm:  # gene_programs' UMAP: a row for every gene it clustered, NaN for the others
@@ -661,28 +732,18 @@ def enrich_programs(
         "n_tests": n_tests,
     }
     if key_added is not None:
-        warn_overwrite(adata, "uns", key_added, fn=fn)
-        record(adata, key_added, params, start=start, added=[], results=table)
+        warn_overwrite(adata, "uns", key_added)
+        record(adata, key_added, params, start=start, added=[], results=table, evaluator=f"scgpt.tl.{fn}")
     else:
-        entry: Any = adata.uns.get(key)
-        if entry is None:
-            entry = adata.uns[key] = {}
-        elif not isinstance(entry, Mapping):
-            raise ValueError(
-                f"{fn}: adata.uns[{key!r}] is a {type(entry).__name__}, not a dict; pass key_added= to store "
-                "the enrichment elsewhere."
-            )
-        if "enrichment" in entry:
-            warn(f"{fn}: adata.uns[{key!r}]['enrichment'] exists and is overwritten.")
-        entry["enrichment"] = {"params": params, "results": table}
-        log_added(start, [f"'{key}']['enrichment', parameters and results (adata.uns)"])
+        log_added(start, [])
     return table
 
 
-def _gene_sets(gene_sets: object, *, fn: str) -> dict[str, list[str]]:
+def _gene_sets(gene_sets: object) -> dict[str, list[str]]:
     """Gene sets as a dict from name to unique genes, from a dict, a DataFrame, a GMT path or ``"hallmark"``."""
+    fn = caller()
     if isinstance(gene_sets, str) and gene_sets == "hallmark":
-        from ..datasets._grn import hallmark
+        from ..datasets import hallmark
 
         sets = hallmark()
     elif isinstance(gene_sets, str | PathLike):
@@ -692,11 +753,11 @@ def _gene_sets(gene_sets: object, *, fn: str) -> dict[str, list[str]]:
                 f"{fn}: gene_sets={str(gene_sets)!r} is neither 'hallmark' nor an existing .gmt file; pass a path, "
                 "a dict from set name to genes, or a DataFrame with 'source' (set) and 'target' (gene) columns."
             )
-        from ..datasets._grn import read_gmt
+        from ..datasets import read_gmt
 
         sets = read_gmt(path)
     elif isinstance(gene_sets, pd.DataFrame):
-        _check_columns(gene_sets, ("source", "target"), what="gene_sets", fn=fn)
+        _check_columns(gene_sets, ("source", "target"), what="gene_sets")
         sets = {str(s): list(g) for s, g in gene_sets.groupby("source", sort=False, observed=True)["target"]}
     elif isinstance(gene_sets, Mapping):
         sets = {}

@@ -7,6 +7,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .._logging import logger
+from ..data import MIN_VARIABLE, varying_genes
 
 
 def log1p_variance_rank(X: sp.spmatrix | np.ndarray, n: int, *, binary: bool = False) -> np.ndarray:
@@ -29,10 +30,20 @@ def variable_genes(counts: sp.spmatrix | np.ndarray, n_top: int, batches: pd.Ser
     import scanpy as sc
 
     n_top = min(n_top, counts.shape[1])
+    counts = sp.csr_matrix(counts)
+    empty = np.asarray(counts.sum(1)).ravel() == 0
+    if empty.any():  # empty droplets carry no information, and seurat_v3's loess crashes on a batch of them
+        logger.info(f"    {int(empty.sum())} cells without counts are left out of the gene selection")
+        counts = counts[~empty]
+        batches = None if batches is None else np.asarray(batches)[~empty]
     obs = pd.DataFrame({"batch": np.asarray(batches).astype(str)} if batches is not None else {})
     obs.index = obs.index.astype(str) if len(obs.columns) else pd.RangeIndex(counts.shape[0]).astype(str)
     tmp = ad.AnnData(X=counts, obs=obs)
     for key in ["batch", None] if batches is not None else [None]:
+        if min(varying_genes(counts, None if key is None else obs["batch"].to_numpy()).values()) < MIN_VARIABLE:
+            where = "per batch" if key else "on all cells"
+            logger.info(f"    seurat_v3 {where} skipped: a batch has fewer than {MIN_VARIABLE} genes that vary")
+            continue
         try:
             hvg = sc.pp.highly_variable_genes(tmp, n_top_genes=n_top, flavor="seurat_v3", batch_key=key, inplace=False)
             return np.flatnonzero(hvg["highly_variable"].to_numpy())

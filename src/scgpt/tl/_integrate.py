@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
-from .._anndata import check_key_added, missing_values, record, resolve_target, warn_overwrite
 from .._docs import doc_params
-from .._logging import logger
-from ..data._genes import GeneMatch, match_adata
-from ..model import TASKS, CellRows, ScGPT, modality_names, resolve_model, run_inference, with_modalities
+from .._face import check_key_added, provenance, record, resolve_target, warn_overwrite
+from .._logging import logger, named
+from ..data import GeneMatch, match_adata, missing_values
+from ..model import TASKS, ScGPT, modality_names, resolve_model, with_modalities
 from ._hvg import variable_genes
 
 if TYPE_CHECKING:
@@ -60,6 +60,8 @@ def _panel(
     layer: str | None,
     gene_key: str | None = None,
     use_aliases: bool = True,
+    organism: str = "human",
+    orthologs: str = "one2one",
     match: GeneMatch | None = None,
 ) -> np.ndarray:
     """Columns of the genes to fine-tune on.
@@ -68,7 +70,9 @@ def _panel(
     official integration tutorial (1,200 highly variable genes).
     """
     if match is None:
-        match = match_adata(adata, model.vocab, gene_key=gene_key, use_aliases=use_aliases, fn="integrate")
+        match = match_adata(
+            adata, model.vocab, gene_key=gene_key, use_aliases=use_aliases, organism=organism, orthologs=orthologs,
+            )  # fmt: skip
     known = np.flatnonzero(match.matched)
     if n_top_genes is None or n_top_genes >= len(known):
         return known
@@ -81,8 +85,11 @@ def _panel(
 model
     A pretrained model (path, ``"demo"``, :class:`~scgpt.model.ScGPT`; ``None``: ``scgpt.settings.default_model``),
     fine-tuned here; or a model already fine-tuned with ``model.finetune("integration", ...)``, which is used as
-    it is."""
+    it is. An :class:`~scgpt.model.ScGPT` object is fine-tuned in place (the caller keeps the fine-tuned model,
+    to save it or to embed new cells with ``integrate(new, model, ...)`` without training again); a model given
+    by name or path is loaded and its fine-tuned copy discarded."""
 )
+@named()
 def integrate(
     adata: AnnData | MuData,
     model: ScGPT | str | os.PathLike | None = None,
@@ -96,6 +103,8 @@ def integrate(
     key_added: str = "X_scGPT_integrated",
     gene_key: str | None = None,
     use_aliases: bool = True,
+    organism: str = "human",
+    orthologs: str = "one2one",
     layer: str | None = None,
     batch_size: int | None = None,
     seed: int = 0,
@@ -104,7 +113,6 @@ def integrate(
     progress: bool | None = None,
     mod: str = "rna",
     copy: bool = False,
-    return_model: bool = False,
     **finetune_kwargs: Any,
 ) -> AnnData | MuData | None:
     """Integrate batches (AnnData) or modalities (MuData) with scGPT: cells group by type, not by batch.
@@ -153,6 +161,7 @@ def integrate(
         ``obsm`` (and ``uns``) key written.
     {gene_key}
     {use_aliases}
+    {organism}
     layer
         Layer with raw counts (of the RNA modality for a MuData; the other modalities are read from ``X``);
         ``None`` uses ``X``.
@@ -167,9 +176,6 @@ def integrate(
     mod
         Modality to integrate when ``adata`` is a MuData (its RNA).
     {copy}
-    return_model
-        Also return the fine-tuned model (to save it, or to embed new cells with ``integrate(new, model, ...)``
-        without training again).
     **finetune_kwargs
         Passed to :meth:`scgpt.model.ScGPT.finetune` (``max_epochs``, ``lr``, ``batch_size``, ``checkpoint_dir``, ...).
 
@@ -183,14 +189,14 @@ def integrate(
         ``params``, the number of genes used (``n_genes``) and the batches.
 
     For a MuData with ``modalities``: ``mdata.obsm[key_added]`` (the joint embedding) and
-    ``mdata.uns[key_added]`` (``params``, ``n_features`` per modality, ``batches``). With
-    ``return_model=True`` the fine-tuned model is returned as well (alone, or ``(copy, model)``).
+    ``mdata.uns[key_added]`` (``params``, ``n_features`` per modality, ``batches``).
 
     Examples
     --------
     >>> scgpt.tl.integrate(adata, "path/to/scGPT_human", batch_key="donor")  # doctest: +SKIP
-    >>> tuned = model.finetune("integration", adata, batch_key="donor")  # doctest: +SKIP
-    >>> scgpt.tl.integrate(new_cells, tuned, batch_key="donor")  # embeds with the fine-tuned model  # doctest: +SKIP
+    >>> model = scgpt.model.ScGPT.from_pretrained("path/to/scGPT_human")  # doctest: +SKIP
+    >>> scgpt.tl.integrate(adata, model, batch_key="donor")  # model is now fine-tuned  # doctest: +SKIP
+    >>> scgpt.tl.integrate(new_cells, model, batch_key="donor")  # embeds with it, no training  # doctest: +SKIP
     >>> scgpt.tl.integrate(mdata, "demo", modalities=("rna", "prot"), batch_key="run")  # doctest: +SKIP
     """
     start = time.perf_counter()
@@ -203,18 +209,21 @@ def integrate(
         return _integrate_modalities(
             adata, model, modalities=modalities, batch_key=batch_key, mode=mode, n_top_genes=n_top_genes,
             binary=binary, max_length=max_length, key_added=key_added, gene_key=gene_key, use_aliases=use_aliases,
+            organism=organism, orthologs=orthologs,
             layer=layer, batch_size=batch_size, seed=seed, device=device, dtype=dtype, progress=progress, copy=copy,
-            start=start, finetune_kwargs=finetune_kwargs, return_model=return_model,
+            start=start, finetune_kwargs=finetune_kwargs, inplace=isinstance(model, ScGPT),
         )  # fmt: skip
-    target = resolve_target(adata, mod=mod, fn="integrate", copy=copy)
+    target = resolve_target(adata, mod=mod, copy=copy)
     cells = target.adata
-    check_key_added(key_added, slot="obsm", fn="integrate")
+    check_key_added(key_added, slot="obsm")
     model_obj, model_name = resolve_model(model)
+    prov = provenance(model_obj, model_name)  # before a fine-tuning in place changes the object
     batches = _batch_column(cells, batch_key)
     _check_batches(batches, batch_key, training=mode == "finetune" and model_obj.registry_.get("task") != "integration")
     inference = {
         "gene_key": gene_key, "use_aliases": use_aliases, "layer": layer, "batch_size": 64, "seed": seed,
-        "device": device, "dtype": dtype, "progress": progress,
+        "device": device, "dtype": dtype, "progress": progress, "max_length": max_length, "organism": organism,
+        "orthologs": orthologs,
     }  # fmt: skip
     training = dict(finetune_kwargs)  # batch_size alone is harmless without training
     if batch_size is not None:
@@ -225,39 +234,36 @@ def integrate(
             raise TypeError(f"mode='zero_shot' takes no training options: {sorted(training)}")
         logger.info(f"embedding {cells.n_obs} cells zero-shot (no fine-tuning)")
         conditioned = model_obj.config.batch_conditioned
-        res = run_inference(
-            model_obj, cells, CellRows(normalize=True), batch_key=batch_key if conditioned else None,
-            max_length=max_length or 1200, fn="integrate", **inference,
-        )  # fmt: skip
+        res = model_obj.get_latent_representation(
+            cells, batch_key=batch_key if conditioned else None, return_info=True, **inference
+        )
     else:
         if model_obj.registry_.get("task") != "integration":
             panel = _panel(
                 cells, model_obj, n_top_genes=n_top_genes, batches=batches, layer=layer, gene_key=gene_key,
-                use_aliases=use_aliases,
+                use_aliases=use_aliases, organism=organism, orthologs=orthologs,
             )  # fmt: skip
             logger.info(
                 f"fine-tuning for integration on {cells.n_obs} cells, {len(panel)} genes, {batches.nunique()} batches"
             )
             tuned = model_obj.finetune(
                 "integration", cells[:, panel], batch_key=batch_key, gene_key=gene_key, use_aliases=use_aliases,
-                layer=layer, seed=seed, progress=progress, max_length=max_length or len(panel) + 1,
-                **finetune_kwargs,
+                organism=organism, orthologs=orthologs, layer=layer, seed=seed, progress=progress,
+                max_length=max_length or len(panel) + 1, inplace=isinstance(model, ScGPT), **finetune_kwargs,
             )  # fmt: skip
+            _kept(model, tuned)
         elif training:
             raise TypeError(f"The model is fine-tuned for integration already; training options: {sorted(training)}")
-        recipe = TASKS["integration"].recipe
-        res = run_inference(
-            tuned, cells, CellRows(normalize=True), batch_key=batch_key, include_zero_genes=True, cls_value=0.0,
-            max_length=max_length or int(tuned.registry_.get("last_recipe", {}).get("max_length", recipe.max_length)),
-            tokens=tuned.registry_.get("tokens"), expect_counts=True, fn="integrate", **inference,
-        )  # fmt: skip
-    warn_overwrite(cells, "obsm", key_added, fn="integrate", copy=copy)
+        res = tuned.get_latent_representation(cells, batch_key=batch_key, return_info=True, **inference)
+    warn_overwrite(cells, "obsm", key_added, copy=copy)
     added = target.write_obsm(key_added, res.output, "integrated cell embeddings")
     params = {
         "mode": mode,
-        "model": model_name,
+        **prov,
         "batch_key": batch_key,
         "n_top_genes": n_top_genes,
+        "organism": organism,
+        "orthologs": orthologs,
         "seed": seed,
         "finetune": {k: v for k, v in finetune_kwargs.items() if isinstance(v, int | float | str | bool)},
     }
@@ -271,7 +277,7 @@ def integrate(
         batches=[str(b) for b in pd.unique(batches.astype(str))],
     )
     target.write_uns(key_added)
-    return _returned(target.returned if copy else None, tuned if return_model else None)
+    return target.returned if copy else None
 
 
 def _integrate_modalities(
@@ -287,6 +293,8 @@ def _integrate_modalities(
     key_added: str,
     gene_key: str | None,
     use_aliases: bool,
+    organism: str,
+    orthologs: str,
     layer: str | None,
     batch_size: int | None,
     seed: int,
@@ -294,7 +302,7 @@ def _integrate_modalities(
     dtype: str | None,
     progress: bool | None,
     copy: bool,
-    return_model: bool,
+    inplace: bool,
     start: float,
     finetune_kwargs: dict[str, Any],
 ) -> MuData | None:
@@ -310,19 +318,12 @@ def _integrate_modalities(
             "embedding of the RNA, leave modalities=None (mod='rna')."
         )
     mods = check_modalities(mdata, modalities)
-    check_key_added(key_added, slot="obsm", fn="integrate")
+    check_key_added(key_added, slot="obsm")
     model_obj, model_name = resolve_model(model)
+    prov = provenance(model_obj, model_name)  # before a fine-tuning in place changes the object
     tuned_already = model_obj.registry_.get("task") == "multiomic"
     if tuned_already:
-        known = modality_names(model_obj)
-        if mods[0] != known[0] or set(mods) - set(known):
-            raise ValueError(f"The model was fine-tuned on modalities {known}; got {mods}.")
-        tuned_batch = model_obj.registry_.get("batch_key")
-        if tuned_batch is not None and batch_key is None:
-            raise ValueError(
-                f"The model was fine-tuned with batch_key={tuned_batch!r} (batch labels join its decoders): pass "
-                "batch_key= with each cell's batch."
-            )
+        _check_tuned_modalities(model_obj, mods, batch_key)
     obs = pd.DataFrame(index=mdata.obs_names)
     batches = None
     if batch_key is not None:
@@ -331,7 +332,10 @@ def _integrate_modalities(
         obs["batch"] = np.asarray(batches.astype(str))
     if binary is None:
         binary = [m for m in mods[1:] if is_binary_modality(m, mdata.mod[m])]
-    options = {"gene_key": gene_key, "use_aliases": use_aliases, "layer": layer, "obs": obs, "binary": binary}
+    options = {
+        "gene_key": gene_key, "use_aliases": use_aliases, "layer": layer, "obs": obs, "binary": binary,
+        "organism": organism, "orthologs": orthologs,
+    }  # fmt: skip
     if tuned_already:
         if training:
             raise TypeError(f"The model is fine-tuned for 'multiomic' already; options {sorted(training)}")
@@ -344,7 +348,9 @@ def _integrate_modalities(
         length = max_length or TASKS["multiomic"].recipe.max_length
         rna = mdata.mod[mods[0]]
         rna_batches = None if batches is None else batches.reindex(rna.obs_names)
-        match = match_adata(rna, model_obj.vocab, gene_key=gene_key, use_aliases=use_aliases, fn="integrate")
+        match = match_adata(
+            rna, model_obj.vocab, gene_key=gene_key, use_aliases=use_aliases, organism=organism, orthologs=orthologs,
+            )  # fmt: skip
         panel = _panel(rna, model_obj, n_top_genes=n_top_genes, batches=rna_batches, layer=layer, match=match)
         joint, features = joint_cells(
             mdata, model_obj, mods, tokens=None, rna_panel=panel, max_length=length, match=match, **options
@@ -361,21 +367,26 @@ def _integrate_modalities(
         )  # fmt: skip
         if batches is not None:
             tuned.registry_["batch_key"] = batch_key
-    res = run_inference(
-        tuned, joint, CellRows(normalize=True), batch_key="batch" if tuned.config.batch_conditioned else None,
-        include_zero_genes=True, cls_value=0.0, max_length=length, tokens=tuned.registry_["tokens"], use_aliases=False,
-        batch_size=64, seed=seed, device=device, dtype=dtype, progress=progress, fn="integrate",
+        if inplace:
+            model_obj._become(tuned)
+            tuned = model_obj
+        _kept(model, tuned)
+    res = tuned.get_latent_representation(
+        joint, batch_key="batch" if tuned.config.batch_conditioned else None, max_length=length, use_aliases=False,
+        batch_size=64, seed=seed, device=device, dtype=dtype, progress=progress, return_info=True,
     )  # fmt: skip
     out = mdata.copy() if copy else mdata
-    warn_overwrite(out, "obsm", key_added, fn="integrate", copy=copy)
+    warn_overwrite(out, "obsm", key_added, copy=copy)
     out.obsm[key_added] = res.output
     params = {
         "mode": mode,
-        "model": model_name,
+        **prov,
         "modalities": mods,
         "batch_key": batch_key,
         "n_top_genes": n_top_genes,
         "binary": list(binary),
+        "organism": organism,
+        "orthologs": orthologs,
         "seed": seed,
         "finetune": {k: v for k, v in finetune_kwargs.items() if isinstance(v, int | float | str | bool)},
     }
@@ -384,11 +395,28 @@ def _integrate_modalities(
         out, key_added, params, start=start, added=[f"'{key_added}', joint cell embeddings (mdata.obsm)"],
         n_features=n_features, batches=[] if batches is None else [str(b) for b in pd.unique(batches.astype(str))],
     )  # fmt: skip
-    return _returned(out if copy else None, tuned if return_model else None)
+    return out if copy else None
 
 
-def _returned(data: Any, model: ScGPT | None) -> Any:
-    """What :func:`integrate` returns: the copy, the model, both (a tuple) or ``None``."""
-    if model is None:
-        return data
-    return model if data is None else (data, model)
+def _check_tuned_modalities(model: ScGPT, mods: list[str], batch_key: str | None) -> None:
+    """A model fine-tuned on modalities embeds the same modalities (RNA first), with batches if it was trained so."""
+    known = modality_names(model)
+    if mods[0] != known[0] or set(mods) - set(known):
+        raise ValueError(f"The model was fine-tuned on modalities {known}; got {mods}.")
+    tuned_batch = model.registry_.get("batch_key")
+    if tuned_batch is not None and batch_key is None:
+        raise ValueError(
+            f"The model was fine-tuned with batch_key={tuned_batch!r} (batch labels join its decoders): pass "
+            "batch_key= with each cell's batch."
+        )
+
+
+def _kept(model: ScGPT | str | os.PathLike | None, tuned: ScGPT) -> None:
+    """Say where the fine-tuned model is: in the caller's object, or nowhere (loaded by name)."""
+    if isinstance(model, ScGPT):
+        logger.info("    the ScGPT object passed as `model` is now the fine-tuned model (save it with model.save)")
+    else:
+        logger.info(
+            "    the fine-tuned model is not kept: pass an ScGPT object as `model` (scgpt.model.ScGPT.from_pretrained)"
+            " to keep it, or fine-tune with model.finetune"
+        )

@@ -14,9 +14,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .._anndata import get_matrix
 from .._logging import logger
-from ..data._genes import GeneMatch, match_adata
+from ..data import GeneMatch, get_matrix, match_adata
 from ..model import ScGPT, feature_token
 from ._hvg import log1p_variance_rank
 
@@ -96,6 +95,8 @@ def joint_cells(
     gene_key: str | None,
     use_aliases: bool,
     obs: pd.DataFrame,
+    organism: str = "human",
+    orthologs: str = "one2one",
     match: GeneMatch | None = None,
 ) -> tuple[AnnData, dict[str, list[str]]]:
     """The cells x tokens AnnData of a MuData (counts) and the features per modality.
@@ -111,7 +112,9 @@ def joint_cells(
     cells = mdata.obs_names
     rna = mdata.mod[first]
     if match is None:
-        match = match_adata(rna, model.vocab, gene_key=gene_key, use_aliases=use_aliases, fn="integrate")
+        match = match_adata(
+            rna, model.vocab, gene_key=gene_key, use_aliases=use_aliases, organism=organism, orthologs=orthologs,
+            )  # fmt: skip
     keep = match.matched.copy()
     if tokens is not None:
         keep &= np.isin(match.ids, model.vocab.lookup(tokens))

@@ -19,9 +19,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
-from .._anndata import log_normalized
-from .._logging import logger, warn
-from ..data._perturbation import parse_perturbation, perturbation_label, perturbation_labels
+from .._logging import caller, logger, named, warn
+from ..data import log_normalized, parse_perturbation, perturbation_label, perturbation_labels
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -47,6 +46,7 @@ def _mean_by_label(X, labels: np.ndarray, order: Sequence[str]) -> np.ndarray:
     return sums / sizes[:, None]
 
 
+@named()
 def pseudobulk(
     adata: AnnData,
     *,
@@ -75,14 +75,14 @@ def pseudobulk(
     DataFrame labels x genes (``var_names``) of means of ``log1p(normalize_total(counts, 1e4))``; the
     number of cells per label is in ``df.attrs["n_cells"]``.
     """
-    obs_labels = perturbation_labels(adata, perturbation_key=perturbation_key, control=control, fn="pseudobulk")
+    obs_labels = perturbation_labels(adata, perturbation_key=perturbation_key, control=control)
     present = obs_labels.value_counts()
     order = [control, *sorted(set(present.index) - {control})] if labels is None else list(labels)
     unknown = [label for label in order if label not in present.index]
     if unknown:
-        raise KeyError(_unknown_message(unknown, present.index, perturbation_key, "pseudobulk"))
+        raise KeyError(_unknown_message(unknown, present.index, perturbation_key))
     cells = np.isin(obs_labels.to_numpy(), order)
-    X = log_normalized(adata[cells] if not cells.all() else adata, layer=layer, fn="pseudobulk")
+    X = log_normalized(adata[cells] if not cells.all() else adata, layer=layer)
     means = _mean_by_label(X, obs_labels.to_numpy()[cells], order)
     df = pd.DataFrame(means, index=pd.Index(order, name=perturbation_key), columns=adata.var_names.copy())
     df.attrs["n_cells"] = {label: int(present[label]) for label in order}
@@ -113,7 +113,8 @@ def control_mean(
     return df.loc[control].rename(control)
 
 
-def _unknown_message(unknown: Sequence[str], present, key: str, fn: str) -> str:
+def _unknown_message(unknown: Sequence[str], present, key: str) -> str:
+    fn = caller()
     shown = ", ".join(repr(s) for s in list(unknown)[:5]) + (" ..." if len(unknown) > 5 else "")
     available = ", ".join(repr(s) for s in sorted(present)[:10]) + (" ..." if len(present) > 10 else "")
     return f"{fn}: unknown perturbation label(s) {shown}: not in adata.obs[{key!r}] (labels: {available})."
@@ -204,10 +205,11 @@ def _training_labels(train, obs_labels: pd.Series, requested: list[str], control
         raise ValueError(f"perturbation_baseline: train lists the control label {control!r}; list perturbations only.")
     unknown = [t for t in train if t not in present]
     if unknown:
-        raise KeyError(_unknown_message(unknown, present, key, "perturbation_baseline"))
+        raise KeyError(_unknown_message(unknown, present, key))
     return sorted(set(train))
 
 
+@named()
 def perturbation_baseline(
     adata: AnnData,
     perturbations: Sequence[str] | Sequence[Sequence[str]],
@@ -290,7 +292,7 @@ def perturbation_baseline(
     ...     m: scgpt.tl.perturbation_baseline(adata, split.test, method=m, train=split.train)
     ...     for m in ("no_change", "train_mean", "linear")
     ... }
-    >>> scgpt.tl.evaluate_perturbation(preds, adata)
+    >>> scgpt.tl.evaluate_perturbation(adata, preds)
     """
     start = time.perf_counter()
     fn = "perturbation_baseline"
@@ -300,7 +302,7 @@ def perturbation_baseline(
         raise ValueError(f"{fn}: gene_embeddings applies to method='linear' only.")
     if ridge < 0:
         raise ValueError(f"{fn}: ridge must be non-negative, got {ridge}.")
-    obs_labels = perturbation_labels(adata, perturbation_key=perturbation_key, control=control, fn=fn)
+    obs_labels = perturbation_labels(adata, perturbation_key=perturbation_key, control=control)
     requested = _requested(perturbations, control)
     train_labels = (
         [] if method == "no_change" else _training_labels(train, obs_labels, requested, control, perturbation_key)

@@ -9,11 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._anndata import check_adata, log_normalized
 from .._docs import doc_params
-from .._logging import logger, warn
-from ..data._genes import match_adata
-from ..data._perturbation import parse_perturbation, perturbation_label, perturbation_labels
+from .._face import provenance
+from .._logging import logger, named, warn
 from ..model import ScGPT, resolve_model
 from ._perturbation_baselines import prediction_anndata
 
@@ -27,24 +25,6 @@ CHUNK_NOTE = (
     "attend to each other (the official model runs the whole panel as one sequence). With one chunk the run is exact."
 )
 OUTSIDE_VOCAB_NOTE = "Genes outside the model's vocabulary are not predicted: their value is the control mean."
-
-
-def _requested(perturbations: Any, control: str, fn: str) -> list[str]:
-    items = [perturbations] if isinstance(perturbations, str) else list(perturbations)
-    if not items:
-        raise ValueError(f"{fn}: no perturbations requested.")
-    names = []
-    for p in items:
-        try:
-            names.append(perturbation_label(p, control=control))
-        except (ValueError, TypeError) as e:
-            raise ValueError(f"{fn}: {e}") from None
-    if control in names:
-        raise ValueError(f"{fn}: the control label {control!r} is not a perturbation to predict.")
-    if len(set(names)) < len(names):
-        dup = sorted({n for n in names if names.count(n) > 1})
-        raise ValueError(f"{fn}: perturbation(s) {dup} are requested twice.")
-    return names
 
 
 def _collapsed_pairs(delta: np.ndarray, names: list[str]) -> tuple[list[tuple[str, str, float]], float | None]:
@@ -64,6 +44,7 @@ def _collapsed_pairs(delta: np.ndarray, names: list[str]) -> tuple[list[tuple[st
 
 
 @doc_params()
+@named()
 def predict_perturbation(
     adata: AnnData,
     model: ScGPT | str | os.PathLike | None,
@@ -77,6 +58,8 @@ def predict_perturbation(
     layer: str | None = None,
     gene_key: str | None = None,
     use_aliases: bool = True,
+    organism: str = "human",
+    orthologs: str = "one2one",
     batch_size: int = 64,
     device: str | torch.device | None = None,
     dtype: str | None = None,
@@ -118,6 +101,7 @@ def predict_perturbation(
         Layer with raw counts; ``None`` uses ``adata.X``.
     {gene_key}
     {use_aliases}
+    {organism}
     {batch_size}
     {device}
     {dtype}
@@ -139,72 +123,38 @@ def predict_perturbation(
     --------
     >>> gen = scgpt.model.ScGPT.from_pretrained("scGPT_human").finetune("perturbation", screen)  # doctest: +SKIP
     >>> pred = scgpt.tl.predict_perturbation(screen, gen, ["JAK2", "JAK2+STAT1"])  # doctest: +SKIP
-    >>> scgpt.tl.evaluate_perturbation(pred, screen)  # doctest: +SKIP
+    >>> scgpt.tl.evaluate_perturbation(screen, pred)  # doctest: +SKIP
     """
-    from ..model._perturbation import DEFAULT_MAX_LENGTH, perturbation_setup, predict_mean_expression, target_tokens
-
     start = time.perf_counter()
     fn = "predict_perturbation"
-    check_adata(adata, fn=fn)
     model_obj, model_name = resolve_model(model)
-    setup = perturbation_setup(model_obj, fn=fn)
-    if not setup:
-        logger.info(f"{fn}: the model carries no fine-tuning record (an official perturbation model?); defaults used")
-    key = perturbation_key if perturbation_key is not None else setup.get("perturbation_key", "perturbation")
-    ctrl = control if control is not None else setup.get("control", "control")
-    if n_control_cells < 1:
-        raise ValueError(f"{fn}: no control cells to predict from: n_control_cells must be at least 1.")
-    if batch_size < 1:
-        raise ValueError(f"{fn}: batch_size must be positive, got {batch_size}.")
-    chunk = int(setup.get("max_length", DEFAULT_MAX_LENGTH)) if gene_chunk is None else int(gene_chunk)
-    if chunk < 2:
-        raise ValueError(f"{fn}: gene_chunk must be at least 2, got {gene_chunk}.")
-    labels = perturbation_labels(adata, perturbation_key=key, control=ctrl, fn=fn).to_numpy()
-    names = _requested(perturbations, ctrl, fn)
-    targets = target_tokens(names, model_obj.vocab, control=ctrl, use_aliases=use_aliases, fn=fn)
-
-    controls = np.flatnonzero(labels == ctrl)
-    X_ctrl = log_normalized(adata[controls], layer=layer, fn=fn)
-    ctrl_mean = np.asarray(X_ctrl.mean(0), dtype=np.float64).ravel()
-    rng = np.random.default_rng(seed)
-    n_used = min(n_control_cells, len(controls))
-    sample = np.sort(rng.choice(len(controls), n_used, replace=False))
-    match = match_adata(adata, model_obj.vocab, gene_key=gene_key, use_aliases=use_aliases, fn=fn)
-    cols = np.flatnonzero(match.matched)
-    X_in = X_ctrl[sample][:, cols].toarray().astype(np.float32)
-
-    means, info = predict_mean_expression(
-        model_obj,
-        X_in,
-        match.ids[cols],
-        [targets[n] for n in names],
-        gene_chunk=chunk,
-        batch_size=batch_size,
+    res = model_obj.predict_perturbation(
+        adata,
+        perturbations,
+        perturbation_key=perturbation_key,
+        control=control,
+        n_control_cells=n_control_cells,
         seed=seed,
+        gene_chunk=gene_chunk,
+        layer=layer,
+        gene_key=gene_key,
+        use_aliases=use_aliases,
+        organism=organism,
+        orthologs=orthologs,
+        batch_size=batch_size,
         device=device,
         dtype=dtype,
-        progress=bool(progress) if progress is not None else _default_progress(),
+        progress=progress,
     )
-    X = np.tile(ctrl_mean, (len(names), 1))
-    X[:, cols] = means
-
-    seen = setup.get("train_genes")
-    unseen = {}
-    if seen is not None:
-        seen_ids = set(model_obj.vocab.lookup(seen).tolist())
-        for n in names:
-            missing = [g for g, t in zip(parse_perturbation(n, control=ctrl), targets[n]) if int(t) not in seen_ids]
-            if missing:
-                unseen[n] = missing
-        if unseen:
-            examples = "; ".join(f"{n}: {', '.join(g)}" for n, g in list(unseen.items())[:5])
-            warn(
-                f"{fn}: {len(unseen)} of {len(names)} perturbations target genes never perturbed in fine-tuning "
-                f"({examples}{' ...' if len(unseen) > 5 else ''}); the model has not learnt their effect and "
-                "extrapolates from their gene embedding. Compare with scgpt.tl.perturbation_baseline."
-            )
-    target_cols = np.isin(match.ids, np.concatenate([targets[n] for n in names]))
-    informative = match.matched & ~target_cols
+    names, X, ctrl_mean, unseen = res.names, res.X, res.control_mean, res.unseen
+    if unseen:
+        examples = "; ".join(f"{n}: {', '.join(g)}" for n, g in list(unseen.items())[:5])
+        warn(
+            f"{fn}: {len(unseen)} of {len(names)} perturbations target genes never perturbed in fine-tuning "
+            f"({examples}{' ...' if len(unseen) > 5 else ''}); the model has not learnt their effect and "
+            "extrapolates from their gene embedding. Compare with scgpt.tl.perturbation_baseline."
+        )
+    informative = res.predicted & ~res.is_target
     delta = X[:, informative] - ctrl_mean[informative]
     collapsed, max_r = _collapsed_pairs(delta, names)
     if collapsed:
@@ -216,49 +166,28 @@ def predict_perturbation(
             f"{r:.3f}): the model predicts about the same response whatever the target (official issue #277). "
             "Compare with scgpt.tl.perturbation_baseline(method='train_mean')."
         )
-
-    not_in_vocab = adata.var_names[~match.matched]
+    info = res.info
     params: dict[str, Any] = {
         "method": "scgpt",
-        "model": model_name,
-        "perturbation_key": key,
-        "control": ctrl,
-        "n_control_cells": int(n_used),
-        "n_control_cells_available": int(len(controls)),
+        **provenance(model_obj, model_name),
+        **{k: info[k] for k in ("perturbation_key", "control", "n_control_cells", "n_control_cells_available")},
         "seed": seed,
-        "gene_chunk": chunk,
-        "n_chunks": [int(n) for n in info["n_chunks"]],
-        "layer": layer,
-        "batch_size": batch_size,
-        "dtype": str(dtype or "float32").replace("torch.", ""),
-        "n_genes_predicted": int(len(cols)),
-        "n_genes_not_in_vocabulary": int(len(not_in_vocab)),
-        "genes_not_in_vocabulary_examples": [str(g) for g in not_in_vocab[:10]],
-        "unmeasured_targets": sorted(
-            {
-                g
-                for n in names
-                for g, t in zip(parse_perturbation(n, control=ctrl), targets[n])
-                if not (match.ids == t).any()
-            }
-        ),
+        "organism": organism,
+        "orthologs": orthologs,
+        **{k: info[k] for k in ("gene_chunk", "n_chunks", "layer", "batch_size", "dtype", "n_genes_predicted")},
+        **{k: info[k] for k in ("n_genes_not_in_vocabulary", "genes_not_in_vocabulary_examples", "unmeasured_targets")},
         "max_pairwise_delta_pearson": max_r,
         "note": f"{OUTSIDE_VOCAB_NOTE} {CHUNK_NOTE} Deltas are against the mean of all control cells of adata.",
     }
-    if "tokens" in setup:
-        panel = set(model_obj.vocab.lookup(setup["tokens"]).tolist())
-        params["n_genes_outside_training_panel"] = int(sum(int(t) not in panel for t in match.ids[cols]))
+    if "n_genes_outside_training_panel" in info:
+        params["n_genes_outside_training_panel"] = info["n_genes_outside_training_panel"]
+    key = info["perturbation_key"]
     pred = prediction_anndata(X, names, adata.var_names, ctrl_mean, params, method="scgpt", perturbation_key=key)
-    pred.var["predicted"] = match.matched
+    pred.var["predicted"] = res.predicted
     pred.obs["n_unseen_targets"] = [len(unseen.get(n, [])) for n in names]
     logger.info(
-        f"{fn}: {len(names)} perturbations from {n_used} control cells over {len(cols)} genes "
-        f"(max {max(info['n_chunks'])} chunk(s) of <= {chunk} tokens; {time.perf_counter() - start:.1f}s)"
+        f"{fn}: {len(names)} perturbations from {info['n_control_cells']} control cells over "
+        f"{info['n_genes_predicted']} genes "
+        f"(max {max(info['n_chunks'])} chunk(s) of <= {info['gene_chunk']} tokens; {time.perf_counter() - start:.1f}s)"
     )
     return pred
-
-
-def _default_progress() -> bool:
-    from .._settings import settings
-
-    return bool(settings.progress)

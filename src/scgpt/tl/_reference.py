@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from .._anndata import check_adata
 from .._files import atomic_path
-from .._logging import logger, warn
+from .._logging import logger, named, warn
+from ..data import check_adata
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -62,6 +62,7 @@ SEARCH_DEFAULTS = {"pynndescent": {"epsilon": 0.1}, "faiss": {"nprobe": 32}, "sk
 Backend = Literal["auto", "sklearn", "pynndescent", "faiss"]
 
 
+@named()
 def reference_dir(model_dir: str | os.PathLike, name: str) -> Path:
     """The folder of the reference index ``name`` saved next to a model: ``<model_dir>/reference_<name>/``.
 
@@ -112,7 +113,8 @@ def _import_faiss(what: str):
         import faiss
     except ImportError as e:
         raise ImportError(
-            f"{what} needs faiss, which is not installed: pip install 'scgpt[faiss]' (or faiss-cpu / faiss-gpu)."
+            f"{what} needs faiss, which is not installed: pip install faiss-cpu (or faiss-gpu on a CUDA machine; "
+            'in a clone of scgpt-scverse: pip install ".[faiss]").'
         ) from e
     return faiss
 
@@ -624,6 +626,7 @@ def embedding_provenance(adata: AnnData, use_rep: str) -> dict[str, Any]:
     return {k: params[k] for k in ("model", "max_length", "dtype") if k in params and params[k] is not None}
 
 
+@named()
 def build_reference(
     reference: AnnData,
     model: ScGPT | str | os.PathLike | None = None,
@@ -690,7 +693,7 @@ def build_reference(
     max_length
         Tokens per cell when embedding here (``use_rep=None``).
     **inference
-        Further options of the embedding with ``use_rep=None`` (``gene_key``, ``use_aliases``, ``layer``,
+        Further options of the embedding with ``use_rep=None`` (``gene_key``, ``use_aliases``, ``organism``, ``layer``,
         ``batch_size``, ``device``, ``dtype``, ``progress``).
 
     Returns
@@ -705,22 +708,18 @@ def build_reference(
     ... )
     >>> scgpt.tl.annotate(query, "scGPT_human", method="knn", reference="scGPT_human/reference_atlas")  # doctest: +SKIP
     """
-    from ..model import CellRows, resolve_model, run_inference
-    from ..model._training import label_codes
+    from ..model import label_codes, resolve_model
 
     start = time.perf_counter()
     if use_rep is None or type(reference).__name__ != "AnnData" or reference.n_obs == 0:
-        check_adata(reference, fn="build_reference")  # genes are only needed to embed here
+        check_adata(reference)  # genes are only needed to embed here
     keep, codes, classes = label_codes(reference, labels_key)
     fingerprint: dict[str, Any] = {}
     if use_rep is None:
         model_obj, model_name = resolve_model(model)
         cells = reference if keep.all() else reference[keep]
         logger.info(f"embedding {cells.n_obs:,} reference cells")
-        emb = run_inference(
-            model_obj, cells, CellRows(normalize=True), fn="build_reference", max_length=max_length, seed=seed,
-            **inference,
-        ).output  # fmt: skip
+        emb = model_obj.get_latent_representation(cells, max_length=max_length, seed=seed, **inference)
         fingerprint.update(
             model=model_fingerprint(model_obj), model_name=model_name, embedding={"max_length": max_length}
         )

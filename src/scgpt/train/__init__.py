@@ -13,9 +13,12 @@ _WHERE = {
     "Recipe": "._recipes",
     "ScGPTDataModule": "._datamodule",
     "ScGPTTrainingPlan": "._plan",
+    "PLAN_OPTIONS": "._plan",
+    "PerturbationDataModule": "._perturbation",
     "warmup_cosine": "._plan",
     "TrainRunner": "._runner",
     "TrainingInterrupted": "._runner",
+    "quiet_training": "._runner",
     **dict.fromkeys(["OBJECTIVES", "Objective", "Step", "check_recipe", "objective"], "._objectives"),
 }
 __getattr__, __dir__ = lazy_attributes(__name__, _WHERE)
@@ -23,8 +26,9 @@ __getattr__, __dir__ = lazy_attributes(__name__, _WHERE)
 if TYPE_CHECKING:  # pragma: no cover
     from ._datamodule import ScGPTDataModule
     from ._objectives import OBJECTIVES, Objective, Step, check_recipe, objective
-    from ._plan import ScGPTTrainingPlan, warmup_cosine
+    from ._perturbation import PerturbationDataModule
+    from ._plan import PLAN_OPTIONS, ScGPTTrainingPlan, warmup_cosine
     from ._recipes import Recipe
-    from ._runner import TrainingInterrupted, TrainRunner
+    from ._runner import TrainingInterrupted, TrainRunner, quiet_training
 
-__all__ = sorted(_WHERE)
+__all__ = sorted(set(_WHERE) - {"quiet_training", "PLAN_OPTIONS"})

@@ -34,6 +34,9 @@ class ScGPTDataModule(pl.LightningDataModule):
         Chunked shuffling (on-disk sources).
     group_by
         An ``obs`` key (``"batch_labels"``): every global batch then holds cells of one group.
+    group_order
+        With ``group_by``: ``"interleaved"`` (the groups' batches shuffled together) or ``"sequential"``
+        (group after group, as the official integration tutorial).
     """
 
     def __init__(
@@ -48,6 +51,7 @@ class ScGPTDataModule(pl.LightningDataModule):
         obs: dict[str, np.ndarray] | None = None,
         chunk_size: int = 1,
         group_by: str | None = None,
+        group_order: str = "interleaved",
     ) -> None:
         super().__init__()
         self.source, self.collator = source, collator
@@ -56,7 +60,7 @@ class ScGPTDataModule(pl.LightningDataModule):
             None if val_indices is None or len(val_indices) == 0 else np.asarray(val_indices, dtype=np.int64)
         )
         self.batch_size, self.seed, self.obs, self.chunk_size = batch_size, seed, obs or {}, chunk_size
-        self.group_by = group_by
+        self.group_by, self.group_order = group_by, group_order
         self._train: CellLoader | None = None
 
     def _rank_world(self) -> tuple[int, int]:
@@ -78,6 +82,7 @@ class ScGPTDataModule(pl.LightningDataModule):
                 obs=self.obs,
                 chunk_size=self.chunk_size,
                 group_by=self.group_by,
+                group_order=self.group_order,
             )
         return self._train
 
@@ -98,4 +103,5 @@ class ScGPTDataModule(pl.LightningDataModule):
             obs=self.obs,
             fixed_epoch=True,
             group_by=self.group_by,
+            group_order=self.group_order,
         )

@@ -33,8 +33,12 @@ def masked_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
 
 
 def masked_nll_bernoulli(prob: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-    """Negative log-likelihood of ``target > 0`` under ``Bernoulli(prob)``, over the mask."""
-    logp = torch.distributions.Bernoulli(probs=prob.float().clamp(1e-6, 1 - 1e-6)).log_prob((target > 0).float())
+    """Negative log-likelihood of ``target > 0`` under ``Bernoulli(prob)``, over the mask.
+
+    As the official ``criterion_neg_log_bernoulli``: no clamp of its own; torch's ``Bernoulli`` keeps the
+    log-probabilities finite (it clamps ``prob`` to ``[eps, 1 - eps]`` of float32).
+    """
+    logp = torch.distributions.Bernoulli(probs=prob.float()).log_prob((target > 0).float())
     return -(logp * mask.float()).sum() / _global_count(mask)
 
 

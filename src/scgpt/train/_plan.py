@@ -24,11 +24,19 @@ from ._recipes import Recipe
 
 
 def warmup_cosine(step: int, *, warmup: int, total: int) -> float:
-    """Learning-rate factor: linear warm-up, then cosine decay to 0 at ``total``."""
+    """Learning-rate factor: linear warm-up from 0, then cosine decay to 0 at ``total``.
+
+    The official pretraining schedule (``transformers.get_cosine_schedule_with_warmup``): step ``s`` of the
+    warm-up gets ``s / warmup`` (so the first step's learning rate is 0).
+    """
     if step < warmup:
-        return (step + 1) / warmup
+        return step / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+PLAN_OPTIONS = ("lr", "weight_decay", "eps", "schedule", "warmup_steps", "step_gamma")
+"""The optimiser and schedule options of :class:`ScGPTTrainingPlan` (``ScGPT.train(plan_kwargs=...)``)."""
 
 
 class ScGPTTrainingPlan(pl.LightningModule):

@@ -46,6 +46,10 @@ class Recipe:
     per_batch_minibatches
         Every minibatch holds cells of one experimental batch (the official integration recipe, so that
         domain-specific BatchNorm sees whole minibatches of its batch).
+    batch_order
+        With ``per_batch_minibatches``: ``"sequential"``, every minibatch of the first batch, then of the
+        second, ... (the official integration tutorial), or ``"interleaved"``, the minibatches of all batches
+        shuffled together.
     """
 
     name: str
@@ -60,6 +64,7 @@ class Recipe:
     include_zero_genes: bool = False
     max_length: int = 1200
     per_batch_minibatches: bool = False
+    batch_order: Literal["interleaved", "sequential"] = "interleaved"
 
     def __post_init__(self) -> None:
         problems = []
@@ -70,6 +75,8 @@ class Recipe:
             problems.append(f"mask_ratio must lie in [0, 1), got {self.mask_ratio!r}")
         if self.max_length < 2:
             problems.append(f"max_length must be at least 2 (<cls> and one gene), got {self.max_length}")
+        if self.batch_order not in ("interleaved", "sequential"):
+            problems.append(f"batch_order must be 'interleaved' or 'sequential', got {self.batch_order!r}")
         if self.cls_value not in ("pad", "zero"):
             problems.append(f"cls_value must be 'pad' or 'zero', got {self.cls_value!r}")
         if any(w < 0 for w in self.objectives.values()):

@@ -203,14 +203,6 @@ def quiet_training() -> Iterator[None]:
         yield
 
 
-RUNNER_OPTIONS = (
-    "max_epochs", "max_steps", "accelerator", "devices", "strategy", "num_nodes", "precision",
-    "accumulate_grad_batches", "gradient_clip_val", "checkpoint_dir", "checkpoint_every_n_steps", "early_stopping",
-    "early_stopping_patience", "restore_best", "log_every_n_steps", "progress",
-)  # fmt: skip
-"""The keyword options of :class:`TrainRunner` (``ScGPT.train`` passes its own of these names on)."""
-
-
 class TrainRunner:
     """Assembles a :class:`lightning.pytorch.Trainer` for a plan and its data, and fits.
 

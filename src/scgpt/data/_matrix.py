@@ -1,25 +1,21 @@
-"""AnnData helpers every layer uses.
+"""AnnData matrices: access, chunked reads from memory or disk, value checks, log-normalisation.
 
-Argument checks, matrix access, chunked reads, value checks, and the scanpy-style tail of a face
-function (record ``uns[key]["params"]``, log what was added, MuData write-back).
-
-This module imports nothing from the sub-packages of :mod:`scgpt`.
+Every layer reads cells through these helpers (the tools through :mod:`scgpt.data`'s namespace).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
-from ._logging import log_added, logger, warn
+from .._logging import caller, logger
 
 if TYPE_CHECKING:
     from anndata import AnnData
-    from mudata import MuData
 
 
 def missing_values(values) -> np.ndarray:
@@ -35,29 +31,9 @@ def missing_values(values) -> np.ndarray:
     return values.isna().to_numpy() | text.isin(("nan", "none", "")).to_numpy()
 
 
-def check_key_added(key: str, *, reads=(), slot: str, fn: str, param: str = "key_added") -> None:
-    """Outputs never overwrite inputs: an error when ``key`` names an entry of ``slot`` that the function reads.
-
-    Call it before any work; :func:`warn_overwrite` then says so when an earlier result is replaced.
-    """
-    if key in {r for r in reads if r is not None}:
-        raise ValueError(
-            f"{fn}: {param}={key!r} names the {slot} entry it reads; choose another {param} so that the input "
-            "is not overwritten."
-        )
-
-
-def warn_overwrite(adata: AnnData, slot: str, key: str, *, fn: str, copy: bool = False) -> None:
-    """Warn that ``adata.<slot>[key]`` exists and is about to be replaced (call it just before writing).
-
-    Silent for ``copy=True`` calls: the entry replaced is in the copy, not in the caller's data.
-    """
-    if not copy and key in getattr(adata, slot):
-        warn(f"{fn}: adata.{slot}[{key!r}] exists and is overwritten.")
-
-
-def check_adata(adata: object, *, fn: str) -> None:
+def check_adata(adata: object) -> None:
     """A clear error for objects that are not a usable AnnData (wrong type, no cells, no genes)."""
+    fn = caller()
     from anndata import AnnData
 
     if not isinstance(adata, AnnData):
@@ -66,16 +42,6 @@ def check_adata(adata: object, *, fn: str) -> None:
         raise ValueError(f"{fn}: the AnnData has no cells (n_obs == 0).")
     if adata.n_vars == 0:
         raise ValueError(f"{fn}: the AnnData has no genes (n_vars == 0).")
-
-
-def actual_if_view(adata: AnnData, *, fn: str) -> None:
-    """Turn a view into an actual AnnData in place, with a warning (as scanpy does before writing)."""
-    if adata.is_view:
-        warn(
-            f"{fn} received a view of an AnnData; it is made into an actual AnnData (a copy of the subset) "
-            "so that results can be written. Pass `adata[...].copy()` to avoid this warning."
-        )
-        adata._init_as_actual(adata.copy())
 
 
 def get_matrix(adata: AnnData, layer: str | None):
@@ -220,7 +186,7 @@ def log_normalize_counts(counts, *, target_sum: float = 1e4) -> sp.csr_matrix:
     return X
 
 
-def log_normalized(adata: AnnData, layer: str | None = None, *, fn: str = "log_normalized") -> sp.csr_matrix:
+def log_normalized(adata: AnnData, layer: str | None = None) -> sp.csr_matrix:
     """``log1p(normalize_total(counts, 1e4))`` of every cell (CSR, float64).
 
     Parameters
@@ -229,8 +195,6 @@ def log_normalized(adata: AnnData, layer: str | None = None, *, fn: str = "log_n
         Cells with counts (or log1p data marked by ``uns["log1p"]``).
     layer
         Layer with the counts; ``None`` uses ``adata.X``.
-    fn
-        Name of the calling function, for messages.
 
     Notes
     -----
@@ -239,6 +203,7 @@ def log_normalized(adata: AnnData, layer: str | None = None, *, fn: str = "log_n
     :func:`scgpt.data.from_gears` write that marker): it is used as it is. Anything else is an error:
     scaled, centred or normalised-but-not-logged values would give meaningless profiles.
     """
+    fn = caller()
     X = as_csr(get_matrix(adata, layer))
     check_values(X, what=f"{fn}: the expression matrix")
     if looks_like_counts(X):
@@ -253,104 +218,26 @@ def log_normalized(adata: AnnData, layer: str | None = None, *, fn: str = "log_n
     )
 
 
-# ---------------------------------------------------------------------------- the tail of a face function
-def record(adata: AnnData, key: str, params: dict[str, Any], *, start: float, added: list[str], **extra: Any) -> None:
-    """Write ``adata.uns[key] = {"params": params, **extra}`` and log every field added (scanpy's ``finished`` line).
+MIN_VARIABLE = 50
+"""Genes that must vary within every batch for seurat_v3's loess fit (it aborts the process on fewer, or none)."""
 
-    Parameters
-    ----------
-    adata
-        Where the results went.
-    key
-        The ``uns`` entry (the function's ``key_added``).
-    params
-        The parameters of the call, as the user would pass them again.
-    start
-        ``time.perf_counter()`` at the start of the call.
-    added
-        Fields written besides ``uns[key]``, e.g. ``"'X_scGPT', cell embeddings (adata.obsm)"``.
-    **extra
-        Further entries of ``uns[key]`` (coverage reports, class lists, ...).
+
+def varying_genes(counts, groups: np.ndarray | None = None) -> dict[str, int]:
+    """Genes of non-zero variance within each group of cells (``None``: all cells); a group of fewer than 2 cells: 0.
+
+    scanpy's ``seurat_v3`` fits a loess curve per batch and aborts the whole process (segfault) when a batch has
+    no varying gene, e.g. a batch of empty droplets: callers check this first.
     """
-    adata.uns[key] = {"params": params, **extra}
-    log_added(start, [*added, f"'{key}', parameters (adata.uns)"])
-
-
-@dataclass
-class Target:
-    """The AnnData a face function reads and writes: the input itself, or one modality of a MuData.
-
-    Attributes
-    ----------
-    adata
-        The AnnData to read cells from and write results to.
-    mdata
-        The MuData ``adata`` belongs to (``None`` for AnnData input).
-    mod
-        The modality's name in ``mdata``.
-    """
-
-    adata: AnnData
-    mdata: MuData | None = None
-    mod: str | None = None
-
-    @property
-    def returned(self) -> AnnData | MuData:
-        """What a ``copy=True`` call returns: the MuData for MuData input, else the AnnData."""
-        return self.mdata if self.mdata is not None else self.adata
-
-    def write_obsm(self, key: str, values: np.ndarray, what: str) -> list[str]:
-        """Write ``obsm[key]`` of the modality, and of the MuData aligned to ``mdata.obs_names``.
-
-        Cells absent from the modality get NaN in the MuData. Returns the fields written (described
-        as ``what``), for :func:`record`.
-        """
-        self.adata.obsm[key] = values
-        added = [f"'{key}', {what} (adata.obsm)"]
-        if self.mdata is not None:
-            full = np.full((self.mdata.n_obs, values.shape[1]), np.nan, dtype=values.dtype)
-            pos = self.mdata.obs_names.get_indexer(self.adata.obs_names)
-            full[pos[pos >= 0]] = values[pos >= 0]
-            self.mdata.obsm[key] = full
-            added.append(f"'{key}', aligned to mdata.obs_names (mdata.obsm)")
-        return added
-
-    def write_uns(self, key: str) -> None:
-        """Copy the modality's ``uns[key]`` to the MuData (no-op for AnnData input)."""
-        if self.mdata is not None:
-            self.mdata.uns[key] = self.adata.uns[key]
-
-
-def writable(adata: object, *, fn: str, copy: bool, in_memory: bool = False) -> AnnData:
-    """The AnnData a face function writes to: checked, copied with ``copy=True``, a view made actual.
-
-    ``in_memory`` refuses backed input (for functions that subset or rewrite the matrix).
-    """
-    check_adata(adata, fn=fn)
-    if adata.isbacked and (copy or in_memory):
-        what = f"{fn}(copy=True)" if copy else fn
-        raise ValueError(
-            f"{what} needs the AnnData in memory, and this one is backed (on disk). Load it first with "
-            "adata.to_memory()" + (", or write into it with copy=False." if copy and not in_memory else ".")
-        )
-    if copy:
-        return adata.copy()
-    actual_if_view(adata, fn=fn)
-    return adata
-
-
-def resolve_target(data: object, *, mod: str, fn: str, copy: bool) -> Target:
-    """The AnnData to work on: ``data``, or its modality ``mod`` when it is a MuData (copied first with ``copy``).
-
-    Raises clear errors for other types, missing modalities and empty data; a view is made actual with a warning.
-    """
-    if type(data).__name__ == "MuData":  # avoids importing mudata for AnnData input
-        mdata = data.copy() if copy else data
-        if mod not in mdata.mod:
-            raise KeyError(f"mod={mod!r} is not a modality of the MuData (modalities: {list(mdata.mod)}).")
-        return Target(writable(mdata.mod[mod], fn=fn, copy=False), mdata, mod)
-    from anndata import AnnData
-
-    if not isinstance(data, AnnData):
-        raise TypeError(f"{fn} expects an AnnData or MuData, got {type(data).__name__}.")
-    return Target(writable(data, fn=fn, copy=copy))
+    X = as_csr(counts).astype(np.float64)
+    keys = np.zeros(X.shape[0], dtype=object) if groups is None else np.asarray(groups).astype(str)
+    out = {}
+    for g in pd.unique(keys):
+        rows = np.flatnonzero(keys == g)
+        if len(rows) < 2:
+            out[str(g)] = 0
+            continue
+        block = X[rows]
+        mean = np.asarray(block.mean(0)).ravel()
+        sq = np.asarray(block.multiply(block).mean(0)).ravel()
+        out[str(g)] = int(((sq - mean**2) > 1e-12).sum())
+    return out
