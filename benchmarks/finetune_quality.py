@@ -21,7 +21,7 @@ glibc's mmap threshold fixed at 1 MiB so that freed activations go back to the s
 fine-tuning's wall time (training, then predicting or embedding the cells, reported apart). "Trained" counts
 the weights the optimiser updates; its share is of the weights of the fine-tuned model without adapters.
 
-The budget is small on purpose, so that the whole run takes about 15 minutes on 2 shared CPU cores: 400
+The budget is small on purpose, so that the whole run takes 15-20 minutes on 2 shared CPU cores (20 at load 8): 400
 reference cells (stratified by type, of the 3,690 of the 20 reference donors; the baseline is fitted on the
 same 400) and 500 query cells (of 2,044), 2 epochs of annotation fine-tuning (official: 10, with early
 stopping); integration on 300 of the 1,202 cells with a 200-gene panel for 1 epoch (official: 1,200 genes, up
