@@ -26,8 +26,9 @@ if TYPE_CHECKING:
 PBMC68K = "pbmc68k"
 """``--input`` value naming the bundled real cells (:func:`scgpt.datasets.pbmc68k_counts`)."""
 
-MODEL_FILES = ("args.json", "vocab.json", "best_model.pt", "model.pt")
-"""Files a training subcommand writes into ``--output`` (official folder + this package's ``model.pt``)."""
+MODEL_FILES = ("args.json", "vocab.json", "best_model.pt", "model.pt", "adapter.pt")
+"""Files a training subcommand writes into ``--output`` (official folder + this package's ``model.pt``, or the
+``adapter.pt`` of ``scgpt finetune --adapter lora``)."""
 
 CHECKPOINTS = "checkpoints"
 
@@ -48,6 +49,7 @@ TRAIN_KWARGS = (
     "precision",
     "accumulate_grad_batches",
     "gradient_clip_val",
+    "gradient_checkpointing",
     "checkpoint_every_n_steps",
     "seed",
 )
@@ -214,6 +216,29 @@ def add_training(p: argparse.ArgumentParser, *, finetune: bool) -> None:
     g.add_argument("--num-nodes", type=int, default=1, metavar="N", help="machines (multi-node ddp)")
     g.add_argument("--precision", default="32-true", help="32-true, bf16-mixed or 16-mixed (GPU)")
     g.add_argument("--accumulate-grad-batches", type=int, default=1, metavar="N", help="gradient accumulation")
+    g.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="recompute each layer's activations in the backward pass: far less memory, about a third more time",
+    )
+    if finetune:
+        g = p.add_argument_group("parameter-efficient fine-tuning")
+        g.add_argument(
+            "--adapter",
+            choices=("lora",),
+            help="train LoRA adapters and the task's heads only (needs the peft extra); --output then holds "
+            "adapter.pt, loaded on top of --model",
+        )
+        g.add_argument("--adapter-rank", type=int, default=8, metavar="R", help="LoRA rank")
+        g.add_argument("--adapter-alpha", type=float, default=16.0, help="LoRA scaling (updates scaled by alpha/rank)")
+        g.add_argument("--adapter-dropout", type=float, default=0.0, help="dropout on the adapters' input")
+        g.add_argument(
+            "--freeze-layers",
+            type=int,
+            default=0,
+            metavar="N",
+            help="keep the gene/value encoders and the first N transformer layers fixed (no adapters)",
+        )
 
 
 TRAINING_EPILOG = f"""\
@@ -221,6 +246,8 @@ output folder DIR:
   args.json, vocab.json, best_model.pt   official scGPT model folder (loads in the official scgpt code)
   model.pt                               this package's format: also label/batch categories and loss history;
                                          ScGPT.from_pretrained(DIR) and --model DIR read this one
+  adapter.pt                             instead of the three above with --adapter lora: adapters and heads only
+                                         (megabytes), loaded on top of the --model they were trained on
   {CHECKPOINTS}/last.ckpt                  Lightning checkpoint (for --resume)
   {CHECKPOINTS}/.../metrics.csv            per-step losses (the path is printed at the end)
   {CHECKPOINTS}/cli_args.json              the options: repeat the run with --config DIR/{CHECKPOINTS}/cli_args.json
@@ -456,17 +483,23 @@ def train_and_save(train: Callable[..., ScGPT], args: argparse.Namespace, out: P
     elif resume:
         logger.info(f"resuming from {ckpt_dir / 'last.ckpt' if resume is True else resume}")
     start = time.perf_counter()
+    from ..model import TrainingOutOfMemoryError
+
     try:
         model = train(checkpoint_dir=ckpt_dir, resume=resume, **kwargs)
-    except (MisconfigurationException, TrainingDiverged) as e:
+    except (MisconfigurationException, TrainingDiverged, TrainingOutOfMemoryError) as e:
         raise CLIError(str(e)) from None
     except TrainingInterrupted as e:
         where = f"the checkpoint is {e.checkpoint}" if e.checkpoint else "no checkpoint was written yet"
         raise Interrupted(
             e.signal, f"training stopped at step {e.step}; {where}; run the same command with --resume to continue"
         ) from None
-    model.save(out, overwrite=True, official=True)  # one model, both formats, replaced together
-    logger.info(f"wrote {out}: official folder (args.json, vocab.json, best_model.pt) and model.pt")
+    if "adapter" in model.registry_:  # what was trained, a few megabytes; loads on top of --model
+        model.save(out, overwrite=True)
+        logger.info(f"wrote {out}: adapter.pt (adapters and heads; ScGPT.from_pretrained(DIR) loads it on its base)")
+    else:
+        model.save(out, overwrite=True, official=True)  # one model, both formats, replaced together
+        logger.info(f"wrote {out}: official folder (args.json, vocab.json, best_model.pt) and model.pt")
     losses = {k: v[-1] for k, v in model.history_.items() if v and k in ("train_loss", "val_loss")}
     if not losses:  # stopped by --max-steps before an epoch ended
         losses = {

@@ -71,4 +71,7 @@ def run(args: argparse.Namespace) -> None:
         gene_key=args.gene_key,
         **species_options(args),
     )
-    train_and_save(finetune, args, out, validation_size=args.validation_size)
+    options = {k: getattr(args, k) for k in ("adapter", "adapter_rank", "adapter_alpha", "adapter_dropout")}
+    train_and_save(
+        finetune, args, out, validation_size=args.validation_size, freeze_layers=args.freeze_layers, **options
+    )

@@ -1,5 +1,6 @@
 """What a model folder holds: one model, in the official layout, this package's ``model.pt``, or both at once.
 
+Or the ``adapter.pt`` of a parameter-efficient fine-tune, which loads on top of its base model.
 A folder never holds two different models. Saving into a folder that already holds a model needs
 ``overwrite=True``, and then every model file that the new save does not write is removed, so a stale
 ``model.pt`` cannot shadow a newer official folder (or the reverse). Files are written to temporary
@@ -21,9 +22,10 @@ ARGS_FILE, VOCAB_FILE, WEIGHTS_FILE = "args.json", "vocab.json", "best_model.pt"
 MODEL_FILE = "model.pt"
 """This package's checkpoint (:meth:`scgpt.model.ScGPT.save`)."""
 ANNDATA_FILE = "adata.h5ad"
+ADAPTER_FILE = "adapter.pt"  # adapters and heads of a parameter-efficient fine-tune (scgpt.model._adapters)
 OFFICIAL_FILES = (ARGS_FILE, VOCAB_FILE, WEIGHTS_FILE)
 NATIVE_FILES = (MODEL_FILE, ANNDATA_FILE)
-MODEL_FILES = (*OFFICIAL_FILES, *NATIVE_FILES)
+MODEL_FILES = (*OFFICIAL_FILES, *NATIVE_FILES, ADAPTER_FILE)
 
 
 def model_files(path: str | os.PathLike) -> list[str]:

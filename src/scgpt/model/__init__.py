@@ -14,6 +14,7 @@ _WHERE = {
     "Task": "._tasks",
     "get_task": "._tasks",
     "ScGPT": "._scgpt",
+    "TrainingOutOfMemoryError": "._training",
     "AttentionMaps": "._inference",
     "PerturbationPrediction": "._perturbation",
     "label_codes": "._setup",
@@ -44,6 +45,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._scgpt import ScGPT
     from ._setup import batch_codes, label_codes
     from ._tasks import TASKS, Task, get_task
+    from ._training import TrainingOutOfMemoryError
 
 _SHARED = {"global_rank", *_OUT_OF_CORE, "read_embeddings", "write_h5ad"}
 """Helpers shared with the command line (out-of-core embedding), not part of the documented API."""

@@ -37,6 +37,7 @@ from ..data import check_adata, check_values, get_matrix, looks_like_counts, mis
 from ..data._collate import CellBatch, Collator
 from ..data._genes import GeneMatch, match_adata
 from ..nn import Encoded, ScGPTNet
+from ._adapters import merged_net
 from ._device import resolve_device, resolve_dtype
 from ._multiomic import binary_modalities, token_modality
 
@@ -618,7 +619,7 @@ def run_inference(
     labels, unseen = batch_label_codes(model, adata, batch_key)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    net = inference_net(model.net.with_average_batch() if unseen else model.net, dev, dt)
+    net = inference_net(merged_net(model.net).with_average_batch() if unseen else model.net, dev, dt)
     c = net.config
     collator = Collator(
         token_ids=match.ids,

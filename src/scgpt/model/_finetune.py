@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .._docs import doc_params
-from .._logging import caller, calling, logger
+from .._logging import caller, calling, logger, warn
 from ..data import check_adata
 from ._tasks import Task, get_task
 
@@ -28,6 +28,55 @@ def freeze(model, freeze_layers: int) -> None:
     frozen = [model.net.encoder, model.net.value_encoder, *model.net.transformer_encoder.layers[:freeze_layers]]
     for module in frozen if freeze_layers else []:
         module.requires_grad_(False)
+
+
+def prepare(
+    model,
+    base,
+    freeze_layers: int = 0,
+    *,
+    adapter: str | None = None,
+    adapter_rank: int = 8,
+    adapter_alpha: float = 16,
+    adapter_dropout: float = 0.0,
+    adapter_modules: Sequence[str] | None = None,
+) -> None:
+    """Before fine-tuning ``model`` (``base`` with its task heads): freeze layers, or put adapters on it."""
+    if adapter is None:
+        options = {"adapter_rank": (adapter_rank, 8), "adapter_alpha": (adapter_alpha, 16)}
+        options.update(adapter_dropout=(adapter_dropout, 0.0), adapter_modules=(adapter_modules, None))
+        given = [k for k, (value, default) in options.items() if value != default]
+        if given:
+            warn(f"{', '.join(given)} set the adapters of adapter='lora'; without adapter= they are ignored.")
+        freeze(model, freeze_layers)
+        return
+    if freeze_layers:
+        raise ValueError(
+            f"freeze_layers={freeze_layers} and adapter={adapter!r} are alternatives (adapters keep every pretrained "
+            "weight fixed already); pass one of them."
+        )
+    from ._adapters import add_adapter
+
+    add_adapter(
+        model,
+        adapter,
+        base=base,
+        rank=adapter_rank,
+        alpha=adapter_alpha,
+        dropout=adapter_dropout,
+        modules=adapter_modules,
+    )
+
+
+def unfreeze(model) -> None:
+    """After fine-tuning: a plain model trains all its weights again; an adapter model its adapters and heads."""
+    from ._adapters import has_adapter, set_trainable
+
+    if has_adapter(model.net):
+        set_trainable(model.net)
+    else:
+        for p in model.net.parameters():
+            p.requires_grad_(True)
 
 
 def split_plan_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -94,6 +143,11 @@ class FinetuneMixin:
         validation_size: float | None = None,
         early_stopping: bool | None = None,
         freeze_layers: int = 0,
+        adapter: str | None = None,
+        adapter_rank: int = 8,
+        adapter_alpha: float = 16,
+        adapter_dropout: float = 0.0,
+        adapter_modules: Sequence[str] | None = None,
         seed: int = 0,
         inplace: bool = False,
         **train_kwargs: Any,
@@ -138,7 +192,19 @@ class FinetuneMixin:
             Stop when the validation loss stops improving (annotation: yes; perturbation: yes, on the
             validation Pearson-delta).
         freeze_layers
-            Keep the gene/value encoders and the first ``freeze_layers`` transformer layers fixed (0: train all).
+            Keep the gene/value encoders (gene embeddings included) and the first ``freeze_layers`` transformer
+            layers fixed (0: train all).
+        adapter
+            ``"lora"``: keep every pretrained weight of the trunk fixed and train low-rank adapters on the
+            transformer layers (``peft`` LoRA; install ``scgpt-scverse[peft]``), plus the task's heads and
+            conditioning parts (DSBN, batch/perturbation/modality encoders, new-token embeddings) in full: a few
+            percent of the weights, less memory, and :meth:`save` writes only those (megabytes). ``None``: train
+            all weights (or those ``freeze_layers`` leaves). See ``docs/training.md``.
+        adapter_rank, adapter_alpha, adapter_dropout
+            LoRA rank, scaling (updates scaled by ``alpha / rank``) and dropout on the adapters' input.
+        adapter_modules
+            Linear layers of every transformer layer that get adapters, among ``"in_proj"``, ``"out_proj"``
+            (attention), ``"linear1"``, ``"linear2"`` (feed-forward); default all four.
         seed
             Seed of the new heads' initialisation, the split, the order and the masks.
         inplace
@@ -147,7 +213,8 @@ class FinetuneMixin:
             so the caller keeps the fine-tuned model.
         **train_kwargs
             Passed to :meth:`train`: the plan's options (``schedule``, ``eps``, ``weight_decay``, ``warmup_steps``,
-            ``step_gamma``) and the runner's (``accelerator``, ``devices``, ``checkpoint_dir``, ``precision``, ...).
+            ``step_gamma``), ``gradient_checkpointing`` and the runner's (``accelerator``, ``devices``,
+            ``checkpoint_dir``, ``precision``, ...).
 
         Returns
         -------
@@ -190,7 +257,15 @@ class FinetuneMixin:
             )
             torch.manual_seed(seed)
             new = self.adapt(**t.heads(self.config, data.categories))
-            freeze(new, freeze_layers)
+            adapter_options = {"adapter": adapter, "adapter_rank": adapter_rank, "adapter_alpha": adapter_alpha}
+            prepare(
+                new,
+                self,
+                freeze_layers,
+                **adapter_options,
+                adapter_dropout=adapter_dropout,
+                adapter_modules=adapter_modules,
+            )
             dm = data.datamodule(new, batch_size=batch_size)
             new.registry_.update(data.registry)
             logger.info(data.summary())
@@ -215,8 +290,7 @@ class FinetuneMixin:
                     **trainer_kwargs,
                 )
             finally:
-                for p in new.net.parameters():
-                    p.requires_grad_(True)
+                unfreeze(new)
             data.finish(new)
             if inplace:
                 self._become(new)

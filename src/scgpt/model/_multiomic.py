@@ -94,6 +94,8 @@ def with_modalities(
     """
     from ..nn import ScGPTNet
 
+    if hasattr(model.net, "peft_config"):
+        raise ValueError("This model carries adapters; merge them first: with_modalities(model.merge_adapter(), ...).")
     names = [first, *features]
     if len(set(names)) != len(names):
         raise ValueError(f"Modality names must be distinct, got {names}.")

@@ -14,6 +14,7 @@ from ..io import load_official, save_official
 from ..io._native import MODEL_FILE, NativeCheckpoint, is_native, load_native, load_native_weights, write_native
 from ..io._official import WEIGHTS_FILE, write_official
 from ..nn import ScGPTConfig, ScGPTNet
+from ._adapters import has_adapter, is_adapter_folder
 from ._device import resolve_device
 from ._finetune import FinetuneMixin
 from ._inference import InferenceMixin
@@ -173,6 +174,9 @@ class ScGPT(SetupMixin, InferenceMixin, TrainingMixin, FinetuneMixin):
         if task is not None:
             classes = self.registry_.get("label_categories")
             src += f", fine-tuned for {task!r}" + (f" ({len(classes)} classes)" if classes else "")
+        adapter = self.registry_.get("adapter")
+        if adapter is not None:
+            src += f", {adapter['kind']} adapters of rank {adapter['rank']}"
         size = f"{n / 1e6:.1f}M" if n >= 1e5 else f"{n:,}"
         return (
             f"ScGPT({c.n_layers} layers x {c.d_model} wide, {c.n_heads} heads, {len(self.vocab):,} tokens, "
@@ -189,6 +193,7 @@ class ScGPT(SetupMixin, InferenceMixin, TrainingMixin, FinetuneMixin):
         strict: bool = False,
         device: str | torch.device | None = None,
         generative: bool = False,
+        base: ScGPT | str | os.PathLike | None = None,
     ) -> ScGPT:
         """Load published weights.
 
@@ -209,6 +214,9 @@ class ScGPT(SetupMixin, InferenceMixin, TrainingMixin, FinetuneMixin):
         generative
             Keep the generative-pretraining flag embedding of the released weights (``flag_encoder``,
             unused by inference), to continue generative pretraining.
+        base
+            For a folder holding an ``adapter.pt`` (a fine-tune with ``adapter="lora"``): the base model
+            the adapters were trained on, or where to load it from (default: the name recorded in the file).
 
         Returns
         -------
@@ -230,8 +238,8 @@ class ScGPT(SetupMixin, InferenceMixin, TrainingMixin, FinetuneMixin):
                     f"No scGPT model folder at {str(path)!r}, and no published model of that name; did you mean "
                     f"{' or '.join(map(repr, hint))}? (scgpt.hub.list_models() lists the published models.)"
                 )
-        if is_native(src):
-            return cls.load(src, adata=adata, device=device)
+        if is_native(src) or is_adapter_folder(src):
+            return cls.load(src, adata=adata, device=device, base=base)
         net, ckpt, _ = load_official(src, strict=strict, generative=generative)
         args = dict(ckpt.args)
         registry = args.pop(REGISTRY_KEY, None)  # the task it was fine-tuned for, written by save_pretrained
@@ -256,7 +264,12 @@ class ScGPT(SetupMixin, InferenceMixin, TrainingMixin, FinetuneMixin):
             )
 
     def save_pretrained(
-        self, path: str | os.PathLike, *, attention_layout: str = "torch", overwrite: bool = False
+        self,
+        path: str | os.PathLike,
+        *,
+        attention_layout: str = "torch",
+        overwrite: bool = False,
+        merged: bool = False,
     ) -> Path:
         """Write an official scGPT folder (``args.json``, ``vocab.json``, ``best_model.pt``).
 
@@ -273,8 +286,18 @@ class ScGPT(SetupMixin, InferenceMixin, TrainingMixin, FinetuneMixin):
         A model card, ``README.md``, is written beside the weights (base model and the SHA-256 of its
         weights, task, training data, objectives and hyperparameters, losses, package versions, licence;
         :meth:`card_info`), unless the folder holds a ``README.md`` written by someone else.
+
+        A model fine-tuned with adapters needs ``merged=True``: the official format holds plain weights,
+        so the adapters are merged into them (:meth:`merge_adapter`).
         """
         self._check_finite("save_pretrained")
+        if has_adapter(self.net):
+            if not merged:
+                raise ValueError(
+                    "This model carries adapters, which the official format cannot hold: pass merged=True to write "
+                    "the merged weights, or use save() to write the adapters alone."
+                )
+            return self.merge_adapter().save_pretrained(path, attention_layout=attention_layout, overwrite=overwrite)
         return save_official(
             self.net,
             self.vocab,
@@ -296,6 +319,20 @@ class ScGPT(SetupMixin, InferenceMixin, TrainingMixin, FinetuneMixin):
         if self.registry_:
             args[REGISTRY_KEY] = _json_ready(self.registry_, "registry_")
         return args
+
+    def merge_adapter(self) -> ScGPT:
+        """A plain copy of a model fine-tuned with adapters, the adapters merged into its weights.
+
+        Its outputs equal this model's (to float rounding); it saves in every format and runs without
+        ``peft``. This model is not modified.
+
+        Returns
+        -------
+        The merged model; ``registry_["merged_adapter"]`` records the adapter settings and the base model.
+        """
+        from ._adapters import merge
+
+        return merge(self)
 
     def _attrs(self) -> dict[str, Any]:
         return {
@@ -445,6 +482,7 @@ class ScGPT(SetupMixin, InferenceMixin, TrainingMixin, FinetuneMixin):
         overwrite: bool = False,
         save_anndata: bool = False,
         official: bool = False,
+        merged: bool = False,
     ) -> Path:
         """Save in this package's format (``dir_path/model.pt``), with training history and data setup.
 
@@ -466,12 +504,23 @@ class ScGPT(SetupMixin, InferenceMixin, TrainingMixin, FinetuneMixin):
             ``best_model.pt``), for the official code; :meth:`from_pretrained` reads ``model.pt``, which
             records their SHA-256: official files in the folder that differ from the record (copied over it by
             hand) make :meth:`load` and :meth:`from_pretrained` refuse the folder rather than pick one model.
+        merged
+            For a model fine-tuned with adapters (``finetune(..., adapter="lora")``): ``False`` writes only what
+            the fine-tune trained (``dir_path/adapter.pt``: adapters, heads, the task's parts, with the base
+            model's name and weights' SHA-256; :meth:`load` puts it back on that base); ``True`` writes the
+            plain model with the adapters merged into the weights (:meth:`merge_adapter`).
         """
         from ..io._folder import ANNDATA_FILE, OFFICIAL_FILES, model_folder
 
         if save_anndata and self.adata is None:
             raise ValueError("save_anndata=True but no AnnData is bound to the model.")
         self._check_finite("save")
+        if has_adapter(self.net):
+            if merged:
+                return self.merge_adapter().save(
+                    dir_path, overwrite=overwrite, save_anndata=save_anndata, official=official
+                )
+            return self._save_adapter(dir_path, overwrite=overwrite, save_anndata=save_anndata, official=official)
         card = self._card_files(dir_path, "native + official" if official else "native")
         files = [MODEL_FILE, *(OFFICIAL_FILES if official else ()), *((ANNDATA_FILE,) if save_anndata else ())]
         files += list(card)
@@ -495,15 +544,52 @@ class ScGPT(SetupMixin, InferenceMixin, TrainingMixin, FinetuneMixin):
                 paths[fname].write_text(text)
         return Path(dir_path).expanduser()
 
+    def _save_adapter(
+        self, dir_path: str | os.PathLike, *, overwrite: bool, save_anndata: bool, official: bool
+    ) -> Path:
+        """``save`` of an adapter model: ``adapter.pt`` (what the fine-tune trained) and its model card."""
+        from ..io._folder import ADAPTER_FILE, ANNDATA_FILE, model_folder
+        from ._adapters import write_adapter
+
+        if official:
+            raise ValueError(
+                "The official format cannot hold adapters: pass merged=True to write the merged model, or "
+                "official=False to write the adapters alone (adapter.pt)."
+            )
+        card = self._card_files(dir_path, "adapter")
+        files = [ADAPTER_FILE, *((ANNDATA_FILE,) if save_anndata else ()), *card]
+        with model_folder(dir_path, files, overwrite=overwrite) as temps:
+            paths = dict(zip(files, temps, strict=True))
+            write_adapter(self, paths[ADAPTER_FILE])
+            if save_anndata:
+                self.adata.write_h5ad(paths[ANNDATA_FILE])
+            for fname, text in card.items():
+                paths[fname].write_text(text)
+        return Path(dir_path).expanduser()
+
     @classmethod
     def load(
-        cls, dir_path: str | os.PathLike, *, adata: AnnData | None = None, device: str | torch.device | None = None
+        cls,
+        dir_path: str | os.PathLike,
+        *,
+        adata: AnnData | None = None,
+        device: str | torch.device | None = None,
+        base: ScGPT | str | os.PathLike | None = None,
     ) -> ScGPT:
         """Load a model written by :meth:`save`.
 
         ``adata`` is the AnnData to bind; without it, an ``adata.h5ad`` saved in the folder is read.
+        A folder holding an ``adapter.pt`` loads on top of ``base``, the base model the adapters were trained on
+        or where to load it from (default: the name recorded in the file); another base is refused.
         """
         dir_path = Path(dir_path).expanduser()
+        if is_adapter_folder(dir_path) and not is_native(dir_path):
+            from ..io._folder import ADAPTER_FILE
+            from ._adapters import load_adapter
+
+            self = load_adapter(cls, dir_path, base=base, device=device)
+            self._loaded_from(dir_path / ADAPTER_FILE)  # provenance: the adapter file (it records its base)
+            return self._bind_saved(dir_path, adata)
         ckpt = load_native(dir_path)
         _check_one_model(dir_path, ckpt.attrs.get(OFFICIAL_RECORD))
         net = ScGPTNet(ckpt.config)
@@ -516,6 +602,10 @@ class ScGPT(SetupMixin, InferenceMixin, TrainingMixin, FinetuneMixin):
         if self.base_model_ is None:  # saved before base models were recorded: the base's hash is not known
             self.base_model_ = {"name": self.source_, "weights_sha256": None}
         self.to_device(device)
+        return self._bind_saved(dir_path, adata)
+
+    def _bind_saved(self, dir_path: Path, adata: AnnData | None) -> ScGPT:
+        """Bind ``adata``, or the ``adata.h5ad`` saved in ``dir_path``; returns ``self``."""
         if adata is None and (dir_path / "adata.h5ad").is_file():
             import anndata as ad
 

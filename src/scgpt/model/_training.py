@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     from ..train import Recipe, ScGPTDataModule
 
 
+class TrainingOutOfMemoryError(MemoryError):
+    """Training ran out of device memory; the message names the settings that would fit."""
+
+
 class TrainingMixin:
     """``adapt``, ``train`` and ``make_datamodule`` for :class:`~scgpt.model.ScGPT`."""
 
@@ -40,7 +44,10 @@ class TrainingMixin:
         >>> clf = model.adapt(n_cls=12)  # doctest: +SKIP
         """
         from ..nn import ScGPTNet
+        from ._adapters import has_adapter
 
+        if has_adapter(self.net):
+            raise ValueError("This model carries adapters; merge them first: model.merge_adapter().adapt(...).")
         net = ScGPTNet(self.config.replace(**config_changes))
         own = net.state_dict()
         old = self.net.state_dict()
@@ -76,6 +83,7 @@ class TrainingMixin:
         validation_size: float | None = None,
         seed: int = 0,
         datamodule: Any = None,
+        gradient_checkpointing: bool = False,
         plan_kwargs: dict[str, Any] | None = None,
         **trainer_kwargs: Any,
     ):
@@ -103,6 +111,10 @@ class TrainingMixin:
         datamodule
             A ready :class:`~scgpt.train.ScGPTDataModule` (e.g. from :meth:`make_datamodule` over an
             :class:`~scgpt.data.H5adCollection`).
+        gradient_checkpointing
+            Recompute each transformer layer's activations in the backward pass instead of keeping them: the
+            activation memory of one layer instead of all of them, for about a third more time per step (same
+            losses and gradients). See ``docs/training.md`` for what fits where.
         plan_kwargs
             Optimiser and schedule, passed to :class:`~scgpt.train.ScGPTTrainingPlan`: ``lr`` (default 1e-4),
             ``weight_decay``, ``eps`` (Adam(W)), ``schedule`` (``"cosine"``, ``"step"`` or ``"constant"``; default
@@ -127,6 +139,8 @@ class TrainingMixin:
         --------
         >>> model.train(adata, recipe="pretrain", max_epochs=1, plan_kwargs={"lr": 1e-3})  # doctest: +SKIP
         """
+        import torch
+
         from ..train import PLAN_OPTIONS, ScGPTTrainingPlan, TrainRunner, check_recipe
 
         misplaced = sorted(set(trainer_kwargs) & set(PLAN_OPTIONS))
@@ -175,10 +189,17 @@ class TrainingMixin:
         self.base_model_ = self.base_model()  # the weights it starts from; no file holds the weights after this
         self.weights_file_ = None
         self.net.train()
+        checkpointing, self.net.gradient_checkpointing = self.net.gradient_checkpointing, gradient_checkpointing
         try:
             self.trainer_ = runner(resume=resume)
+        except torch.cuda.OutOfMemoryError:  # torch.OutOfMemoryError, on any device
+            from ._resources import out_of_memory_message
+
+            options = {"batch_size": batch_size, "gradient_checkpointing": gradient_checkpointing, **trainer_kwargs}
+            raise TrainingOutOfMemoryError(out_of_memory_message(self, datamodule, rec, options)) from None
         finally:
             self.net.eval()
+            self.net.gradient_checkpointing = checkpointing
         self.history_ = runner.history.history
         self.is_trained_ = True
         self.registry_["last_recipe"] = rec.to_dict()

@@ -123,6 +123,19 @@ class ScGPTNet(nn.Module):
             self.grad_reverse_discriminator = AdversarialDiscriminator(d, c.n_batch_labels, c.n_layers_cls)
         self._init_weights()
 
+    @property
+    def gradient_checkpointing(self) -> bool:
+        """Recompute each transformer layer's activations in the backward pass (training memory for compute).
+
+        See :class:`~scgpt.nn.TransformerEncoder`; not part of the architecture (not in the config,
+        not saved).
+        """
+        return self.transformer_encoder.gradient_checkpointing
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, enabled: bool) -> None:
+        self.transformer_encoder.gradient_checkpointing = bool(enabled)
+
     def _init_weights(self) -> None:
         nn.init.uniform_(self.encoder.embedding.weight, -0.1, 0.1)  # as the official init
 

@@ -5,8 +5,10 @@ There is no positional encoding: scGPT treats a cell as a set of genes.
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ._attention import SelfAttention
 
@@ -58,7 +60,14 @@ class TransformerLayer(nn.Module):
 
 
 class TransformerEncoder(nn.Module):
-    """``n_layers`` :class:`TransformerLayer` in sequence: ``(B, L, d) -> (B, L, d)``."""
+    """``n_layers`` :class:`TransformerLayer` in sequence: ``(B, L, d) -> (B, L, d)``.
+
+    Set ``gradient_checkpointing = True`` to trade compute for memory in training: each layer then
+    keeps only its input for the backward pass and recomputes its activations there
+    (:func:`torch.utils.checkpoint.checkpoint`, non-reentrant, dropout masks replayed), so the
+    activations held at once are those of one layer instead of all ``n_layers``. Same loss and
+    gradients; about one more forward pass of compute. It acts in training mode with gradients on only.
+    """
 
     def __init__(
         self,
@@ -74,6 +83,7 @@ class TransformerEncoder(nn.Module):
         self.layers = nn.ModuleList(
             TransformerLayer(d_model, n_heads, d_hid, dropout, pre_norm, attn_dropout) for _ in range(n_layers)
         )
+        self.gradient_checkpointing = False
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None, last_queries: int | None = None) -> Tensor:
         """``(B, L, d) -> (B, L, d)``.
@@ -81,6 +91,11 @@ class TransformerEncoder(nn.Module):
         ``last_queries``: the last layer computes only the first ``last_queries`` positions
         (``(B, last_queries, d)`` out), e.g. 1 when only ``<cls>`` is read. Same numbers, less work.
         """
+        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
-            x = layer(x, attn_mask, last_queries if i == len(self.layers) - 1 else None)
+            n_queries = last_queries if i == len(self.layers) - 1 else None
+            if recompute:
+                x = checkpoint(layer, x, attn_mask, n_queries, use_reentrant=False)
+            else:
+                x = layer(x, attn_mask, n_queries)
         return x
