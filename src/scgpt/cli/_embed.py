@@ -193,7 +193,8 @@ def _read_input(args: argparse.Namespace) -> tuple[AnnData, str | None, dict]:
             context=config or None,
         )
     except (KeyError, ValueError, FileNotFoundError) as e:
-        raise CLIError(f"--input {args.input}: {e.args[0] if e.args else e}") from None
+        message = str(e.args[0] if e.args else e).replace("obs_value_filter=", "--obs-filter ")
+        raise CLIError(f"--input {args.input}: {message}") from None
     how = "streamed from the experiment" if args.backed else "read into memory"
     logger.info(f"opened {args.input}: {adata.n_obs:,} cells x {adata.n_vars:,} genes ({how})")
     if not args.backed:

@@ -618,7 +618,9 @@ def enrich_programs(
         background is the genes that were clustered: the rows of ``adata.varm[key + '_umap']`` that are not
         NaN, as :func:`scgpt.tl.gene_programs` writes them (genes of clusters below its ``min_size`` included,
         genes outside the vocabulary not), or the genes with a program when that entry is missing. Pass e.g.
-        ``adata.var_names`` to test against every measured gene instead.
+        ``adata.var_names`` to test against every measured gene instead. A background that lacks genes of the
+        programs is warned about (they are added to it), one that holds none of them is an error (another
+        naming of the genes, or the wrong list).
     min_overlap
         Smallest overlap reported (and smallest program / set size tested).
     fdr
@@ -678,7 +680,22 @@ def enrich_programs(
         unknown = ~extra.isin(var_names)
         if unknown.any():
             logger.info(f"    {int(unknown.sum())} background genes are not in adata.var_names and are ignored")
-        universe |= set(extra[~unknown])
+        given = set(extra[~unknown])
+        in_programs = set().union(*programs.values())
+        lacking = sorted(in_programs - given)
+        if len(lacking) == len(in_programs):
+            raise ValueError(
+                f"{fn}: background= holds none of the {len(in_programs)} genes of the programs (e.g. "
+                f"{_names(lacking)}; {int(unknown.sum())} of its {len(extra)} names are not in adata.var_names). The "
+                "background is every gene that could have been in a program: pass the genes measured (named as "
+                "adata.var_names), or leave background=None for the clustered genes."
+            )
+        if lacking:
+            warn(
+                f"{fn}: background= lacks {len(lacking)} of the {len(in_programs)} genes of the programs (e.g. "
+                f"{_names(lacking)}); they are added to it, as every gene clustered into programs is."
+            )
+        universe |= given
     M = len(universe)
     in_bg = {s: set(g) & universe for s, g in sets.items()}
     if not any(in_bg.values()):

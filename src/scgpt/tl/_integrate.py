@@ -13,9 +13,9 @@ import pandas as pd
 from .._docs import doc_params
 from .._face import check_key_added, record, resolve_target, warn_overwrite
 from .._logging import logger, named
-from ..data import GeneMatch, match_adata, missing_values
+from ..data import GeneMatch, check_layer, match_adata, missing_values
 from ..model import TASKS, ScGPT, modality_names, resolve_model, with_modalities
-from ._hvg import variable_genes
+from ._hvg import check_n_top_genes, variable_genes
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -216,6 +216,8 @@ def integrate(
     target = resolve_target(adata, mod=mod, copy=copy)
     cells = target.adata
     check_key_added(key_added, slot="obsm")
+    check_layer(cells, layer)
+    check_n_top_genes(n_top_genes)
     model_obj, model_name = resolve_model(model)
     batches = _batch_column(cells, batch_key)
     _check_batches(batches, batch_key, training=mode == "finetune" and model_obj.registry_.get("task") != "integration")
@@ -318,6 +320,8 @@ def _integrate_modalities(
         )
     mods = check_modalities(mdata, modalities)
     check_key_added(key_added, slot="obsm")
+    check_layer(mdata.mod[mods[0]], layer)
+    check_n_top_genes(n_top_genes)
     model_obj, model_name = resolve_model(model)
     tuned_already = model_obj.registry_.get("task") == "multiomic"
     if tuned_already:

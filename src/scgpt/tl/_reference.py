@@ -103,6 +103,21 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def check_n_neighbors(n_neighbors: int, n_cells: int, *, given: bool = True) -> None:
+    """A clear error for a k-NN vote over ``n_neighbors`` of ``n_cells`` reference cells that cannot work.
+
+    ``given``: the value was passed by the caller (else it is a default, and the message says how to change it).
+    """
+    if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, int | np.integer) or n_neighbors < 1:
+        raise ValueError(f"n_neighbors must be at least 1, got {n_neighbors!r}.")
+    if n_neighbors >= n_cells:
+        what = f"n_neighbors={n_neighbors}" + ("" if given else " (the default)")
+        raise ValueError(
+            f"{what} is not smaller than the {n_cells} reference cells: every query cell would get the "
+            f"reference's majority label. Pass n_neighbors= below {n_cells}, or use a larger reference."
+        )
+
+
 def _normalized(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length (zero rows stay zero), as the k-NN vote has always done."""
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
@@ -270,6 +285,16 @@ class ReferenceIndex:
         rep = f"obsm[{self.use_rep!r}]" if self.use_rep else "scGPT embeddings"
         return f"; built from {rep}" + (f" of model {name!r}" if name else "")
 
+    def check_n_neighbors(self, n_neighbors: int | None = None) -> int:
+        """The neighbours of a vote (``None``: :attr:`n_neighbors`), or a clear error when it cannot work.
+
+        At least 1, and fewer than the reference cells: with as many neighbours as reference cells every query
+        cell would get the reference's majority label.
+        """
+        k = self.n_neighbors if n_neighbors is None else n_neighbors
+        check_n_neighbors(k, self.n_cells, given=n_neighbors is not None)
+        return int(k)
+
     def kneighbors(self, query: np.ndarray, n_neighbors: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The ``n_neighbors`` nearest reference cells of every query row.
 
@@ -287,9 +312,7 @@ class ReferenceIndex:
         fewer than ``k`` neighbours for a query (index ``-1``, similarity ``-inf``), rarely.
         """
         query = self.check_query(query)
-        if n_neighbors is not None and n_neighbors < 1:
-            raise ValueError(f"n_neighbors must be at least 1, got {n_neighbors}.")
-        k = min(self.n_neighbors if n_neighbors is None else n_neighbors, self.n_cells)
+        k = self.check_n_neighbors(n_neighbors)
         cosine = self.metric == "cosine"
         q = _normalized(query) if cosine else query
         if self.backend == "sklearn":
@@ -444,8 +467,13 @@ class ReferenceIndex:
             checksums = dict(meta["checksums"])
             if backend not in BACKENDS:
                 raise ValueError(f"unknown backend {backend!r}")
+            k = meta["n_neighbors"]
+            if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < n_cells:
+                raise ValueError(f"n_neighbors={k!r} is not between 1 and the {n_cells} indexed cells")
         except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{meta_file} is damaged ({type(e).__name__}: {e}).") from e
+            raise ValueError(
+                f"{meta_file} is damaged ({type(e).__name__}: {e}); rebuild the index with scgpt.tl.build_reference."
+            ) from e
         if backend == "faiss":
             faiss = _import_faiss(f"The reference index at {folder} (saved with faiss)")
         files = (LABELS_FILE, INDEX_FILES[backend])
@@ -566,15 +594,15 @@ def index_embeddings(
     search_params: Mapping[str, Any] | None = None,
     n_jobs: int | None = None,
     fingerprint: Mapping[str, Any] | None = None,
+    n_neighbors_given: bool = True,
 ) -> ReferenceIndex:
     """A :class:`ReferenceIndex` over embeddings and label codes (the core of :func:`build_reference`)."""
     if metric not in METRICS:
         raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}.")
-    if n_neighbors < 1:
-        raise ValueError(f"n_neighbors must be at least 1, got {n_neighbors}.")
     emb = np.asarray(emb)
     if emb.ndim != 2 or emb.shape[0] != len(codes):
         raise ValueError(f"embeddings of shape {emb.shape} do not match {len(codes)} labelled cells.")
+    check_n_neighbors(n_neighbors, len(emb), given=n_neighbors_given)
     if not np.isfinite(emb).all():
         raise ValueError(f"The reference embeddings hold {int((~np.isfinite(emb)).sum())} NaN or infinite values.")
     backend = _resolve_backend(backend, len(emb), exact_threshold)
