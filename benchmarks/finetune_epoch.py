@@ -94,14 +94,14 @@ def main() -> None:
             ]
         t0 = time.perf_counter()
         try:
-            res, tuned = scgpt.tl.integrate(
+            tuned = scgpt.model.ScGPT.from_pretrained("demo")  # fine-tuned in place below: a fresh copy per order
+            res = scgpt.tl.integrate(
                 adata,
-                model,
+                tuned,
                 batch_key="source",
                 max_epochs=args.epochs,
                 seed=args.seed,
                 copy=True,
-                return_model=True,
                 progress=False,
             )
         finally:

@@ -374,6 +374,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs < 1:
         p.error(f"--jobs {args.jobs}: give 1 or more pages to run at the same time")
 
+    # a model cache of its own, and never a download (blocks that would download are marked notrun);
+    # the worker processes inherit both
+    os.environ.update(SCGPT_CACHE=tempfile.mkdtemp(prefix="docs_cache_"), SCGPT_OFFLINE="1")
     start = time.perf_counter()
     files = [f.resolve() for f in args.files] or [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
     files = [f for f in files if f.name not in SKIPPED_FILES]

@@ -11,7 +11,9 @@ notebooks run at the same time (default: one per core, at most 4), the longest f
 with the stored ones: the same kinds of output in the same order, text equal after masking what is volatile
 (elapsed times, memory addresses, temporary paths) and numbers equal within a tolerance (training on another
 CPU can move the last digits); figures must be there, pixels are not compared. Wall times, with the slowest
-cells of each notebook, are printed and written to ``tutorials/run_times.json`` with ``--update``.
+cells of each notebook, are printed and written to ``tutorials/run_times.json`` with ``--update``, together with
+the outputs, so that the stored ``finished (...s)`` times and ``run_times.json`` come from one run
+(``scripts/check_notebooks.py`` checks that they agree within 2x).
 """
 
 from __future__ import annotations

@@ -32,6 +32,11 @@ def pytest_configure(config):
         import torch
 
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    import tempfile
+
+    # the model cache (downloads, file hashes) of the test session: never the user's ~/.cache/scgpt;
+    # subprocesses started by tests inherit it
+    os.environ["SCGPT_CACHE"] = tempfile.mkdtemp(prefix="scgpt-test-cache-")
     import scgpt
 
     scgpt.settings.progress = False
@@ -41,6 +46,14 @@ def pytest_configure(config):
         mudata.set_options(pull_on_update=False)
     except (ImportError, AttributeError, ValueError):
         pass
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    cache = os.environ.get("SCGPT_CACHE", "")
+    if "scgpt-test-cache-" in cache:
+        shutil.rmtree(cache, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

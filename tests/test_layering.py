@@ -1,4 +1,4 @@
-"""The package's imports point one way: face (pp, tl, pl, cli) -> model -> train, data, io -> nn, with no circles.
+"""The package's imports point one way: face (pp, tl, pl, cli) -> model -> train, data, io, hub -> nn, with no circles.
 
 Parsed from the source with ``ast`` (every import, also those inside functions and under TYPE_CHECKING).
 The top-level helper modules (``_settings``, ``_logging``, ``_lazy``, ``_files``, ``_docs``) sit below
@@ -24,6 +24,7 @@ LAYER = {
     "train": 1,
     "data": 1,
     "io": 1,
+    "hub": 1,
     "nn": 0,
     "_settings": -1,
     "_logging": -1,

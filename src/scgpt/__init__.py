@@ -8,7 +8,8 @@ Submodules are imported on first use, so ``import scgpt`` stays fast (no torch, 
 - :mod:`scgpt.model` user-facing model classes,
 - :mod:`scgpt.nn` the pure-PyTorch network, :mod:`scgpt.io` model files,
 - :mod:`scgpt.data` vocabulary, tokenisation and loaders, :mod:`scgpt.train` training plans,
-- :mod:`scgpt.datasets` real cells that ship with installed packages.
+- :mod:`scgpt.datasets` real cells that ship with installed packages,
+- :mod:`scgpt.hub` the published models by name (list, download, verify, cache).
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from ._settings import settings
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("data", "datasets", "io", "model", "nn", "pl", "pp", "tl", "train")
+_SUBMODULES = ("data", "datasets", "hub", "io", "model", "nn", "pl", "pp", "tl", "train")
 
 if TYPE_CHECKING:  # pragma: no cover
-    from . import data, datasets, io, model, nn, pl, pp, tl, train
+    from . import data, datasets, hub, io, model, nn, pl, pp, tl, train
 
 
 def __getattr__(name: str):
@@ -36,4 +37,4 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_SUBMODULES])
 
 
-__all__ = ["data", "datasets", "io", "model", "nn", "pl", "pp", "settings", "tl", "train"]
+__all__ = ["data", "datasets", "hub", "io", "model", "nn", "pl", "pp", "settings", "tl", "train"]

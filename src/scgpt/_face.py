@@ -178,3 +178,15 @@ def resolve_target(data: object, *, mod: str, copy: bool) -> Target:
     if not isinstance(data, AnnData):
         raise TypeError(f"{fn} expects an AnnData or MuData, got {type(data).__name__}.")
     return Target(writable(data, copy=copy))
+
+
+def provenance(model: Any, name: str | None) -> dict[str, Any]:
+    """``scgpt_version``, ``model`` and ``weights_sha256`` for ``uns[key]["params"]`` (``model``: an ScGPT or ``None``).
+
+    A result computed from stored embeddings (no model object) records the version and the name it was given.
+    """
+    if model is not None:
+        return model.provenance(name)
+    from . import __version__
+
+    return {"scgpt_version": __version__, "model": name, "weights_sha256": None}

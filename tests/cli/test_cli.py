@@ -235,3 +235,40 @@ def test_embed_organism_reads_mouse_genes_as_their_human_orthologs(
     assert result.uns["X_scGPT"]["params"]["organism"] == "mouse"
     assert main([*args, "--organism", "martian"]) == 2
     assert "--organism martian: organism='martian' is not a species" in capsys.readouterr().err
+
+
+def test_console_warnings_are_one_scgpt_line():
+    """Catches the console command printing warnings in Python's format (``.../bin/scgpt:6: UserWarning: ...``
+    followed by a source line) or over several lines, instead of one ``scgpt: warning: ...`` line."""
+    code = (
+        "import warnings, scgpt.cli as cli\n"
+        "def fake(argv=None):\n"
+        "    warnings.warn('gene X maps to a taken token;\\n  it is left out')\n"
+        "    return 0\n"
+        "cli.main = fake\n"
+        "cli.entry([])\n"
+    )
+    proc = subprocess.run([sys.executable, "-W", "default", "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stderr == "scgpt: warning: gene X maps to a taken token; it is left out\n"
+
+
+def test_umap_figure_names_the_model_and_the_coloured_column(tmp_path, monkeypatch):
+    """Catches the CLI's UMAP naming neither the model nor the obs column that colours it (a bare 'bulk_labels' or
+    nothing at all over an unlabelled plot)."""
+    import anndata as ad
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from scgpt.cli._embed import _umap_figure
+
+    rng = np.random.default_rng(0)
+    obs = pd.DataFrame({"cell_type": pd.Categorical(rng.choice(["a", "b"], 60))}, index=[f"c{i}" for i in range(60)])
+    adata = ad.AnnData(obs=obs)
+    adata.obsm["X_scGPT"] = rng.normal(size=(60, 8)).astype(np.float32)
+    closed = []
+    monkeypatch.setattr(plt, "close", closed.append)
+    _umap_figure(adata, "X_scGPT", tmp_path / "u.png", None, seed=0, model="/models/scGPT_human")
+    (fig,) = closed
+    assert fig._suptitle.get_text() == "UMAP of scGPT_human embeddings (obsm['X_scGPT']), 60 cells"
+    assert [a.get_title() for a in fig.axes if a.get_title()] == ["coloured by cell_type"]
+    assert (tmp_path / "u.png").stat().st_size > 0

@@ -244,3 +244,30 @@ def test_finetune_clear_errors(screen):
     with pytest.warns(UserWarning, match=r"finetune\('annotation'\) does not use perturbation_key"):
         with pytest.raises(ValueError, match="needs labels_key"):
             model.finetune("annotation", screen, perturbation_key="perturbation")
+
+
+def test_validation_targets_taken_from_the_training_list_are_reported(capsys):
+    """Catches fine-tuning moving training targets into validation silently: the split logged
+    "2 train, 0 validation, 1 test" and then "1 for validation", naming neither the moved target nor the option."""
+    import logging
+
+    from scgpt._logging import logger
+    from scgpt.data._screen import split_labels
+
+    stream = __import__("io").StringIO()
+    handler = logging.StreamHandler(stream)
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        labels = np.array(["control", "A", "B", "C", "D"])
+        train, val = split_labels(
+            labels, control="control", key="perturbation", train=["A", "B", "C"], val=None, validation_size=0.34, seed=0
+        )
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    text = stream.getvalue()
+    assert len(val) == 1 and set(train) | set(val) == {"A", "B", "C"}
+    assert f"1 of the train_perturbations held out for validation and early stopping ({val[0]})" in text
+    assert "pass val_perturbations=" in text and "split_perturbations:" not in text

@@ -135,8 +135,10 @@ def test_attention_groups_and_negative_weights(network, tmp_path):
 
 
 def test_attention_errors(network):
-    with pytest.raises(KeyError, match=r"run scgpt.tl.infer_grn first"):
-        attention(network, "missing")
+    with pytest.raises(
+        KeyError, match=r"'missing'\] has no network edges; the networks are under \['scgpt_grn'\]: pass key="
+    ):
+        attention(network, "missing")  # the plot lists where the networks are (tl -> pl consistency)
     with pytest.raises(KeyError, match=r"not in the network.*\['nope'\]"):
         attention(network, genes=["G0", "nope"])
     with pytest.raises(ValueError, match="not computed per group"):

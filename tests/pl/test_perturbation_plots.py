@@ -214,6 +214,14 @@ def _means(results, metric):
     return results[results["perturbation"] == "mean"].set_index("method")[metric]
 
 
+def _is_grey(colour: str) -> bool:
+    return colour[1:3] == colour[3:5] == colour[5:7]
+
+
+def _distinct_greys(colours: list[str]) -> bool:
+    return all(_is_grey(c) for c in colours) and len(set(colours)) == len(colours)
+
+
 def test_metrics_boxes_colours_and_best_baseline(results, tmp_path):
     fig = perturbation_metrics(results, return_fig=True)
     ax = fig.axes[0]
@@ -223,7 +231,7 @@ def test_metrics_boxes_colours_and_best_baseline(results, tmp_path):
     boxes = [p for p in ax.patches if isinstance(p, PathPatch)]
     assert len(boxes) == 5
     faces = [to_hex(b.get_facecolor()) for b in boxes]
-    assert faces[1:] == [BASELINE_COLOR] * 4 and faces[0] != BASELINE_COLOR
+    assert _distinct_greys(faces[1:]) and not _is_grey(faces[0])  # baselines grey, each its own; the model coloured
 
     # the perturbations as points, 'mean' rows left out; the means as diamonds at the table's 'mean' rows
     points = [c for c in ax.collections if isinstance(c, PathCollection)]
@@ -240,7 +248,10 @@ def test_metrics_boxes_colours_and_best_baseline(results, tmp_path):
     assert line.get_ydata()[0] == pytest.approx(means[best])
     assert line.get_label() == f"best baseline ({best}): {means[best]:.3f}"
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert legend == ["model", "baseline", "mean", line.get_label()]
+    # one entry per method (the issue: a method without a legend entry), in the colour of its box
+    assert legend == ["scgpt", *(f"{b} (baseline)" for b in BASELINES), "mean", line.get_label()]
+    patches = ax.get_legend().get_patches()
+    assert [to_hex(p.get_facecolor()) for p in patches[:5]] == faces
     _save(fig, tmp_path, "metrics")
 
 
@@ -259,7 +270,7 @@ def test_metrics_kinds_subsets_errors_lower_is_better(results, tmp_path):
     assert perturbation_metrics(results, metric="pearson_delta_de", kind="bar", ax=given, show=False) is given
     bars = [p for p in given.patches if isinstance(p, Rectangle)]
     assert [b.get_height() for b in bars] == pytest.approx(_means(results, "pearson_delta_de")[["scgpt", *BASELINES]])
-    assert [to_hex(b.get_facecolor()) for b in bars][1:] == [BASELINE_COLOR] * 4
+    assert _distinct_greys([to_hex(b.get_facecolor()) for b in bars][1:])
     _save(given.figure, tmp_path, "metrics_bar")
     holder = ad.AnnData(np.zeros((1, 1)))
     holder.uns["perturbation_evaluation"] = results

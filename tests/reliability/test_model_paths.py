@@ -34,20 +34,26 @@ def test_a_later_native_save_replaces_an_earlier_official_one(two_models, tmp_pa
     a.save_pretrained(tmp_path / "m")
     (tmp_path / "m" / "notes.txt").write_text("mine")  # other files are left alone
     b.save(tmp_path / "m", overwrite=True)
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["model.pt", "notes.txt"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["README.md", "model.pt", "notes.txt"]  # + its card
     assert _same(ScGPT.from_pretrained(tmp_path / "m"), b)
 
 
 def test_both_formats_of_one_model_are_written_together(two_models, tmp_path):
     a, b = two_models
     a.save(tmp_path / "m", official=True)
-    assert {p.name for p in (tmp_path / "m").iterdir()} == {"model.pt", "args.json", "vocab.json", "best_model.pt"}
+    assert {p.name for p in (tmp_path / "m").iterdir()} == {
+        "model.pt",
+        "args.json",
+        "vocab.json",
+        "best_model.pt",
+        "README.md",
+    }
     from scgpt.io import load_official
 
     net, _, _ = load_official(tmp_path / "m")
     assert all(torch.equal(x, y) for x, y in zip(net.state_dict().values(), a.net.state_dict().values()))
     b.save(tmp_path / "m", overwrite=True)  # only model.pt now: the official files of model a are gone
-    assert {p.name for p in (tmp_path / "m").iterdir()} == {"model.pt"}
+    assert {p.name for p in (tmp_path / "m").iterdir()} == {"model.pt", "README.md"}
 
 
 def test_tilde_paths_save_and_load_the_anndata_too(two_models, tmp_path, monkeypatch, pbmc):

@@ -112,7 +112,7 @@ def test_embed_stops_with_a_message_and_writes_nothing(cells, tmp_path):
     ad.concat([adata] * 40, index_unique="-").write_h5ad(big)  # 8,000 cells: long enough to be stopped
     marker = tmp_path / "started"
     code = (
-        "import sys, pathlib, scgpt.tl._embed as e\n"
+        "import sys, pathlib, scgpt.model._inference as e\n"
         "orig = e.run_inference\n"
         f"def mark(*a, **k):\n    pathlib.Path({str(marker)!r}).touch()\n    return orig(*a, **k)\n"
         "e.run_inference = mark\n"

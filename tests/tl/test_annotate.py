@@ -112,6 +112,23 @@ def test_knn_with_scgpt_embeddings(split, base_model):
     assert "scgpt_celltype" not in query.obs  # copy=True leaves the input alone
 
 
+def test_knn_is_the_default_with_a_reference_and_keeps_the_query_embedding(split, base_model):
+    """Catches annotate(query, model, reference=...) starting a fine-tuning of minutes to hours by default, and the
+    k-NN path throwing away the query embedding it computed (the user had to embed the query again for a UMAP)."""
+    ref, query = split
+    query = query[:60].copy()
+    scgpt.tl.annotate(query, base_model, reference=ref, labels_key="bulk_labels", max_length=128, key_added="knn")
+    assert query.uns["knn"]["params"]["method"] == "knn"
+    kept = query.obsm["X_knn"]
+    scgpt.tl.embed(query, base_model, max_length=128)
+    assert kept.shape == (60, base_model.config.d_model) and kept.dtype == np.float32
+    np.testing.assert_allclose(kept, query.obsm["X_scGPT"], atol=1e-5)  # the embedding tl.embed gives
+    ref = ref.copy()
+    ref.obsm["X_scGPT"] = np.zeros((ref.n_obs, kept.shape[1]), dtype=np.float32) + np.eye(1, kept.shape[1])
+    scgpt.tl.annotate(query, reference=ref, labels_key="bulk_labels", use_rep="X_scGPT", key_added="rep")
+    assert "X_rep" not in query.obsm  # with use_rep the embedding is already there
+
+
 def test_min_confidence_marks_unknown_cells(split):
     ref, query = split
     ref, query = ref.copy(), query.copy()

@@ -184,3 +184,12 @@ def test_control_rows_are_ignored_and_bad_input(screen, truth):
         evaluate_perturbation(screen, _prediction(truth, ["control"]))
     with pytest.warns(UserWarning, match="different sets of perturbations"):
         evaluate_perturbation(screen, {"a": _prediction(truth, ["A"]), "b": _prediction(truth, ["A", "B"])})
+
+
+def test_degenerate_pertmean_score_warns(screen, truth):
+    """Catches a train-mean prediction of the one held-out perturbation scored pearson_delta_pertmean -1.000 with
+    no word that the -1 comes from the metric's construction (the perturbation mean includes the other targets)."""
+    others = truth.loc[["A", "B", "C"]].to_numpy().mean(0, keepdims=True)
+    with pytest.warns(UserWarning, match=r"-1\.000 for 1 perturbation\(s\) of \['train_mean'\].*by construction"):
+        df = evaluate_perturbation(screen, {"train_mean": _prediction(truth, ["A+B"], others, "train_mean")})
+    assert df.loc[df["perturbation"] == "A+B", "pearson_delta_pertmean"].item() == pytest.approx(-1.0)

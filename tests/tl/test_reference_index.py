@@ -170,7 +170,7 @@ def test_mismatched_queries_are_clear_errors(atlas, tmp_path, tiny_model, pbmc_c
     with pytest.raises(ValueError, match="different model"):
         scgpt.tl.annotate(cells.copy(), other, reference=by_model, method="knn")
     with pytest.raises(TypeError, match="is for method='knn'"):
-        scgpt.tl.annotate(cells.copy(), model, reference=by_model)  # method="finetune"
+        scgpt.tl.annotate(cells.copy(), model, reference=by_model, method="finetune")
     same = scgpt.tl.annotate(cells.copy(), model, reference=by_model, method="knn", copy=True)
     direct = scgpt.tl.annotate(
         cells.copy(), model, reference=cells, labels_key="bulk_labels", method="knn", max_length=64, copy=True

@@ -5,6 +5,8 @@
     scgpt embed    --model scGPT_human --input pbmc.h5ad --output pbmc_emb.h5ad --figure umap.png
     scgpt pretrain --input a.h5ad b.h5ad --output my_model --d-model 256 --n-layers 4 --max-epochs 5
     scgpt finetune --model scGPT_human --input ref.h5ad --output annot_model --recipe annotation --labels-key celltype
+    scgpt models                  # the published models (--model NAME downloads one on first use)
+    scgpt download scGPT_human    # into the cache ($SCGPT_CACHE), verified
 
 Every option can also come from a JSON or TOML file given with ``--config``; options on the
 command line override it. Each subcommand lives in its own module and only turns options into
@@ -28,11 +30,12 @@ from ._common import CLIError, Interrupted, apply_config, verbosity
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """Build the ``scgpt`` parser; also return its subcommand parsers by name."""
-    from . import _embed, _finetune, _pretrain
+    from . import _embed, _finetune, _hub, _pretrain
 
     parser = argparse.ArgumentParser(
         prog="scgpt",
-        description="scGPT single-cell foundation model (scgpt-scverse): embed cells, pretrain, fine-tune.",
+        description="scGPT single-cell foundation model (scgpt-scverse): embed cells, pretrain, fine-tune, get the "
+        "published models.",
         epilog="Run 'scgpt COMMAND --help' for the options of a command.",
     )
     parser.add_argument("--version", action="version", version=f"scgpt-scverse {__version__}")
@@ -40,6 +43,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers = {"embed": _embed.add_parser(sub), "pretrain": _pretrain.add_parser(sub)}
     subparsers["finetune"] = _finetune.add_parser(sub)
+    subparsers["models"] = _hub.add_models_parser(sub)
+    subparsers["download"] = _hub.add_download_parser(sub)
     return parser, subparsers
 
 
@@ -112,14 +117,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as a terminal user expects them: one line ``scgpt: warning: ...``, no Python file or source line."""
+    text = " ".join(str(message).split())
+    print(f"scgpt: warning: {text}", file=sys.stderr if file is None else file)
+
+
 def entry(argv: Sequence[str] | None = None) -> None:
     """The ``scgpt`` console command: :func:`main`, then exit with its status.
+
+    Warnings are printed as one line each, ``scgpt: warning: <message>`` (Python's format, with the path of the
+    script and a source line, is for programs; :func:`main` called in-process leaves warnings as they are).
 
     After a write that failed for lack of space, the HDF5 library can crash while Python shuts down
     (it retries flushing the abandoned file), which would turn the exit status into 139; the process
     then ends without that teardown, once the message is out. The previous files are intact either way.
     """
-    status = main(argv)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        status = main(argv)
     if _failed_write:
         sys.stdout.flush()
         sys.stderr.flush()

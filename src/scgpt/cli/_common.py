@@ -365,13 +365,17 @@ def read_h5ad(path: str, *, backed: bool = False) -> AnnData:
 
 
 def check_model(path: str) -> None:
-    """A clear error for a missing ``--model`` folder."""
-    if path != "demo" and not Path(path).expanduser().exists():
-        raise CLIError(f"--model: no such folder: {path}")
+    """A clear error for a missing ``--model`` folder that is no published model's name either (with close names)."""
+    from ..hub import is_published, suggest
+
+    if path != "demo" and not Path(path).expanduser().exists() and not is_published(path):
+        close = suggest(path) if "/" not in path else []
+        hint = f"; did you mean {' or '.join(map(repr, close))}? ('scgpt models' lists the published models)"
+        raise CLIError(f"--model: no such folder: {path}" + (hint if close else ""))
 
 
 def load_model(path: str, *, generative: bool = False) -> ScGPT:
-    """The model of ``--model`` (a folder, or ``demo``)."""
+    """The model of ``--model`` (a folder, a published model's name, or ``demo``)."""
     from ..model import ScGPT
 
     check_model(path)

@@ -50,8 +50,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--model",
         metavar="PATH",
-        help="official scGPT model folder (e.g. scGPT_human), a folder written by 'scgpt pretrain/finetune', or "
-        "'demo' (default: $SCGPT_MODEL)",
+        help="a published model's name (e.g. scGPT_human, downloaded on first use; 'scgpt models' lists them), an "
+        "official scGPT model folder, a folder written by 'scgpt pretrain/finetune', or 'demo' (default: "
+        "$SCGPT_MODEL)",
     )
     add_data(p, several=False)
     g = p.add_argument_group("TileDB-SOMA input (e.g. the CELLxGENE Census)")
@@ -75,6 +76,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--output", required=True, metavar="FILE", help=".h5ad to write")
     p.add_argument("--backed", action="store_true", help="stream the input from disk (see above)")
+    p.add_argument(
+        "--max-cells",
+        type=int,
+        metavar="N",
+        help="embed only the first N cells of the input (a quick check of an install or a model; not with --backed)",
+    )
     p.add_argument("--key-added", default="X_scGPT", metavar="KEY", help="obsm key of the embeddings")
     p.add_argument("--batch-key", metavar="KEY", help="obs column with batches (only for batch-conditioned models)")
     p.add_argument("--no-aliases", action="store_true", help="match gene names exactly (as the official code)")
@@ -116,7 +123,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> None:
     model = args.model if args.model is not None else settings.default_model
     if model is None:
-        raise CLIError("no model: pass --model PATH (an scGPT model folder, or 'demo') or set $SCGPT_MODEL")
+        raise CLIError(
+            "no model: pass --model NAME or PATH (a published model such as scGPT_human, a model folder, or 'demo') "
+            "or set $SCGPT_MODEL"
+        )
     check_model(model)
     check_input(args.input, soma=True)
     species = _species_options(args)
@@ -125,6 +135,11 @@ def run(args: argparse.Namespace) -> None:
         raise CLIError("with --backed, --output must differ from --input")
     if args.chunk_size < 1:
         raise CLIError(f"--chunk-size must be positive, got {args.chunk_size}")
+    if args.max_cells is not None and (args.max_cells < 1 or args.backed):
+        raise CLIError(
+            f"--max-cells must be positive, got {args.max_cells}" if args.max_cells < 1
+            else "--max-cells selects cells of an input read into memory; drop --backed"
+        )  # fmt: skip
     from ..model import global_rank, resolve_device
     from ..tl import embed
 
@@ -132,6 +147,9 @@ def run(args: argparse.Namespace) -> None:
     if args.devices is not None:
         device = args.device or device.type  # the kind of device; the GPUs are chosen by --devices
     adata, layer, selection = _read_input(args)
+    if args.max_cells is not None and args.max_cells < adata.n_obs:
+        adata = adata[: args.max_cells].copy()
+        logger.info(f"embedding the first {adata.n_obs:,} cells (--max-cells)")
     if args.backed:
         return _run_out_of_core(args, model, adata, layer, selection, device, out_path, species)
     embed(
@@ -273,7 +291,7 @@ def _run_out_of_core(
         return
     rep = run.match.report()
     params = {
-        "model": name,
+        **model.provenance(name),  # scgpt_version, model, weights_sha256
         **options,
         "batch_size": args.batch_size,
         "genes": False,
@@ -308,7 +326,8 @@ def _finish(args: argparse.Namespace, adata: AnnData, out_path: Path) -> None:
         adata.file.close()
         adata = result
     if args.figure:
-        _umap_figure(adata, args.key_added, Path(args.figure).expanduser(), args.color, seed=args.seed)
+        model = args.model if args.model is not None else settings.default_model
+        _umap_figure(adata, args.key_added, Path(args.figure).expanduser(), args.color, seed=args.seed, model=model)
     with atomic_path(out_path) as tmp:  # the previous file (the input itself with --output = --input) stays intact
         adata.write_h5ad(tmp)
     emb = adata.obsm[args.key_added]
@@ -316,8 +335,14 @@ def _finish(args: argparse.Namespace, adata: AnnData, out_path: Path) -> None:
     print(f"scgpt embed: {emb.shape[0]:,} cells -> {out_path} (obsm[{args.key_added!r}], {emb.shape[1]} dims){figure}")
 
 
-def _umap_figure(adata: AnnData, key: str, path: Path, colors: list[str] | None, *, seed: int) -> None:
-    """Neighbors and UMAP of ``obsm[key]`` (written to ``adata``) and a PNG of it."""
+def _umap_figure(
+    adata: AnnData, key: str, path: Path, colors: list[str] | None, *, seed: int, model: str = "scGPT"
+) -> None:
+    """Neighbors and UMAP of ``obsm[key]`` (written to ``adata``) and a PNG of it.
+
+    The figure names the model and the embedding (``UMAP of <model> embeddings (obsm[key]), n cells``) and each
+    panel the column that colours it (``coloured by <column>``).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -334,7 +359,10 @@ def _umap_figure(adata: AnnData, key: str, path: Path, colors: list[str] | None,
     logger.info("computing neighbors and UMAP of the embeddings")
     sc.pp.neighbors(adata, use_rep=key, random_state=seed)
     sc.tl.umap(adata, random_state=seed)
-    fig = sc.pl.umap(adata, color=colors or None, show=False, return_fig=True)
+    titles = [f"coloured by {c}" for c in colors] if colors else "no obs column to colour by (--color)"
+    fig = sc.pl.umap(adata, color=colors or None, title=titles, show=False, return_fig=True)
+    name = Path(str(model)).name or str(model)  # a folder: its name, not the whole path
+    fig.suptitle(f"UMAP of {name} embeddings (obsm[{key!r}]), {adata.n_obs:,} cells", y=1.02)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=150, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
     plt.close(fig)

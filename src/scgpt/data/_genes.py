@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .._logging import caller, warn
+from .._logging import caller, logger, warn
 from ._orthologs import (
     HUMAN_LIKE,
     ORTHOLOGY,
@@ -231,12 +231,36 @@ def match_genes(
     ids, kinds = _to_vocab(names, vocab, use_aliases)
     dup = _losers(ids, kinds)
     if len(dup):
-        warn(
-            f"{len(dup)} genes map to a vocabulary token already taken by another gene (e.g. "
-            f"{names[dup[0]]!r}); only the best-matching gene of each token is used."
-        )
+        _report_losers(names, ids, kinds, dup)
         ids[dup], kinds[dup] = -1, ""
     return GeneMatch(ids, kinds, names)
+
+
+def _report_losers(names: np.ndarray, ids: np.ndarray, kinds: np.ndarray, dup: np.ndarray) -> None:
+    """Say which genes lose their token to another gene.
+
+    A warning when the evidence is equal (ambiguous); a log line when a stronger match keeps it (an old alias of a
+    gene that is in the data under its own name: routine).
+    """
+    rank = {k: i for i, k in enumerate(_KINDS)}
+    kept = np.setdiff1d(np.flatnonzero(ids >= 0), dup)
+    winner = dict(zip(ids[kept].tolist(), kept.tolist()))
+    weaker = [i for i in dup if rank.get(kinds[i], 99) > rank.get(kinds[winner[int(ids[i])]], 99)]
+    ambiguous = [i for i in dup if i not in set(weaker)]
+    if weaker:
+        i = weaker[0]
+        w = winner[int(ids[i])]
+        logger.info(
+            f"    {len(weaker)} genes are weaker matches ({kinds[i]} ...) of a vocabulary token that another gene of "
+            f"the data matches better (e.g. {names[i]!r}, {kinds[i]} of {names[w]!r}, kept); they are not used"
+        )
+    if ambiguous:
+        i = ambiguous[0]
+        warn(
+            f"{len(ambiguous)} genes map to a vocabulary token already taken by another gene with equal evidence "
+            f"(e.g. {names[i]!r} and {names[winner[int(ids[i])]]!r}, {kinds[i]}); only the first gene of each token "
+            "is used."
+        )
 
 
 def _match_orthologs(

@@ -32,7 +32,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .._logging import caller, warn
+from .._logging import caller, logger, warn
 from ._collate import CellBatch, _mix
 from ._genes import match_adata, match_genes
 from ._matrix import log_normalized
@@ -392,8 +392,19 @@ def split_labels(
         if len(genes) < 2:
             warn(f"{fn}: a single target gene; none can be held out for validation (no early stopping).")
         else:
-            split = split_perturbations(pool, mode="single", test_size=validation_size, val_size=0.0, seed=seed)
+            level = logger.level  # its own "k train, 0 validation, m test" line would read as a second split
+            logger.setLevel(max(level, 30))
+            try:
+                split = split_perturbations(pool, mode="single", test_size=validation_size, val_size=0.0, seed=seed)
+            finally:
+                logger.setLevel(level)
             pool, val_list = split.train, split.test
+            given = "of the train_perturbations " if train is not None else ""
+            logger.info(
+                f"    val_perturbations not given: {len(val_list)} {given}held out for validation and early stopping "
+                f"({', '.join(val_list[:5])}{' ...' if len(val_list) > 5 else ''}), {len(pool)} left for training; "
+                "pass val_perturbations= to choose them, or early_stopping=False to train on all"
+            )
     if not pool:
         raise ValueError(f"{fn}: no training perturbations are left.")
     return pool, val_list

@@ -5,7 +5,8 @@
 inference engine (``tl.embed``, several processes, ``scgpt embed --backed``) streams an experiment like a
 backed ``.h5ad``. :class:`SomaSource` puts the same reader behind the training sources' interface.
 
-Needs the optional package ``tiledbsoma`` (``pip install 'scgpt-scverse[dataloaders]'``).
+Needs the optional package ``tiledbsoma``: ``pip install "tiledbsoma>=1.15"`` (or, in a clone of
+scgpt-scverse, ``pip install ".[dataloaders]"``).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def _tiledbsoma():
     except ImportError as err:
         raise ImportError(
             "Reading a TileDB-SOMA experiment needs the optional package tiledbsoma: "
-            "pip install 'scgpt-scverse[dataloaders]'."
+            'pip install "tiledbsoma>=1.15" (or pip install ".[dataloaders]" in a clone of scgpt-scverse).'
         ) from err
     return tiledbsoma
 
@@ -324,7 +325,7 @@ class SomaSource:
     Only the selected cells' rows are read from the experiment's ``X`` layer (through
     :class:`SomaMatrix`), so experiments far larger than memory (and remote ones, when the URI and
     ``context`` allow) train like an :class:`H5adCollection`. Needs the optional ``tiledbsoma`` package
-    (``pip install 'scgpt-scverse[dataloaders]'``).
+    (``pip install "tiledbsoma>=1.15"``).
 
     Parameters
     ----------

@@ -441,6 +441,7 @@ def save_official(
     mod_vocab: GeneVocab | None = None,
     attention_layout: str = "torch",
     overwrite: bool = False,
+    extra_files: dict[str, str] | None = None,
 ) -> Path:
     """Write an official model folder that the official ``scgpt`` code (and :func:`read_official`) loads.
 
@@ -466,7 +467,14 @@ def save_official(
         ``"flash"`` (``self_attn.Wqkv.*``, the layout of the released weights).
     overwrite
         Replace a model already in the folder.
+    extra_files
+        ``{file name: text}`` written in the same group (e.g. the model card ``README.md``).
     """
-    with model_folder(path, OFFICIAL_FILES, overwrite=overwrite) as temps:
-        write_official(net, vocab, temps, args=args, mod_vocab=mod_vocab, attention_layout=attention_layout)
+    extra = dict(extra_files or {})
+    with model_folder(path, (*OFFICIAL_FILES, *extra), overwrite=overwrite) as temps:
+        write_official(
+            net, vocab, temps[: len(OFFICIAL_FILES)], args=args, mod_vocab=mod_vocab, attention_layout=attention_layout
+        )
+        for tmp, text in zip(temps[len(OFFICIAL_FILES) :], extra.values(), strict=True):
+            tmp.write_text(text)
     return Path(path).expanduser()

@@ -130,6 +130,20 @@ class CellData:
             self.registry["tokens"] = model.vocab.lookup_tokens(source.present_tokens())
         return dm
 
+    def training_tokens(self) -> np.ndarray:
+        """Tokens of each training cell per pass (for the time estimate): the panel with zero genes, else expressed."""
+        from ..data import stored_per_row
+
+        n_max = self.recipe.max_length
+        train = self.split[0]
+        if self.recipe.include_zero_genes and "tokens" in self.registry:
+            return np.full(len(train), min(len(self.registry["tokens"]) + 1, n_max), dtype=np.float64)
+        try:
+            per_row = stored_per_row(self.cells, self.options.get("layer"))[train]
+        except Exception:  # noqa: BLE001 - an estimate only
+            per_row = np.full(len(train), n_max)
+        return np.minimum(per_row + 1, n_max).astype(np.float64)
+
     def summary(self) -> str:
         """The log line before training."""
         return (

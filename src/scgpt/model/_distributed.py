@@ -314,7 +314,9 @@ def run_sharded(
             )
         acc = RangeRows(*spans[rank], normalize=normalize)
         show = progress if rank == 0 else False
-        res = run_inference(model, data, acc, device=fabric.device, progress=show, chunks=mine, **options)
+        res = run_inference(
+            model, data, acc, device=fabric.device, progress=show, chunks=mine, announce=rank == 0, **options
+        )
         local = res.output
         if local is None:  # no cells on this rank
             local = np.zeros((spans[rank][1] - spans[rank][0], model.config.d_model), dtype=np.float32)

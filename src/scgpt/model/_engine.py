@@ -33,7 +33,7 @@ from torch import Tensor
 
 from .._logging import caller, named, warn
 from .._settings import settings
-from ..data import check_adata, check_values, get_matrix, looks_like_counts, missing_values, read_rows
+from ..data import check_adata, check_values, get_matrix, looks_like_counts, missing_values, read_rows, stored_per_row
 from ..data._collate import CellBatch, Collator
 from ..data._genes import GeneMatch, match_adata
 from ..nn import Encoded, ScGPTNet
@@ -453,6 +453,32 @@ class InferenceResult:
     dtype: str
 
 
+ANNOUNCE_SECONDS = 10.0
+"""Runs estimated to take longer than this are announced before they start (work, duration, knobs)."""
+
+
+def _announce(model, adata, layer, match, chunks, max_length, include_zero_genes, cls, device, dtype) -> None:
+    """Log the cells, tokens, FLOPs and estimated duration of a run before it starts (longer runs only)."""
+    from ._estimate import ANNOUNCE_MIN_CELLS, announce, estimate
+
+    n = sum(b - a for a, b in chunks)
+    if n < ANNOUNCE_MIN_CELLS:
+        return
+    if include_zero_genes:
+        tokens = np.full(n, min(int(match.matched.sum()) + int(cls), max_length), dtype=np.float64)
+    else:
+        try:  # expressed genes per cell, from the row pointers alone (no values read)
+            per_row = stored_per_row(adata, layer)
+            per_row = np.concatenate([per_row[a:b] for a, b in chunks])
+        except Exception:  # noqa: BLE001 - an estimate only: a reader without row counts falls back to the cap
+            per_row = np.full(n, max_length)
+        tokens = np.minimum(per_row + int(cls), max_length).astype(np.float64)
+    flops, seconds = estimate(model.config, tokens, device=device, dtype=dtype)
+    if seconds >= ANNOUNCE_SECONDS:
+        what = f"running the model over {n:,} cells ({tokens.mean():,.0f} tokens per cell on average)"
+        announce(what, flops, seconds, device=device, knobs="max_length=, fewer cells, or a GPU")
+
+
 @named()
 def run_inference(
     model: ScGPT,
@@ -480,6 +506,7 @@ def run_inference(
     chunks: Sequence[tuple[int, int]] | None = None,
     cls: bool = True,
     token_flags: np.ndarray | None = None,
+    announce: bool = True,
 ) -> InferenceResult:
     """Run ``model`` over the cells of ``adata`` (in memory or backed) and feed every minibatch to ``accumulator``.
 
@@ -518,6 +545,8 @@ def run_inference(
         Put ``<cls>`` first (``False`` for perturbation models, which see genes only).
     token_flags
         Perturbation flag of every vocabulary token (perturbation models: 1 on the target genes).
+    announce
+        Log the work and its estimated duration before a run that takes more than a few seconds.
     """
     fn = caller()
     check_adata(adata)
@@ -571,6 +600,8 @@ def run_inference(
     matrix = get_matrix(adata, layer)
     n_tokens = np.zeros(adata.n_obs, dtype=np.int64)
     total = sum(b - a for a, b in chunks)
+    if announce:
+        _announce(model, adata, layer, match, chunks, max_length, include_zero_genes, cls, dev, dt)
     bar = _progress_bar(total, f"{fn}: cells", settings.progress if progress is None else progress)
     was_training = model.net.training
     try:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .._docs import doc_params
-from .._logging import calling, logger
+from .._logging import caller, calling, logger
 from ..data import check_adata
 from ._tasks import Task, get_task
 
@@ -37,6 +37,34 @@ def split_plan_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[st
     plan = {k: options[k] for k in PLAN_OPTIONS if options.get(k) is not None}
     rest = {k: v for k, v in options.items() if k not in PLAN_OPTIONS}
     return plan, rest
+
+
+def _announce_training(model, data, task: Task, max_epochs: int | None, options: dict[str, Any]) -> None:
+    """Log the fine-tuning about to start and its estimated duration on this device, with the knobs that shorten it."""
+    import torch
+
+    from ._device import resolve_device
+    from ._estimate import announce, estimate
+
+    tokens = data.training_tokens()
+    if not len(tokens):
+        return
+    epochs = task.defaults.get("max_epochs", 10) if max_epochs is None else max_epochs
+    steps = options.get("max_steps", -1)
+    passes = float(epochs)
+    if steps is not None and steps > 0:
+        per_epoch = max(1, -(-len(tokens) // int(task.defaults.get("batch_size", 32))))
+        passes = min(passes, steps / per_epoch)
+    accelerator = str(options.get("accelerator", "auto"))
+    device = resolve_device("cpu" if accelerator == "cpu" else "cuda" if accelerator in ("gpu", "cuda") else None)
+    precision = str(options.get("precision", "32-true"))
+    dtype = torch.bfloat16 if "bf16" in precision else torch.float16 if precision.startswith("16") else torch.float32
+    flops, seconds = estimate(model.config, tokens, device=device, dtype=dtype, kind="training", passes=passes)
+    knobs = "max_epochs=, max_length= or fewer genes (n_top_genes=), fewer cells, or a GPU"
+    if caller() == "annotate":
+        knobs = "method='knn' (no fine-tuning), " + knobs
+    what = f"fine-tuning {passes:g} epoch(s) x {len(tokens):,} cells x {tokens.mean():,.0f} tokens (forward + backward)"
+    announce(what, flops, seconds, device=device, knobs=knobs)
 
 
 class FinetuneMixin:
@@ -166,6 +194,7 @@ class FinetuneMixin:
             dm = data.datamodule(new, batch_size=batch_size)
             new.registry_.update(data.registry)
             logger.info(data.summary())
+            _announce_training(new, data, t, max_epochs, train_kwargs)
             defaults = t.defaults
             plan_kwargs, trainer_kwargs = split_plan_options(train_kwargs)
             plan_kwargs["lr"] = defaults.get("lr", 1e-4) if lr is None else lr

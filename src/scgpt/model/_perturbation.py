@@ -201,6 +201,11 @@ class PairData:
         )
         return self._dm
 
+    def training_tokens(self) -> np.ndarray:
+        """Tokens of each training example per pass (for the time estimate): the panel, capped at ``max_length``."""
+        n = len(self._dm.examples) if self._dm is not None else 0
+        return np.full(n, min(len(self.screen.tokens) + 1, self.recipe.max_length), dtype=np.float64)
+
     def summary(self) -> str:
         """The log line before training."""
         screen, targets = self.screen, self.targets
@@ -232,6 +237,19 @@ def _cast_for_inference(model: ScGPT, device: torch.device, dtype: torch.dtype) 
     return type(model)._from_parts(
         net, model.vocab, args=model.args_, mod_vocab=model.mod_vocab, source=model.source_, attrs=model._attrs()
     )
+
+
+def _announce_prediction(model: ScGPT, plans: list, n_cells: int, device, dtype) -> None:
+    """Log the prediction's work and estimated duration when it is long (many perturbations, long panels)."""
+    from ._engine import ANNOUNCE_SECONDS
+    from ._estimate import announce, estimate
+
+    lengths = [len(c) + len(m) + len(e) for _, m, e, chunks in plans for c in chunks]
+    tokens = np.repeat(np.asarray(lengths, dtype=np.float64), n_cells)
+    flops, seconds = estimate(model.config, tokens, device=device, dtype=dtype)
+    if seconds >= ANNOUNCE_SECONDS:
+        what = f"predicting {len(plans)} perturbation(s) from {n_cells} control cells ({len(lengths)} gene chunks)"
+        announce(what, flops, seconds, device=device, knobs="n_control_cells=, fewer perturbations, or a GPU")
 
 
 def predict_mean_expression(
@@ -314,6 +332,7 @@ def predict_mean_expression(
             raise ValueError(f"gene_chunk={gene_chunk} leaves no room beside the {len(t)} target genes.")
         plans.append((t, measured, extra, gene_chunks(G, measured, capacity, seed)))
     runner = _cast_for_inference(model, dev, dt)
+    _announce_prediction(model, plans, n_cells, dev, dt)
     one_group = np.zeros(n_cells, dtype=np.int64)
     out = np.zeros((len(targets), G))
     bar = _progress_bar(sum(len(p[3]) for p in plans) * n_cells, "predict_perturbation: cells", progress)
@@ -343,6 +362,7 @@ def predict_mean_expression(
                     tokens=names,
                     cls=False,
                     token_flags=flags,
+                    announce=False,
                 )
                 mean = res.output[0, cols].astype(np.float64)
                 sums[cols] += mean

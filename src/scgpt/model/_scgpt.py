@@ -12,7 +12,7 @@ from ..data._genes import default_vocab
 from ..data._vocab import GeneVocab
 from ..io import load_official, save_official
 from ..io._native import MODEL_FILE, NativeCheckpoint, is_native, load_native, load_native_weights, write_native
-from ..io._official import write_official
+from ..io._official import WEIGHTS_FILE, write_official
 from ..nn import ScGPTConfig, ScGPTNet
 from ._device import resolve_device
 from ._finetune import FinetuneMixin
@@ -86,6 +86,8 @@ class ScGPT(SetupMixin, InferenceMixin, TrainingMixin, FinetuneMixin):
         self.history_: dict[str, list[float]] = attrs.get("history", {})
         self.registry_: dict[str, Any] = attrs.get("registry", {})
         self.is_trained_: bool = attrs.get("is_trained", source is not None)
+        self.base_model_: dict[str, Any] | None = attrs.get("base_model")
+        self.weights_file_: Path | None = None  # the file the weights were read from, while they are unchanged
         self.adata: AnnData | None = None
 
     @classmethod
@@ -146,8 +148,10 @@ class ScGPT(SetupMixin, InferenceMixin, TrainingMixin, FinetuneMixin):
         ----------
         path
             An official scGPT folder (``args.json``, ``vocab.json``, ``best_model.pt``; flash-attn or
-            PyTorch attention names), a folder written by :meth:`save`, or ``"demo"`` for the small
-            demo model bundled with the package (a folder named ``demo`` that exists wins).
+            PyTorch attention names), a folder written by :meth:`save`, the name of a published model
+            (``"scGPT_human"``, see :func:`scgpt.hub.list_models`: downloaded into the cache on first use,
+            verified) or ``"demo"`` for the small demo model bundled with the package. A local folder of
+            the same name wins.
         adata
             AnnData to bind (set up with :meth:`setup_anndata`).
         strict
@@ -162,15 +166,27 @@ class ScGPT(SetupMixin, InferenceMixin, TrainingMixin, FinetuneMixin):
         -------
         The model, in eval mode. Keys that did not load are reported in one warning.
         """
+        from .. import hub
+
         src = Path(path).expanduser()
+        published = None if str(path) == DEMO else hub.resolve(path)  # downloads a published model once
         if str(path) == DEMO and not src.exists():
             src, name = _demo_path(), DEMO
+        elif published is not None:
+            src, name = published
         else:
             name = str(src)
+            hint = hub.suggest(str(path)) if isinstance(path, str) and not src.exists() and "/" not in str(path) else []
+            if hint:
+                raise FileNotFoundError(
+                    f"No scGPT model folder at {str(path)!r}, and no published model of that name; did you mean "
+                    f"{' or '.join(map(repr, hint))}? (scgpt.hub.list_models() lists the published models.)"
+                )
         if is_native(src):
             return cls.load(src, adata=adata, device=device)
         net, ckpt, _ = load_official(src, strict=strict, generative=generative)
         self = cls._from_parts(net, ckpt.vocab, args=ckpt.args, mod_vocab=ckpt.mod_vocab, source=name)
+        self._loaded_from(src / WEIGHTS_FILE)
         self.to_device(device)
         if adata is not None:
             self.adata = adata
@@ -186,6 +202,10 @@ class ScGPT(SetupMixin, InferenceMixin, TrainingMixin, FinetuneMixin):
         weights instead of PyTorch's ``in_proj_*``. A folder holds one model: ``overwrite=True``
         replaces a model already there, in either format (a ``model.pt`` is removed). The files are
         written to temporary names first, so a failed write leaves the previous model intact.
+
+        A model card, ``README.md``, is written beside the weights (base model and the SHA-256 of its
+        weights, task, training data, objectives and hyperparameters, losses, package versions, licence;
+        :meth:`card_info`), unless the folder holds a ``README.md`` written by someone else.
         """
         return save_official(
             self.net,
@@ -195,6 +215,7 @@ class ScGPT(SetupMixin, InferenceMixin, TrainingMixin, FinetuneMixin):
             mod_vocab=self.mod_vocab,
             attention_layout=attention_layout,
             overwrite=overwrite,
+            extra_files=self._card_files(path, "official"),
         )
 
     def _attrs(self) -> dict[str, Any]:
@@ -203,7 +224,140 @@ class ScGPT(SetupMixin, InferenceMixin, TrainingMixin, FinetuneMixin):
             "registry": self.registry_,
             "is_trained": self.is_trained_,
             "source": self.source_,
+            "base_model": self.base_model(),
         }
+
+    # ------------------------------------------------------------------ provenance and model cards
+    def _loaded_from(self, weights: Path) -> None:
+        """Remember the weights file (and its size and mtime: a file replaced later is not these weights)."""
+        st = weights.stat()
+        self.weights_file_ = weights
+        self._weights_stamp = (st.st_size, st.st_mtime_ns)
+
+    def weights_sha256(self) -> str | None:
+        """SHA-256 of the weights file this model was loaded from (``None`` if it was built or trained in memory).
+
+        Computed once per file and cached by path, size and modification time (:func:`scgpt.hub.file_sha256`).
+        ``None`` too when the file was replaced since it was loaded.
+        """
+        path = self.weights_file_
+        if path is None or not Path(path).is_file():
+            return None
+        st = Path(path).stat()
+        if (st.st_size, st.st_mtime_ns) != getattr(self, "_weights_stamp", None):
+            return None
+        from ..hub import file_sha256
+
+        return file_sha256(path)
+
+    def base_model(self) -> dict[str, Any]:
+        """The published weights this model started from: ``{"name", "weights_sha256"}`` (``None`` where unknown).
+
+        For a model loaded from a folder it is the folder itself (or the published name); a fine-tuned copy
+        (:meth:`finetune`, :meth:`adapt`) keeps the model it was made from, also through :meth:`save`.
+        """
+        if self.base_model_ is not None:
+            return dict(self.base_model_)
+        return {"name": self.source_, "weights_sha256": self.weights_sha256()}
+
+    def provenance(self, name: str | None = None) -> dict[str, Any]:
+        """What a result records about the model that made it (for ``uns[key]["params"]``).
+
+        Parameters
+        ----------
+        name
+            How the model was given (a published name or a path; default: where it was loaded from).
+
+        Returns
+        -------
+        ``{"scgpt_version", "model", "weights_sha256"}``; ``weights_sha256`` is that of the weights file the
+        model was loaded from, ``None`` for a model built or trained in memory.
+        """
+        from .. import __version__
+
+        return {"scgpt_version": __version__, "model": name or self.source_, "weights_sha256": self.weights_sha256()}
+
+    def card_info(self, name: str | None = None) -> dict[str, Any]:
+        """The facts of this model's card (``README.md``, written by :meth:`save_pretrained` and :meth:`save`).
+
+        Parameters
+        ----------
+        name
+            Title of the card (default: the folder name when saving).
+
+        Returns
+        -------
+        Plain data for :func:`scgpt.hub.render_card`: base model and its weights' SHA-256, task, architecture,
+        training data (label and batch categories, gene panel), recipe, loss history, evaluation results kept
+        in ``registry_``, package versions and, for a published base model, its licence and citation.
+        """
+        import platform
+        from datetime import UTC, datetime
+        from importlib import metadata
+
+        from .. import __version__, hub
+
+        base = self.base_model()
+        info: dict[str, Any] = {
+            "name": name,
+            "base_model": base.get("name"),
+            "base_model_sha256": base.get("weights_sha256"),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        if isinstance(base.get("name"), str) and hub.is_published(base["name"]):
+            entry = hub.get_entry(base["name"])
+            info.update(base_licence=entry.licence, base_citation=entry.citation)
+        r = self.registry_
+        c = self.config
+        heads = [k for k in ("n_cls", "n_batch_labels") if getattr(c, k, None)]
+        info["task"] = r.get("task") or (r.get("last_recipe") or {}).get("name")
+        info["architecture"] = {
+            "n_layers": c.n_layers, "d_model": c.d_model, "n_heads": c.n_heads, "vocab_size": len(self.vocab),
+            "n_params": self.net.num_parameters(), "heads": [f"{k}={getattr(c, k)}" for k in heads],
+        }  # fmt: skip
+        info["training_data"] = {
+            "labels_key": r.get("labels_key"),
+            "label_categories": list(r.get("label_categories") or []),
+            "batch_key": r.get("batch_key"),
+            "batch_categories": list(r.get("batch_categories") or []),
+            "n_tokens": len(r["tokens"]) if r.get("tokens") else None,
+            "n_cells": r.get("n_cells"),
+        }
+        info["recipe"] = dict(r.get("last_recipe") or {})
+        info["history"] = {k: list(v) for k, v in self.history_.items() if isinstance(v, list)}
+        evaluation = {}
+        for section, value in r.items():
+            if isinstance(value, dict) and section != "last_recipe":
+                evaluation.update({
+                    f"{section}: {k}": f"{v:.4g}" if isinstance(v, float) else v
+                    for k, v in value.items()
+                    if isinstance(v, int | float) and not isinstance(v, bool) and any(
+                        w in k for w in ("val", "test", "pearson", "accuracy", "f1", "score")
+                    )
+                })  # fmt: skip
+        info["evaluation"] = evaluation
+        versions = {"scgpt-scverse": __version__, "python": platform.python_version()}
+        for dist in ("torch", "lightning", "anndata", "scanpy", "numpy"):
+            try:
+                versions[dist] = metadata.version(dist)
+            except metadata.PackageNotFoundError:
+                pass
+        info["versions"] = versions
+        return info
+
+    def _card_files(self, path: str | os.PathLike, fmt: str) -> dict[str, str]:
+        """``{"README.md": card text}`` for a save into ``path``; empty when a README.md there is someone else's."""
+        from ..hub import CARD_FILE, is_card, render_card
+
+        folder = Path(path).expanduser()
+        if (folder / CARD_FILE).exists() and not is_card(folder / CARD_FILE):
+            from .._logging import logger
+
+            logger.info(f"    {folder / CARD_FILE} was not written by scgpt: left as it is (no model card written)")
+            return {}
+        info = self.card_info(folder.name)
+        info.update(path=str(folder), format=fmt)
+        return {CARD_FILE: render_card(info)}
 
     def save(
         self,
@@ -217,7 +371,8 @@ class ScGPT(SetupMixin, InferenceMixin, TrainingMixin, FinetuneMixin):
 
         A folder holds one model: ``overwrite=True`` replaces a model already there, in either format.
         All files are written to temporary names and moved into place together, so a failed write
-        leaves the previous model intact.
+        leaves the previous model intact. A model card, ``README.md``, is written with them (see
+        :meth:`save_pretrained`).
 
         Parameters
         ----------
@@ -235,7 +390,9 @@ class ScGPT(SetupMixin, InferenceMixin, TrainingMixin, FinetuneMixin):
 
         if save_anndata and self.adata is None:
             raise ValueError("save_anndata=True but no AnnData is bound to the model.")
+        card = self._card_files(dir_path, "native + official" if official else "native")
         files = [MODEL_FILE, *(OFFICIAL_FILES if official else ()), *((ANNDATA_FILE,) if save_anndata else ())]
+        files += list(card)
         ckpt = NativeCheckpoint(
             self.config, self.vocab, self.net.state_dict(), self.args_, self.mod_vocab, self._attrs()
         )
@@ -249,6 +406,8 @@ class ScGPT(SetupMixin, InferenceMixin, TrainingMixin, FinetuneMixin):
                 )  # fmt: skip
             if save_anndata:
                 self.adata.write_h5ad(paths[ANNDATA_FILE])
+            for fname, text in card.items():
+                paths[fname].write_text(text)
         return Path(dir_path).expanduser()
 
     @classmethod
@@ -267,6 +426,9 @@ class ScGPT(SetupMixin, InferenceMixin, TrainingMixin, FinetuneMixin):
         self = cls._from_parts(
             net.eval(), ckpt.vocab, args=ckpt.args, mod_vocab=ckpt.mod_vocab, source=attrs.get("source"), attrs=attrs
         )
+        self._loaded_from(dir_path / MODEL_FILE)
+        if self.base_model_ is None:  # saved before base models were recorded: the base's hash is not known
+            self.base_model_ = {"name": self.source_, "weights_sha256": None}
         self.to_device(device)
         if adata is None and (dir_path / "adata.h5ad").is_file():
             import anndata as ad

@@ -172,6 +172,8 @@ class TrainingMixin:
         if trainer_kwargs.get("progress") is None:
             trainer_kwargs["progress"] = settings.progress
         runner = TrainRunner(plan, datamodule, max_epochs=max_epochs, max_steps=max_steps, **trainer_kwargs)
+        self.base_model_ = self.base_model()  # the weights it starts from; no file holds the weights after this
+        self.weights_file_ = None
         self.net.train()
         try:
             self.trainer_ = runner(resume=resume)

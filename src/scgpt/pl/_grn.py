@@ -32,13 +32,40 @@ def _as_list(names: str | Sequence[str]) -> list[str]:
 
 
 def _network(data: AnnData | pd.DataFrame, key: str, group: str | None) -> tuple[pd.DataFrame, str | None, str | None]:
+    """The edges of one network (one group), its method and its name.
+
+    The name is the group's, or ``"<group> minus <reference>"`` for a difference network (``reference_group=``).
+    """
+    edges, method, group = _network_edges(data, key, group)
+    reference = None if isinstance(data, pd.DataFrame) else data.uns[key].get("params", {}).get("reference_group")
+    if group is not None and reference is not None:
+        group = f"{group} minus {reference}"
+    return edges, method, group
+
+
+def _titled(title: str, group: str | None) -> str:
+    """``title`` for one group's network; a difference network is named as a difference."""
+    if group is None:
+        return title
+    return f"{title}: {group}" + (" (difference)" if " minus " in group else "")
+
+
+def _network_edges(
+    data: AnnData | pd.DataFrame, key: str, group: str | None
+) -> tuple[pd.DataFrame, str | None, str | None]:
     """The edges of one network (one group), its method and the group's name."""
     if isinstance(data, pd.DataFrame):
         edges, method = data, None
     else:
         entry = data.uns.get(key)
         if not isinstance(entry, dict) or "edges" not in entry:
-            raise KeyError(f"adata.uns[{key!r}] has no network edges; run scgpt.tl.infer_grn first.")
+            networks = [str(k) for k, v in data.uns.items() if isinstance(v, dict) and "edges" in v]
+            where = (
+                f"the networks are under {networks}: pass key= (one of them)"
+                if networks
+                else ("run scgpt.tl.infer_grn first")
+            )
+            raise KeyError(f"adata.uns[{key!r}] has no network edges; {where}.")
         edges, method = entry["edges"], entry.get("params", {}).get("method")
     missing = [c for c in ("source", "target", "weight") if c not in edges.columns]
     if missing:
@@ -186,9 +213,11 @@ def attention(
     ax.set_xlabel("source gene (key)" if attention_net else "source gene")
     ax.set_ylabel("target gene (query)" if attention_net else "target gene")
     ax.grid(False)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=f"{method} weight" if method else "weight")
-    title = f"{method} network" if method else "gene network"
-    ax.set_title(title if group is None else f"{title}: {group}")
+    label = f"{method} weight" if method else "weight"
+    if group is not None and " minus " in group:
+        label = f"{label} difference"
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=label)
+    ax.set_title(_titled(f"{method} network" if method else "gene network", group))
     return finish(fig, ax, show=show, return_fig=return_fig)
 
 
@@ -256,7 +285,7 @@ def grn(
         raise ValueError("Give at least one source gene in tfs.")
     table = edges.assign(source=edges["source"].astype(str), target=edges["target"].astype(str))
     table = table[table["source"] != table["target"]]
-    where = "" if group is None else f" of group {group!r}"
+    where = "" if group is None else f" of {group!r}"
     lonely = [tf for tf in sources if not (table["source"] == tf).any()]
     if lonely:
         raise KeyError(f"No outgoing edge from {lonely} in the network{where}.")
@@ -323,7 +352,7 @@ def grn(
         connectionstyle="arc3,rad=0.08",
         ax=ax,
     )
-    nx.draw_networkx_labels(graph, pos, font_size=8, ax=ax)
+    _node_labels(ax, pos, sizes)
     handles = [
         Line2D([], [], ls="", marker="o", ms=9, mfc=TF_COLOR, mec="black", label="source (TF)"),
         Line2D([], [], ls="", marker="o", ms=7, mfc=TARGET_COLOR, mec="grey", label="target"),
@@ -334,9 +363,29 @@ def grn(
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize="small")
     ax.margins(0.08)
     ax.set_axis_off()
-    title = f"top {top} edges per source"
-    ax.set_title(title if group is None else f"{title}: {group}")
+    ax.set_title(_titled(f"top {top} edges per source", group))
     return finish(fig, ax, show=show, return_fig=return_fig)
+
+
+def _node_labels(ax: Axes, pos: dict, sizes: dict) -> None:
+    """Each node's name beside it, away from the layout's centre, on a white halo.
+
+    Names then neither sit on the markers nor run into the arrows and each other as centred labels do.
+    """
+    from matplotlib import patheffects
+
+    centre = np.mean(np.array(list(pos.values())), axis=0)
+    halo = [patheffects.withStroke(linewidth=2.5, foreground="white")]
+    for node, (x, y) in pos.items():
+        radius = np.sqrt(sizes[node] / np.pi)  # marker radius in points
+        dx, dy = x - centre[0], y - centre[1]
+        sx = 1 if dx >= 0 else -1
+        sy = 1 if dy >= 0 else -1
+        ax.annotate(
+            str(node), (x, y), xytext=(sx * 0.8 * radius, sy * 0.8 * radius), textcoords="offset points",
+            ha="left" if sx > 0 else "right", va="bottom" if sy > 0 else "top", fontsize=8, zorder=4,
+            path_effects=halo,
+        )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- gene programs
@@ -507,6 +556,7 @@ def gene_embedding(
     key: str = "scgpt_program",
     *,
     programs: str | Sequence[str] | None = None,
+    max_programs: int = 12,
     label_genes: str | Sequence[str] | None = None,
     size: float | None = None,
     ax: Axes | None = None,
@@ -527,7 +577,9 @@ def gene_embedding(
     key
         ``var`` column written by :func:`scgpt.tl.gene_programs`.
     programs
-        Programs to colour; ``None``: all.
+        Programs to colour; ``None``: the ``max_programs`` largest (a legend of 89 programs is unreadable).
+    max_programs
+        With ``programs=None``, how many of the largest programs to colour (the title says how many there are).
     label_genes
         Genes to write next to their points; each must be in ``adata.var_names`` and embedded.
     size
@@ -540,9 +592,20 @@ def gene_embedding(
     """
     umap_key = f"{key}_umap"
     if umap_key not in adata.varm:
-        raise KeyError(f"adata.varm has no {umap_key!r}; run scgpt.tl.gene_programs first.")
+        found = [str(k)[: -len("_umap")] for k in adata.varm if str(k).endswith("_umap")]
+        where = f"programs are under {found}: pass key= (one of them)" if found else "run scgpt.tl.gene_programs first"
+        raise KeyError(f"adata.varm has no {umap_key!r}; {where}.")
     names = _program_names(adata, key)
-    chosen = set(_chosen_programs(names, programs))
+    if programs is None and max_programs < 1:
+        raise ValueError(f"max_programs must be at least 1, got {max_programs}.")
+    if programs is None and len(names) > max_programs:
+        sizes = adata.var[key].astype("string").value_counts()
+        largest = sorted(names, key=lambda name: (-int(sizes.get(name, 0)), names.index(name)))[:max_programs]
+        chosen = set(largest)
+        title = f"gene programs ({max_programs} largest of {len(names)})"
+    else:
+        chosen = set(_chosen_programs(names, programs))
+        title = "gene programs" if len(chosen) == len(names) else f"gene programs ({len(chosen)} of {len(names)})"
     coords = np.asarray(adata.varm[umap_key], dtype=float)
     embedded = np.isfinite(coords).all(1)
     labels = adata.var[key].astype("string").fillna("").to_numpy(dtype=object)
@@ -585,5 +648,5 @@ def gene_embedding(
     ax.set_xlabel("UMAP1")
     ax.set_ylabel("UMAP2")
     ax.grid(False)
-    ax.set_title("gene programs")
+    ax.set_title(title)
     return finish(fig, ax, show=show, return_fig=return_fig)

@@ -33,8 +33,9 @@ def benchmark_integration(
 ) -> Figure | Axes | None:
     """The integration benchmark as a table: one row per embedding (best total first), one column per metric.
 
-    Each column is coloured from its lowest to its highest value, so the best method of every metric
-    stands out; the aggregate scores sit right of a vertical line. Values are written in the cells.
+    Every cell is coloured on one absolute scale, 0 to 1 (scib-metrics scores, higher is better), shown by a
+    colour bar: 0.60 and 0.62 look alike, as they should (a per-column min-max scaling would draw them as the
+    extremes). The aggregate scores sit right of a vertical line. Values are written in the cells.
 
     Parameters
     ----------
@@ -64,11 +65,11 @@ def benchmark_integration(
     table = table.sort_values("Total", ascending=False) if "Total" in table else table
     metrics = [c for c in table.columns if c not in AGGREGATES] + [c for c in AGGREGATES if c in table.columns]
     values = table[metrics].to_numpy(dtype=float)
-    low, high = np.nanmin(values, 0), np.nanmax(values, 0)
-    shade = (values - low) / np.where(high > low, high - low, 1.0)
+    shade = np.clip(values, 0.0, 1.0)
     n_rows, n_cols = values.shape
-    fig, ax = new_axes(ax, (1.2 + 0.85 * n_cols, 0.9 + 0.45 * n_rows))
-    ax.imshow(shade, cmap=cmap, vmin=0, vmax=1, aspect="auto")
+    fig, ax = new_axes(ax, (2.2 + 0.85 * n_cols, 0.9 + 0.45 * n_rows))
+    image = ax.imshow(shade, cmap=cmap, vmin=0, vmax=1, aspect="auto")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="score (0 worst, 1 best)")
     ax.set_xticks(range(n_cols), metrics, rotation=45, ha="right")
     ax.set_yticks(range(n_rows), [str(i) for i in table.index])
     ax.grid(False)

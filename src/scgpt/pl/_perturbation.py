@@ -50,6 +50,15 @@ def _model_colors(n: int) -> list[str]:
     return [palette[i % len(palette)] for i in range(n)]
 
 
+def _baseline_greys(n: int) -> list[str]:
+    """``n`` distinguishable greys for the baselines (one: the usual baseline grey)."""
+    import matplotlib as mpl
+
+    if n <= 1:
+        return [BASELINE_COLOR] * n
+    return [mpl.colors.to_hex((v, v, v)) for v in np.linspace(0.45, 0.85, n)]
+
+
 # --------------------------------------------------------------------------- perturbation
 
 
@@ -385,7 +394,9 @@ def perturbation_metrics(
     means = np.array([d.mean() if d.size else np.nan for d in data])
     is_baseline = [m in baseline_names for m in chosen]
     model_colours = iter(_model_colors(sum(not b for b in is_baseline)))
-    colours = [BASELINE_COLOR if b else next(model_colours) for b in is_baseline]
+    n_base = sum(is_baseline)
+    greys = iter(_baseline_greys(n_base))
+    colours = [next(greys) if b else next(model_colours) for b in is_baseline]
 
     n = len(chosen)
     fig, ax = new_axes(ax, (max(3.5, 1.5 + 0.7 * n), 4.0))
@@ -426,11 +437,10 @@ def perturbation_metrics(
         )
     ax.scatter(positions, means, **MEAN_MARKER)
 
-    handles: list = []
-    if any(not b for b in is_baseline):
-        handles.append(Patch(facecolor=colours[is_baseline.index(False)], edgecolor="black", label="model"))
-    if any(is_baseline):
-        handles.append(Patch(facecolor=BASELINE_COLOR, edgecolor="black", label="baseline"))
+    handles: list = [  # one entry per method, in its colour: models in colour, baselines in greys
+        Patch(facecolor=c, edgecolor="black", label=f"{m} (baseline)" if b else m)
+        for m, c, b in zip(chosen, colours, is_baseline)
+    ]
     handles.append(Line2D([], [], ls="", marker="D", ms=6, mfc="white", mec="black", label="mean"))
     scored_baselines = [(m, v) for m, v, b in zip(chosen, means, is_baseline) if b and np.isfinite(v)]
     if scored_baselines:

@@ -34,8 +34,8 @@ def _need(module: str, extra: str = "eval"):
         return importlib.import_module(module)
     except ImportError as e:
         raise ImportError(
-            f"benchmark_integration needs {module.split('.')[0]}: pip install 'scgpt-scverse[{extra}]' "
-            "(scib-metrics and harmonypy)."
+            f'benchmark_integration needs {module.split(".")[0]}: pip install "scib-metrics>=0.5.1" harmonypy '
+            f'(or pip install ".[{extra}]" in a clone of scgpt-scverse).'
         ) from e
 
 
@@ -182,7 +182,8 @@ def benchmark_integration(
     type, no cell type in two batches, NaN embeddings) are refused before anything is computed, and the baselines
     are written into ``adata`` only once the scores are computed.
 
-    Needs the ``eval`` extra: ``pip install 'scgpt-scverse[eval]'`` (scib-metrics, harmonypy).
+    Needs scib-metrics and harmonypy: ``pip install "scib-metrics>=0.5.1" harmonypy`` (or the ``eval`` extra,
+    ``pip install ".[eval]"`` in a clone of scgpt-scverse).
 
     Parameters
     ----------

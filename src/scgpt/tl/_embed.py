@@ -97,7 +97,8 @@ def embed(
     ``adata.varm[key_added]`` : :class:`numpy.ndarray` (n_vars, d_model), float32
         Gene embeddings (``genes=True``); NaN for genes outside the vocabulary.
     ``adata.uns[key_added]`` : dict
-        ``params``, the vocabulary coverage (``n_genes_matched``, ``n_genes``), ``mean_tokens_per_cell`` and
+        ``params`` (with the provenance: ``scgpt_version``, ``model`` and ``weights_sha256``, the SHA-256 of
+        the weights file), the vocabulary coverage (``n_genes_matched``, ``n_genes``), ``mean_tokens_per_cell`` and
         ``counts_fraction`` (``median``, ``p5``, ``min`` over cells of the share of a cell's counts in genes the
         model reads); for another species also ``orthologs_report`` (genes by orthology and by what became of
         them, see :func:`scgpt.pp.align_vocab`).
@@ -152,7 +153,7 @@ def embed(
         cells.varm[key_added] = gene_emb
         added.append(f"'{key_added}', gene embeddings (adata.varm)")
     params = {
-        "model": model_name,
+        **model_obj.provenance(model_name),  # scgpt_version, model, weights_sha256
         "gene_key": gene_key,
         "use_aliases": use_aliases,
         "layer": layer,

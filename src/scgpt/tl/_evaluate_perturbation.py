@@ -310,6 +310,7 @@ def evaluate_perturbation(
         records += [*method_rows, mean]
     df = pd.DataFrame(records, columns=["method", "perturbation", "n_cells", *METRICS])
     _warn_differing_sets(rows)
+    _warn_degenerate_pertmean(df)
     df.attrs.update(
         {
             "de_genes": {s: list(gene_names[ranked[s]]) for s in scored},
@@ -379,6 +380,20 @@ def _warn_differing_sets(rows: dict[str, tuple[list[str], np.ndarray]]) -> None:
         warn(
             "evaluate_perturbation: the methods predict different sets of perturbations "
             f"({ {k: len(v) for k, v in sets.items()} }); their 'mean' rows average over different perturbations."
+        )
+
+
+def _warn_degenerate_pertmean(df: pd.DataFrame) -> None:
+    """Warn about methods whose ``pearson_delta_pertmean`` is -1 by construction, not by what they predict."""
+    rows = df[(df["perturbation"] != MEAN_ROW) & (df["pearson_delta_pertmean"] <= -1 + 1e-6)]
+    if len(rows):
+        methods = sorted(set(rows["method"]))
+        warn(
+            f"evaluate_perturbation: pearson_delta_pertmean is -1.000 for {len(rows)} perturbation(s) of {methods}: "
+            "a degenerate score, not a finding. The perturbation mean is over the observed perturbations of adata; "
+            "when a prediction is the mean of the others (e.g. method='train_mean' with one held-out perturbation) "
+            "it is -1 by construction. Score more held-out perturbations, or read pearson_delta and "
+            "pearson_delta_de instead."
         )
 
 

@@ -23,7 +23,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .._docs import doc_params
-from .._face import actual_if_view, record, warn_overwrite
+from .._face import actual_if_view, provenance, record, warn_overwrite
 from .._logging import caller, logger, named, warn
 from ..data import check_adata, check_layer, gene_names, log_normalized, match_genes, missing_values
 from ..model import resolve_model
@@ -210,7 +210,7 @@ def gene_programs(
         adata, members, layer=layer, ctrl_size=ctrl_size, n_bins=n_bins, seed=seed
     )
     params = {
-        "model": model_name,
+        **provenance(model_obj, model_name),
         "genes": None if genes is None else list(map(str, genes)),
         "resolution": resolution,
         "n_neighbors": n_neighbors,
@@ -430,6 +430,23 @@ def _layers_and_heads(model: ScGPT, layers, heads) -> tuple[list[int], str | lis
     return layer_list, head_list
 
 
+def _edge_tables(maps, labels, names, sources, *, symmetric: bool, top_k: int | None, difference: bool) -> list:
+    """One edge table per network map, labelled with its group when there are groups.
+
+    The ``top_k`` sources per target, or the symmetric top-k pairs of an undirected embedding network.
+    """
+    parts = []
+    for M, g in zip(maps, labels, strict=True):
+        if symmetric:
+            part = _top_edges(_symmetric_top(M, top_k), names, sources, None, by_abs=False)
+        else:
+            part = _top_edges(M, names, sources, top_k, by_abs=difference)
+        if g is not None:
+            part["group"] = str(g)
+        parts.append(part)
+    return parts
+
+
 @doc_params()
 @named()
 def infer_grn(
@@ -587,17 +604,8 @@ def infer_grn(
             keep = [i for i in range(len(labels)) if i != ref]
             maps, labels = maps[keep] - maps[ref], [labels[i] for i in keep]
 
-    difference = reference_group is not None
-    parts = []
-    for M, g in zip(maps, labels, strict=True):
-        if method == "embedding" and tfs is None:
-            M = _symmetric_top(M, top_k)
-            part = _top_edges(M, names, sources, None, by_abs=False)
-        else:
-            part = _top_edges(M, names, sources, top_k, by_abs=difference)
-        if g is not None:
-            part["group"] = str(g)
-        parts.append(part)
+    parts = _edge_tables(maps, labels, names, sources, symmetric=method == "embedding" and tfs is None,
+                         top_k=top_k, difference=reference_group is not None)  # fmt: skip
     edges = pd.concat(parts, ignore_index=True)
     edges = edges.sort_values("weight", ascending=False, kind="stable").reset_index(drop=True)
 
@@ -611,7 +619,8 @@ def infer_grn(
         )
         added.append(f"'{key_added}', the network, row = target, column = source (adata.varp)")
     params = {
-        "model": model_name, "method": method, "genes": None if genes is None else list(map(str, genes)),
+        **provenance(model_obj, model_name), "method": method,
+        "genes": None if genes is None else list(map(str, genes)),
         "tfs": None if tfs is None else list(map(str, [tfs] if isinstance(tfs, str) else tfs)),
         "n_top_genes": n_top_genes, "groupby": groupby, "reference_group": reference_group,
         "layers": layer_list, "heads": head_list, "scores": scores, "rank_normalize": rank_normalize,

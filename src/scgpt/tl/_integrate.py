@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .._docs import doc_params
-from .._face import check_key_added, record, resolve_target, warn_overwrite
+from .._face import check_key_added, provenance, record, resolve_target, warn_overwrite
 from .._logging import logger, named
 from ..data import GeneMatch, check_layer, match_adata, missing_values
 from ..model import TASKS, ScGPT, modality_names, resolve_model, with_modalities
@@ -219,6 +219,7 @@ def integrate(
     check_layer(cells, layer)
     check_n_top_genes(n_top_genes)
     model_obj, model_name = resolve_model(model)
+    prov = provenance(model_obj, model_name)  # before a fine-tuning in place changes the object
     batches = _batch_column(cells, batch_key)
     _check_batches(batches, batch_key, training=mode == "finetune" and model_obj.registry_.get("task") != "integration")
     inference = {
@@ -257,10 +258,11 @@ def integrate(
             raise TypeError(f"The model is fine-tuned for integration already; training options: {sorted(training)}")
         res = tuned.get_latent_representation(cells, batch_key=batch_key, return_info=True, **inference)
     warn_overwrite(cells, "obsm", key_added, copy=copy)
-    added = target.write_obsm(key_added, res.output, "integrated cell embeddings")
+    what = "zero-shot cell embeddings (not fine-tuned)" if mode == "zero_shot" else "integrated cell embeddings"
+    added = target.write_obsm(key_added, res.output, what)
     params = {
         "mode": mode,
-        "model": model_name,
+        **prov,
         "batch_key": batch_key,
         "n_top_genes": n_top_genes,
         "organism": organism,
@@ -323,6 +325,7 @@ def _integrate_modalities(
     check_layer(mdata.mod[mods[0]], layer)
     check_n_top_genes(n_top_genes)
     model_obj, model_name = resolve_model(model)
+    prov = provenance(model_obj, model_name)  # before a fine-tuning in place changes the object
     tuned_already = model_obj.registry_.get("task") == "multiomic"
     if tuned_already:
         _check_tuned_modalities(model_obj, mods, batch_key)
@@ -382,7 +385,7 @@ def _integrate_modalities(
     out.obsm[key_added] = res.output
     params = {
         "mode": mode,
-        "model": model_name,
+        **prov,
         "modalities": mods,
         "batch_key": batch_key,
         "n_top_genes": n_top_genes,

@@ -366,7 +366,9 @@ def _additive(deltas: np.ndarray, train: list[str], requested: list[str], contro
 
 
 def _examples(missing: dict[str, list[str]]) -> str:
-    items = [f"{g} in {', '.join(labels[:2])}" for g, labels in list(missing.items())[:5]]
+    items = [  # "ATF2", not "ATF2 in ATF2": a label is named only when it is a combination
+        g if labels == [g] else f"{g} in {', '.join(labels[:2])}" for g, labels in list(missing.items())[:5]
+    ]
     return "; ".join(items) + (" ..." if len(missing) > 5 else "")
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._docs import doc_params
+from .._face import provenance
 from .._logging import logger, named, warn
 from ..model import ScGPT, resolve_model
 from ._perturbation_baselines import prediction_anndata
@@ -168,7 +169,7 @@ def predict_perturbation(
     info = res.info
     params: dict[str, Any] = {
         "method": "scgpt",
-        "model": model_name,
+        **provenance(model_obj, model_name),
         **{k: info[k] for k in ("perturbation_key", "control", "n_control_cells", "n_control_cells_available")},
         "seed": seed,
         "organism": organism,

@@ -128,7 +128,8 @@ def _import_faiss(what: str):
         import faiss
     except ImportError as e:
         raise ImportError(
-            f"{what} needs faiss, which is not installed: pip install 'scgpt[faiss]' (or faiss-cpu / faiss-gpu)."
+            f"{what} needs faiss, which is not installed: pip install faiss-cpu (or faiss-gpu on a CUDA machine; "
+            'in a clone of scgpt-scverse: pip install ".[faiss]").'
         ) from e
     return faiss
 
