@@ -101,6 +101,19 @@ def _knn_index(
 
 
 # ---------------------------------------------------------------------------- the tool
+def _check_options(method: str, n_neighbors: int | None, min_confidence: float | None, unknown_label: str) -> None:
+    """Clear errors for options of :func:`annotate` that cannot work."""
+    if method not in ("finetune", "knn"):
+        raise ValueError(f"method must be 'finetune' or 'knn', got {method!r}.")
+    if n_neighbors is not None and n_neighbors < 1:
+        raise ValueError(f"n_neighbors must be at least 1, got {n_neighbors}.")
+    if min_confidence is not None and not 0 <= min_confidence <= 1:
+        raise ValueError(
+            f"min_confidence must lie in [0, 1] (a class probability or a share of the neighbours' votes), got "
+            f"{min_confidence!r}: above 1 every cell would be labelled {unknown_label!r}."
+        )
+
+
 @doc_params()
 @named()
 def annotate(
@@ -210,15 +223,7 @@ def annotate(
     """
     start = time.perf_counter()
     method = method or ("knn" if reference is not None and not finetune_kwargs else "finetune")  # the fast path
-    if method not in ("finetune", "knn"):
-        raise ValueError(f"method must be 'finetune' or 'knn', got {method!r}.")
-    if n_neighbors is not None and n_neighbors < 1:
-        raise ValueError(f"n_neighbors must be at least 1, got {n_neighbors}.")
-    if min_confidence is not None and not 0 <= min_confidence <= 1:
-        raise ValueError(
-            f"min_confidence must lie in [0, 1] (a class probability or a share of the neighbours' votes), got "
-            f"{min_confidence!r}: above 1 every cell would be labelled {unknown_label!r}."
-        )
+    _check_options(method, n_neighbors, min_confidence, unknown_label)
     adata = writable(adata, copy=copy)
     check_key_added(key_added, reads=(labels_key,), slot="obs")
     check_key_added(f"{key_added}_confidence", reads=(labels_key,), slot="obs")
