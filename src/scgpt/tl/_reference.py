@@ -43,7 +43,7 @@ EXACT_MAX_CELLS = 200_000
 """``backend="auto"`` searches exactly up to this many reference cells, and builds a pynndescent index above."""
 
 FORMAT = "scgpt-reference-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: reference.json carries its own checksum (meta_sha256), the weights' SHA-256
 META_FILE = "reference.json"
 LABELS_FILE = "labels.npy"
 INDEX_FILES = {"sklearn": "embeddings.npy", "pynndescent": "index.pkl", "faiss": "index.faiss"}
@@ -72,10 +72,29 @@ def reference_dir(model_dir: str | os.PathLike, name: str) -> Path:
         The model's folder (official layout or :meth:`scgpt.model.ScGPT.save`).
     name
         Name of the reference (e.g. ``"hlca"``).
+
+    A published model's name (``"scGPT_human"``) that is not a local folder stands for the model's cache folder
+    (:func:`scgpt.hub.model_dir`); the bundled ``"demo"`` is refused (its folder is part of the package), so that
+    no ``./demo`` folder is made that would shadow the model's name afterwards.
     """
     if not name or os.sep in name or (os.altsep and os.altsep in name):
         raise ValueError(f"name must be a plain folder name, got {name!r}.")
-    return Path(model_dir).expanduser() / f"reference_{name}"
+    folder = Path(model_dir).expanduser()
+    if isinstance(model_dir, str) and not folder.exists():
+        from ..hub import get_entry, is_published
+
+        if is_published(model_dir):  # a model name, not a folder: never create ./<name>, which would shadow it
+            entry = get_entry(model_dir)
+            if entry.bundled:
+                raise ValueError(
+                    f"model_dir={model_dir!r} is the bundled model's name, and its folder is part of the installed "
+                    f"package: pass a folder of your own (e.g. ScGPT.from_pretrained({model_dir!r}).save(FOLDER)); "
+                    f"a ./{model_dir} folder made here would shadow the model {model_dir!r}."
+                )
+            from ..hub import model_dir as cached_dir
+
+            folder = cached_dir(model_dir)  # the published model's cache folder
+    return folder / f"reference_{name}"
 
 
 def model_fingerprint(model: ScGPT) -> str:
@@ -101,6 +120,28 @@ def _sha256(path: Path) -> str:
         while chunk := f.read(1 << 24):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _meta_sha256(meta: Mapping[str, Any]) -> str:
+    """SHA-256 of ``reference.json``'s content (keys sorted), its own checksum left out."""
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _check_meta_sha256(meta: Mapping[str, Any], meta_file: Path) -> None:
+    """A clear error when ``reference.json`` (format 2 on) was edited or damaged after it was saved."""
+    if meta.get("version", 0) < 2:
+        logger.warning(
+            f"{meta_file} was saved by an older scgpt without a checksum of its own: edits to it cannot be detected; "
+            "rebuild the index with scgpt.tl.build_reference to have them detected."
+        )
+        return
+    if meta.get("meta_sha256") != _meta_sha256(meta):
+        what = "has no checksum" if "meta_sha256" not in meta else "does not match its checksum"
+        raise ValueError(
+            f"{meta_file} {what} (edited or damaged after it was saved: labels, classes or the model fingerprint "
+            "may not be what the index was built with); rebuild the index with scgpt.tl.build_reference."
+        )
 
 
 def check_n_neighbors(n_neighbors: int, n_cells: int, *, given: bool = True) -> None:
@@ -428,6 +469,8 @@ class ReferenceIndex:
                 "fingerprint": self.fingerprint,
                 "checksums": {f.name: _sha256(f) for f in (tmp / LABELS_FILE, index_file)},
             }
+            meta = json.loads(json.dumps(meta))  # as it will be read back
+            meta["meta_sha256"] = _meta_sha256(meta)
             (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
         self.path = folder
         logger.info(f"saved the reference index to {folder} ({time.perf_counter() - start:.1f}s)")
@@ -463,6 +506,7 @@ class ReferenceIndex:
                 f"{folder} was written by a newer scgpt (reference index format {meta['version']}, this one reads "
                 f"up to {FORMAT_VERSION}); upgrade scgpt."
             )
+        _check_meta_sha256(meta, meta_file)
         try:
             backend, n_cells, classes = meta["backend"], int(meta["n_cells"]), list(meta["classes"])
             checksums = dict(meta["checksums"])
@@ -651,7 +695,8 @@ def embedding_provenance(adata: AnnData, use_rep: str) -> dict[str, Any]:
     params = entry.get("params") if isinstance(entry, Mapping) else None
     if not isinstance(params, Mapping):
         return {}
-    return {k: params[k] for k in ("model", "max_length", "dtype") if k in params and params[k] is not None}
+    keys = ("model", "max_length", "dtype", "weights_sha256")
+    return {k: params[k] for k in keys if k in params and params[k] is not None}
 
 
 @named()
@@ -751,6 +796,7 @@ def build_reference(
         fingerprint.update(
             model=model_fingerprint(model_obj), model_name=model_name, embedding={"max_length": max_length}
         )
+        fingerprint["weights_sha256"] = model_obj.weights_sha256()
     else:
         if inference:
             raise TypeError(f"use_rep={use_rep!r} takes no embedding options: {sorted(inference)}")
@@ -765,6 +811,7 @@ def build_reference(
         if model is not None:
             model_obj, model_name = resolve_model(model)
             fingerprint.update(model=model_fingerprint(model_obj), model_name=model_name)
+            fingerprint["weights_sha256"] = model_obj.weights_sha256()
     fingerprint["data"] = hashlib.sha256(np.ascontiguousarray(emb).tobytes()).hexdigest()[:16]
     index = index_embeddings(
         emb, codes, classes, labels_key=labels_key, use_rep=use_rep, backend=backend, n_neighbors=n_neighbors,
@@ -791,6 +838,15 @@ def warn_provenance(index: ReferenceIndex, query_rep: str | None, query_provenan
     if query_rep is not None and index.use_rep is not None and query_rep != index.use_rep:
         warn(f"The reference index was built on obsm[{index.use_rep!r}] and the query uses obsm[{query_rep!r}].")
     ref = index.fingerprint.get("embedding") or {}
+    ref_weights = index.fingerprint.get("weights_sha256") or ref.get("weights_sha256")
+    query_weights = query_provenance.get("weights_sha256")
+    if ref_weights and query_weights and ref_weights != query_weights:
+        raise ValueError(
+            f"obsm[{query_rep!r}] was embedded by another model (weights SHA-256 {query_weights[:12]}…, model "
+            f"{query_provenance.get('model')!r}) than the reference index (weights {ref_weights[:12]}…"
+            f"{index._provenance()}): the embeddings are not comparable. Embed the query with the index's model, "
+            "or rebuild the index from embeddings of this model."
+        )
     for key in ("model", "max_length"):
         if key in ref and key in query_provenance and ref[key] != query_provenance[key]:
             warn(
