@@ -143,7 +143,8 @@ def integrate(
         Cells x genes with raw counts, or a MuData whose ``mod`` modality holds them.
     {model}
     batch_key
-        ``obs`` column with each cell's batch (required for AnnData). For a MuData, a column of ``mdata.obs``
+        ``obs`` column with each cell's batch (required for AnnData, except zero-shot with a model that is not
+        batch-conditioned, which does not use it). For a MuData, a column of ``mdata.obs``
         or ``"<modality>:<column>"`` (read from that modality's ``obs``); optional.
     modalities
         MuData modalities to embed jointly, RNA first (``None``: batch integration of the RNA, ``mod``).
@@ -220,8 +221,12 @@ def integrate(
     check_n_top_genes(n_top_genes)
     model_obj, model_name = resolve_model(model)
     prov = provenance(model_obj, model_name)  # before a fine-tuning in place changes the object
-    batches = _batch_column(cells, batch_key)
-    _check_batches(batches, batch_key, training=mode == "finetune" and model_obj.registry_.get("task") != "integration")
+    uses_batches = mode != "zero_shot" or model_obj.config.batch_conditioned  # zero-shot: only to condition on
+    batches = _batch_column(cells, batch_key) if uses_batches or batch_key is not None else None
+    if batches is not None:
+        _check_batches(
+            batches, batch_key, training=mode == "finetune" and model_obj.registry_.get("task") != "integration"
+        )
     inference = {
         "gene_key": gene_key, "use_aliases": use_aliases, "layer": layer, "batch_size": 64, "seed": seed,
         "device": device, "dtype": dtype, "progress": progress, "max_length": max_length, "organism": organism,
