@@ -77,6 +77,27 @@ scgpt.settings.progress = False
 TMP = tempfile.mkdtemp(prefix="battery_")
 os.chdir(TMP)
 
+def _older_api():
+    """The calls of the cases in the keywords of an older checkout (renamed since), so the bug is what is tested."""
+    import inspect
+    tl = scgpt.tl
+    bench = tl.benchmark_integration
+    if "labels_key" not in inspect.signature(bench).parameters:
+        def benchmark_integration(*a, labels_key=None, **kw):
+            return bench(*a, label_key=labels_key, **kw)
+        tl.benchmark_integration = benchmark_integration
+    ev = tl.evaluate_annotation
+    if "labels_key" not in inspect.signature(ev).parameters:
+        def evaluate_annotation(adata, labels_key, key, **kw):
+            return ev(adata, labels_key, key, **kw)
+        tl.evaluate_annotation = evaluate_annotation
+    evp = tl.evaluate_perturbation
+    if list(inspect.signature(evp).parameters)[0] == "pred":
+        def evaluate_perturbation(adata, pred, **kw):
+            return evp(pred, adata, **kw)
+        tl.evaluate_perturbation = evaluate_perturbation
+_older_api()
+
 class WrongResult(Exception):
     """A check of the case failed: the call finished with a wrong result."""
 
