@@ -188,7 +188,7 @@ class ChunkStore:
         """Embeddings (``None`` without ``emb``) and tokens per cell of chunk ``i``."""
         path = self.chunk_path(i)
         try:
-            with np.load(path) as z:
+            with open(path, "rb") as f, np.load(f) as z:  # the file is closed whatever np.load raises
                 return (z["emb"] if emb else None), z["n_tokens"]
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
             reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__

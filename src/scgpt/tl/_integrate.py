@@ -282,7 +282,7 @@ def integrate(
         start=start,
         added=added,
         n_genes=int(res.match.matched.sum()),
-        batches=[str(b) for b in pd.unique(batches.astype(str))],
+        batches=[] if batches is None else [str(b) for b in pd.unique(batches.astype(str))],
     )
     target.write_uns(key_added)
     return target.returned if copy else None
