@@ -310,7 +310,7 @@ try:
     scgpt.tl.benchmark_integration(b, batch_key="batch", labels_key="label", baselines=("pca",))
 except seen["reached"]:
     pass
-check("X_pca" in b.obsm and np.isfinite(b.obsm["X_pca"]).all())
+check(seen.get("n_obs") == b.n_obs, "scib-metrics was never given the cells")  # X_pca is written once scored
 """,
 )
 
