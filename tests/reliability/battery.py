@@ -152,6 +152,18 @@ def stop_benchmark():
     seen["reached"] = _Reached
     return seen
 
+def stop_after_chunks(k):
+    """Ctrl-C right after the k-th chunk file of `scgpt embed --backed` is written (deterministic, unlike a timer
+    racing a fast run); returns the undo."""
+    from scgpt.model import _outofcore
+    write = _outofcore.ChunkStore.write
+    def failing(self, i, emb, n_tokens):
+        write(self, i, emb, n_tokens)
+        if len(list(self.folder.glob("chunk_*.npz"))) >= k:
+            raise KeyboardInterrupt
+    _outofcore.ChunkStore.write = failing
+    return lambda: setattr(_outofcore.ChunkStore, "write", write)
+
 def interrupt_when(folder, pattern, count):
     """Ctrl-C (SIGINT to this process) once `count` files matching `pattern` are in `folder`."""
     import glob
@@ -531,7 +543,12 @@ finally:
 
 # --- item 7: diverged training (another branch)
 SCREEN = """
-screen = scgpt.datasets.simulate_perturbations(n_genes=120, n_cells_per_condition=12, singles=4, doubles=1, seed=0)
+_vocab = set(scgpt.model.ScGPT.from_pretrained("demo").vocab.itos)  # targets the demo model knows
+_sim = scgpt.datasets.simulate_perturbations(n_genes=120, n_cells_per_condition=2, singles=1, doubles=0, seed=0)
+_g = [g for g in _sim.var_names if g in _vocab][:4]
+screen = scgpt.datasets.simulate_perturbations(
+    n_genes=120, n_cells_per_condition=12, singles=_g, doubles=[_g[0] + "+" + _g[1]], seed=0
+)
 """
 case(
     "item7-diverged-finetune",
@@ -639,11 +656,13 @@ case(
     r"input|chang|differ",
     EMBED
     + """
-interrupt_when("o.h5ad.parts", "chunk_*.npz", 2)
+undo = stop_after_chunks(2)
 try:
     cli("embed", "--input", "c.h5ad", "--output", "o.h5ad", *opts)
 except (RuntimeError, KeyboardInterrupt):
     pass
+undo()
+check(os.path.isdir("o.h5ad.parts"), "the first run was not stopped part-way")
 st = os.stat("c.h5ad")
 import h5py
 with h5py.File("c.h5ad", "r+") as f:  # new counts, same size and layout
@@ -660,11 +679,13 @@ check(np.allclose(got, want, atol=1e-5), f"resumed from stale chunks: max differ
 STOPPED = (
     EMBED
     + """
-interrupt_when("o.h5ad.parts", "chunk_*.npz", 2)
+undo = stop_after_chunks(2)
 try:
     cli("embed", "--input", "c.h5ad", "--output", "o.h5ad", *opts)
 except (RuntimeError, KeyboardInterrupt):
     pass
+undo()
+check(os.path.isdir("o.h5ad.parts"), "the first run was not stopped part-way")
 """
 )
 case(
