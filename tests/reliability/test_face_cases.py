@@ -51,9 +51,8 @@ def test_a_query_embedded_by_other_weights_is_refused_through_use_rep(pbmc, base
     [
         lambda m: m.update(classes=m["classes"][::-1]),  # swapped classes: annotated with the wrong names
         lambda m: m.update(fingerprint={}),  # dropped fingerprint: any model accepted
-        lambda m: m.update(n_neighbors=0),  # a raw sklearn InvalidParameterError before
     ],
-    ids=["swapped-classes", "dropped-fingerprint", "n-neighbors-0"],
+    ids=["swapped-classes", "dropped-fingerprint"],
 )
 def test_an_edited_reference_json_is_refused(saved_index, edit):
     """Bug: reference.json was not checksummed; swapped classes or a dropped fingerprint annotated (agreement
@@ -63,6 +62,14 @@ def test_an_edited_reference_json_is_refused(saved_index, edit):
     edit(meta)
     meta_file.write_text(json.dumps(meta))
     with pytest.raises(ValueError, match=r"reference\.json does not match its checksum .*rebuild the index"):
+        scgpt.tl.ReferenceIndex.load(saved_index)
+
+
+def test_a_saved_index_with_n_neighbors_0_names_it(saved_index):
+    """Bug: a saved index with n_neighbors=0 ended in sklearn's InvalidParameterError at the first query."""
+    meta_file = saved_index / "reference.json"
+    meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), "n_neighbors": 0}))
+    with pytest.raises(ValueError, match=r"reference\.json is damaged \(ValueError: n_neighbors=0 is not between 1"):
         scgpt.tl.ReferenceIndex.load(saved_index)
 
 

@@ -506,7 +506,6 @@ class ReferenceIndex:
                 f"{folder} was written by a newer scgpt (reference index format {meta['version']}, this one reads "
                 f"up to {FORMAT_VERSION}); upgrade scgpt."
             )
-        _check_meta_sha256(meta, meta_file)
         try:
             backend, n_cells, classes = meta["backend"], int(meta["n_cells"]), list(meta["classes"])
             checksums = dict(meta["checksums"])
@@ -519,6 +518,7 @@ class ReferenceIndex:
             raise ValueError(
                 f"{meta_file} is damaged ({type(e).__name__}: {e}); rebuild the index with scgpt.tl.build_reference."
             ) from e
+        _check_meta_sha256(meta, meta_file)  # after the fields, so that a value out of range is named
         if backend == "faiss":
             faiss = _import_faiss(f"The reference index at {folder} (saved with faiss)")
         files = (LABELS_FILE, INDEX_FILES[backend])
