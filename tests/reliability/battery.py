@@ -665,10 +665,12 @@ except (RuntimeError, KeyboardInterrupt):
 undo()
 check(os.path.isdir("o.h5ad.parts"), "the first run was not stopped part-way")
 st = os.stat("c.h5ad")
-import h5py
-with h5py.File("c.h5ad", "r+") as f:  # new counts, same size and layout
+import h5py, shutil
+shutil.copy("c.h5ad", "c2.h5ad")  # (the stopped run in this process still holds c.h5ad open read-only)
+with h5py.File("c2.h5ad", "r+") as f:  # new counts, same size and layout
     data = f["X/data"][:]
     f["X/data"][:] = data[::-1]
+os.replace("c2.h5ad", "c.h5ad")
 os.utime("c.h5ad", ns=(st.st_atime_ns, st.st_mtime_ns))
 check(os.stat("c.h5ad").st_size == st.st_size)
 cli("embed", "--input", "c.h5ad", "--output", "o.h5ad", *opts)
