@@ -61,7 +61,10 @@ def test_options_out_of_range(pbmc, tiny_model, tmp_path):
 def test_resume_problems(pbmc, tiny_model, tmp_path):
     scgpt.model.ScGPT.setup_anndata(pbmc)
     kw = {"recipe": "pretrain-masked", "max_steps": 2, "batch_size": 16, "max_length": 32, "train_size": 1.0}
-    with pytest.warns(UserWarning, match="resume=True but there is no .*last.ckpt yet; training starts"):
+    with pytest.warns(
+        UserWarning,
+        match=r"resume=True: the checkpoint folder .*new does not exist .*; training starts over from step 0",
+    ):
         tiny_model().train(pbmc, checkpoint_dir=tmp_path / "new", resume=True, **kw)
     last = tmp_path / "new" / "last.ckpt"
     with pytest.warns(

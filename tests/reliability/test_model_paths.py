@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -54,6 +56,30 @@ def test_both_formats_of_one_model_are_written_together(two_models, tmp_path):
     assert all(torch.equal(x, y) for x, y in zip(net.state_dict().values(), a.net.state_dict().values()))
     b.save(tmp_path / "m", overwrite=True)  # only model.pt now: the official files of model a are gone
     assert {p.name for p in (tmp_path / "m").iterdir()} == {"model.pt", "README.md"}
+
+
+@pytest.mark.parametrize("native", ["model.pt only", "both formats"])
+def test_an_official_folder_copied_by_hand_over_a_native_one_is_refused(two_models, tmp_path, native):
+    """Bug caught: official files of model b copied by hand (``cp``) over a folder written by ``save`` of model a;
+    ``from_pretrained`` then loaded the stale ``model.pt`` of a without a word, the user believing it was b."""
+    import shutil
+
+    a, b = two_models
+    a.save(tmp_path / "m", official=native == "both formats")
+    assert _same(ScGPT.from_pretrained(tmp_path / "m"), a)  # saved together: model.pt is the same model
+    b.save_pretrained(tmp_path / "b")
+    for name in ("args.json", "vocab.json", "best_model.pt"):
+        shutil.copy2(tmp_path / "b" / name, tmp_path / "m" / name)
+    message = (
+        rf"^{re.escape(str(tmp_path / 'm'))} holds two different models: model.pt and .*best_model.pt, which were not saved with it "
+        r"\(an official folder copied over one written by ScGPT.save\?\). Remove model.pt to load the official "
+        r"model, or remove args.json, vocab.json, best_model.pt to load model.pt.$"
+    )
+    for load in (ScGPT.from_pretrained, ScGPT.load):
+        with pytest.raises(ValueError, match=message):
+            load(tmp_path / "m")
+    (tmp_path / "m" / "model.pt").unlink()  # the remedy the message names
+    assert _same(ScGPT.from_pretrained(tmp_path / "m"), b)
 
 
 def test_tilde_paths_save_and_load_the_anndata_too(two_models, tmp_path, monkeypatch, pbmc):

@@ -71,11 +71,16 @@ def test_nan_weights_are_refused(official_copy, tiny_model, tmp_path):
     with pytest.raises(CheckpointError, match="NaN or infinite values in 1 tensors"):
         ScGPT.from_pretrained(folder)
     model = tiny_model()
-    with torch.no_grad():
-        model.net.encoder.embedding.weight[3, 0] = float("inf")
     model.save(tmp_path / "native")
+    payload = torch.load(tmp_path / "native" / "model.pt", weights_only=True)  # damaged on disk, after the save
+    payload["state_dict"]["encoder.embedding.weight"][3, 0] = float("inf")
+    torch.save(payload, tmp_path / "native" / "model.pt")
     with pytest.raises(CheckpointError, match="NaN or infinite"):
         ScGPT.load(tmp_path / "native")
+    with torch.no_grad():
+        model.net.encoder.embedding.weight[3, 0] = float("inf")
+    with pytest.raises(ValueError, match="NaN or infinite values in 1 tensors .*nothing was written"):
+        model.save(tmp_path / "native2")  # and save() never writes such weights (issue 26)
 
 
 def _edit_args(folder, **changes):

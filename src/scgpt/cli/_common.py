@@ -202,7 +202,10 @@ def add_training(p: argparse.ArgumentParser, *, finetune: bool) -> None:
         "after an uninterrupted run",
     )
     g.add_argument(
-        "--checkpoint-every-n-steps", type=int, metavar="N", help="save last.ckpt every N steps (default: each epoch)"
+        "--checkpoint-every-n-steps",
+        type=int,
+        metavar="N",
+        help="also save last.ckpt every N optimiser steps (it is saved at each epoch end in any case)",
     )
     g = p.add_argument_group("devices (PyTorch Lightning)")
     g.add_argument("--accelerator", default="auto", help="cpu, gpu, mps or auto")
@@ -441,7 +444,7 @@ def train_and_save(train: Callable[..., ScGPT], args: argparse.Namespace, out: P
     """
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-    from ..train import PLAN_OPTIONS, TrainingInterrupted
+    from ..train import PLAN_OPTIONS, TrainingDiverged, TrainingInterrupted, no_checkpoint
 
     kwargs = {k: getattr(args, k) for k in TRAIN_KWARGS}
     kwargs["max_steps"] = -1 if args.max_steps is None else args.max_steps
@@ -451,14 +454,16 @@ def train_and_save(train: Callable[..., ScGPT], args: argparse.Namespace, out: P
         for k in PLAN_OPTIONS:
             kwargs.pop(k, None)
     ckpt_dir = out / CHECKPOINTS
-    if args.resume is True and not (ckpt_dir / "last.ckpt").is_file():
-        logger.info(f"--resume: no {ckpt_dir / 'last.ckpt'} yet; starting from the beginning")
-    elif args.resume:
-        logger.info(f"resuming from {ckpt_dir / 'last.ckpt' if args.resume is True else args.resume}")
+    resume = args.resume
+    if resume is True and not (ckpt_dir / "last.ckpt").is_file():
+        logger.warning(f"--resume: {no_checkpoint(ckpt_dir)}; training starts over from step 0")
+        resume = False
+    elif resume:
+        logger.info(f"resuming from {ckpt_dir / 'last.ckpt' if resume is True else resume}")
     start = time.perf_counter()
     try:
-        model = train(checkpoint_dir=ckpt_dir, resume=args.resume, **kwargs)
-    except MisconfigurationException as e:
+        model = train(checkpoint_dir=ckpt_dir, resume=resume, **kwargs)
+    except (MisconfigurationException, TrainingDiverged) as e:
         raise CLIError(str(e)) from None
     except TrainingInterrupted as e:
         where = f"the checkpoint is {e.checkpoint}" if e.checkpoint else "no checkpoint was written yet"

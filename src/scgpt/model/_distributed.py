@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .._logging import logger
+from .._logging import caller, logger
 from ..data import get_matrix, stored_per_row
 from ._device import resolve_device
 from ._engine import Accumulator, InferenceResult, chunk_grid, default_chunk_size, run_inference
@@ -60,12 +60,30 @@ def global_rank() -> int:
     return 0
 
 
+def program_can_be_rerun() -> bool:
+    """Whether Lightning's script launcher can start this program again in new processes.
+
+    It runs ``python sys.argv[0] ...`` (or ``python -m module ...``); code given with ``python -c``, on standard
+    input (``python - <<EOF``, a pipe) or typed into the interactive interpreter has no file to run: the new
+    processes fail at once, and the first one would wait for them forever.
+    """
+    import sys
+
+    import __main__
+
+    if getattr(__main__, "__spec__", None) is not None:  # python -m module
+        return True
+    program = sys.argv[0] if sys.argv else ""
+    return program not in ("", "-", "-c") and os.path.isfile(program)
+
+
 def make_fabric(
     *,
     device: str | torch.device | None,
     devices: int | str | Sequence[int],
     num_nodes: int = 1,
     strategy: Any = None,
+    forkable: bool = False,
 ) -> Fabric:
     """A :class:`~lightning.fabric.Fabric` for inference on ``devices`` x ``num_nodes`` processes, checked first.
 
@@ -76,11 +94,17 @@ def make_fabric(
         an error: choose GPUs with ``devices=[1, 2]``.
     devices, num_nodes, strategy
         See :func:`scgpt.tl.embed`.
+    forkable
+        Whether the work can run in forked processes. ``strategy="ddp"`` (the default) starts the other processes
+        by running the program again, which code from ``python -c`` or standard input cannot be
+        (:func:`program_can_be_rerun`): they are then forked instead (``"ddp_fork"``, the same results) where
+        ``forkable`` and the device allow it (CPU, or CUDA not yet initialised here), and otherwise refused.
 
     Raises
     ------
     ValueError
-        For more devices than available, a strategy inference cannot use, or one that cannot run on the device.
+        For more devices than available, a strategy inference cannot use, or one that cannot run on the device;
+        for a script launcher that cannot start the program again, where forking is not possible.
     """
     from lightning.fabric import Fabric
     from lightning.fabric.strategies import DDPStrategy
@@ -99,6 +123,7 @@ def make_fabric(
     if not isinstance(num_nodes, int) or num_nodes < 1:
         raise ValueError(f"num_nodes must be a positive integer, got {num_nodes!r}.")
     _check_devices(kind, devices)
+    chosen = strategy is not None and strategy != "auto"
     if strategy is None or strategy == "auto":
         strategy = "ddp"
     if isinstance(strategy, str):
@@ -118,13 +143,52 @@ def make_fabric(
         raise ValueError(f"strategy must be one of {list(STRATEGIES)} or a DDPStrategy, got {type(strategy).__name__}.")
     if devices == 1 and num_nodes == 1 and isinstance(strategy, str):
         strategy = "auto"  # one process: no process group to set up
-    try:
-        with quiet_lightning():
-            return Fabric(
-                accelerator=kind, devices=devices, num_nodes=num_nodes, strategy=strategy, precision="32-true"
+
+    def build(strategy: Any) -> Fabric:
+        try:
+            with quiet_lightning():
+                return Fabric(
+                    accelerator=kind, devices=devices, num_nodes=num_nodes, strategy=strategy, precision="32-true"
+                )
+        except (MisconfigurationException, RuntimeError) as e:  # e.g. devices that disagree with srun's tasks
+            raise ValueError(f"Lightning cannot run with devices={devices!r}, num_nodes={num_nodes}: {e}") from None
+
+    fabric = build(strategy)
+    if _reruns_program(fabric) and not program_can_be_rerun():
+        fn = caller()
+        cuda_busy = kind == "cuda" and torch.cuda.is_initialized()
+        if forkable and not chosen and not cuda_busy:
+            logger.info(
+                "    the program has no script file to start again (python -c, standard input): the processes are "
+                "forked instead (strategy='ddp_fork', the same results)"
             )
-    except (MisconfigurationException, RuntimeError) as e:  # e.g. devices that disagree with srun's tasks
-        raise ValueError(f"Lightning cannot run with devices={devices!r}, num_nodes={num_nodes}: {e}") from None
+            return build("ddp_fork")
+        if cuda_busy:
+            why, advice = "CUDA is in use in this process, so it cannot be forked either", ""
+        elif not forkable:
+            why, advice = "this run cannot use forked processes (a SOMA experiment, or scgpt embed --backed)", ""
+        else:
+            why, advice = f"strategy={strategy!r} starts them that way", ", or pass strategy='ddp_notebook' (forks)"
+        raise ValueError(
+            f"{fn}: devices={devices!r} starts the other processes by running this program again, but it has no "
+            f"script file (it runs from python -c, standard input or an interactive session) and {why}. Put the "
+            f"code in a script file and run python script.py (or use torchrun / srun){advice}."
+        )
+    return fabric
+
+
+def _reruns_program(fabric: Fabric) -> bool:
+    """Whether the fabric's launcher starts the other processes by running ``sys.argv`` again."""
+    from lightning.fabric.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+    strategy = fabric.strategy
+    launcher = getattr(strategy, "launcher", None)
+    environment = getattr(strategy, "cluster_environment", None)
+    return (
+        isinstance(launcher, _SubprocessScriptLauncher)
+        and environment is not None
+        and not environment.creates_processes_externally
+    )
 
 
 def _check_devices(kind: str, devices: Any) -> None:
@@ -288,7 +352,8 @@ def run_sharded(
     The result as a single process would have computed it (``output``: ``(n_obs, d)``; ``n_tokens`` of every cell).
     """
     _check_forkable(adata, options.get("layer"), strategy)
-    fabric = make_fabric(device=device, devices=devices, num_nodes=num_nodes, strategy=strategy)
+    soma = getattr(get_matrix(adata, options.get("layer")), "backend", None) == "tiledbsoma"
+    fabric = make_fabric(device=device, devices=devices, num_nodes=num_nodes, strategy=strategy, forkable=not soma)
     parent = os.getpid()
 
     def work(fabric: Fabric) -> InferenceResult:

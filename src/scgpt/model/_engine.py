@@ -305,6 +305,8 @@ def rank_normalize(maps: Tensor, is_gene: Tensor) -> Tensor:
     ``(B, L)``.
     """
     L = maps.shape[-1]
+    if maps.device.type == "cpu" and L < 2**15 - 1:
+        return torch.from_numpy(_rank_normalize_numpy(maps.numpy(), is_gene.numpy()))
     pair = is_gene[:, None, :, None] & is_gene[:, None, None, :]
     n = is_gene.sum(1)[:, None, None, None]
     # rows: non-gene entries sort first (-inf), so gene entries take ranks L - n ... L - 1
@@ -314,6 +316,43 @@ def rank_normalize(maps: Tensor, is_gene: Tensor) -> Tensor:
     key = torch.where(pair, rows + 1, 0) * L + row_index
     cols = _ranks(key, -2) - (L - n)
     return torch.where(pair, cols.to(maps.dtype) / n.clamp(min=1).to(maps.dtype), torch.zeros_like(maps))
+
+
+def _ranks_along_last(order: np.ndarray) -> np.ndarray:
+    """``int16`` ranks from an argsort ``order`` along the last axis (the second sort as a scatter)."""
+    ranks = np.empty(order.shape, dtype=np.int16)
+    np.put_along_axis(ranks, order, np.broadcast_to(np.arange(order.shape[-1], dtype=np.int16), order.shape), -1)
+    return ranks
+
+
+def _rank_normalize_numpy(maps: np.ndarray, is_gene: np.ndarray) -> np.ndarray:
+    """:func:`rank_normalize` on CPU arrays, one cell at a time, the same numbers as the tensor version.
+
+    The row step sorts the very rows the tensor version sorts (non-gene entries at ``-inf``, numpy's default
+    sort), so ties keep the order numpy gives them. The column step ranks unique keys (row rank, row index):
+    that is a stable sort of the row ranks alone, done here as numpy's radix sort of ``int16`` keys along
+    contiguous rows of the transposed map (hence ``L < 32767``).
+    """
+    B, H, L, _ = maps.shape
+    out = np.zeros_like(maps)
+    steps = np.arange(L, dtype=np.int16)
+    for b in range(B):
+        g = is_gene[b]
+        n = int(g.sum())
+        if n == 0:
+            continue
+        pair = g[:, None] & g[None, :]
+        rows = _ranks_along_last(np.argsort(np.where(pair, maps[b], -np.inf).astype(maps.dtype, copy=False), -1))
+        # gene entries: 1 ... n (row rank among gene entries + 1); non-gene rows: 0, so they sort first
+        key = np.where(pair, rows - np.int16(L - n - 1), np.int16(0)).astype(np.int16, copy=False)
+        key_t = np.ascontiguousarray(key.swapaxes(-1, -2))  # (H, column, row)
+        order = np.argsort(key_t, axis=-1, kind="stable")
+        cols_t = np.empty(order.shape, dtype=np.int16)
+        np.put_along_axis(cols_t, order, np.broadcast_to(steps, order.shape), -1)
+        cols = cols_t.swapaxes(-1, -2)
+        value = (cols - np.int16(L - n)).astype(maps.dtype) / np.asarray(max(n, 1), dtype=maps.dtype)
+        out[b] = np.where(pair, value, np.zeros((), dtype=maps.dtype))
+    return out
 
 
 class GenePairs(Accumulator):
@@ -453,6 +492,19 @@ class InferenceResult:
     dtype: str
 
 
+def check_weights(net: torch.nn.Module, fn: str) -> None:
+    """Refuse a network with NaN or infinite weights, whose every output would be NaN (one pass over the weights)."""
+    from ..nn._model import nonfinite_tensors
+
+    bad = nonfinite_tensors(net.state_dict().items())
+    if bad:
+        raise ValueError(
+            f"{fn}: the model's weights hold NaN or infinite values in {len(bad)} tensors (e.g. {bad[:3]}), so every "
+            "output would be NaN. The model is damaged (a diverged training run, or an edit of its weights): load it "
+            "again, or fine-tune again with a lower learning rate."
+        )
+
+
 ANNOUNCE_SECONDS = 10.0
 """Runs estimated to take longer than this are announced before they start (work, duration, knobs)."""
 
@@ -555,6 +607,7 @@ def run_inference(
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
     get_matrix(adata, layer)  # clear error for a missing layer before any work
+    check_weights(model.net, fn)
     match = match_adata(
         adata, model.vocab, gene_key=gene_key, use_aliases=use_aliases, organism=organism, orthologs=orthologs
     )

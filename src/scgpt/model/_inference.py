@@ -17,7 +17,7 @@ import torch
 
 from .._docs import doc_params
 from .._logging import named
-from ._engine import CellRows, GenePairs, InferenceResult, rank_normalize, run_inference
+from ._engine import CellRows, GenePairs, InferenceResult, check_weights, rank_normalize, run_inference
 from ._tasks import TASKS
 
 if TYPE_CHECKING:
@@ -230,6 +230,7 @@ class InferenceMixin:
             missing = [t for t in tokens if t not in self.vocab]
             if missing:
                 raise KeyError(f"{len(missing)} genes are not in the vocabulary, e.g. {missing[:5]}.")
+        check_weights(self.net, "get_gene_embeddings")
         ids = torch.as_tensor(self.vocab.lookup(tokens), device=self.device)
         with torch.inference_mode():
             parts = [self.net.encoder(ids[i : i + 8192]) for i in range(0, len(ids), 8192)]

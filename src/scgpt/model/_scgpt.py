@@ -24,6 +24,54 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
 DEMO = "demo"
+REGISTRY_KEY = "scgpt_registry"
+"""Key of the task registry (``registry_``) in ``args.json`` of an official folder (the official code ignores it)."""
+
+
+def _json_ready(value: Any, where: str) -> Any:
+    """``value`` with numpy scalars and arrays, tuples and paths made plain JSON (a clear error for anything else)."""
+    import json
+
+    import numpy as np
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, np.generic):
+            return v.item()
+        if isinstance(v, np.ndarray):
+            return v.tolist()
+        if isinstance(v, os.PathLike):
+            return os.fspath(v)
+        raise TypeError(f"{where} holds a {type(v).__name__}, which args.json cannot store: {v!r}")
+
+    return json.loads(json.dumps(value, default=plain))
+
+
+OFFICIAL_RECORD = "official_files"
+"""Key, in a ``model.pt``'s attributes, of the SHA-256 of the official files saved with it (``save(official=True)``)."""
+
+
+def _check_one_model(folder: Path, recorded: dict[str, str] | None) -> None:
+    """Refuse a folder whose ``model.pt`` sits beside official files that were not saved with it.
+
+    ``save(official=True)`` records the SHA-256 of the ``args.json``, ``vocab.json`` and ``best_model.pt`` it writes;
+    official files that are missing from that record or differ from it (an official folder copied by hand over a
+    folder written by :meth:`ScGPT.save`) make two different models in one folder, and neither may win silently.
+    """
+    from ..io._folder import OFFICIAL_FILES
+
+    present = [f for f in OFFICIAL_FILES if (folder / f).is_file()]
+    if not present:
+        return
+    from ..hub import file_sha256
+
+    recorded = recorded or {}
+    foreign = [f for f in present if recorded.get(f) != file_sha256(folder / f)]
+    if foreign:
+        raise ValueError(
+            f"{folder} holds two different models: {MODEL_FILE} and {', '.join(foreign)}, which were not saved with "
+            f"it (an official folder copied over one written by ScGPT.save?). Remove {MODEL_FILE} to load the "
+            f"official model, or remove {', '.join(OFFICIAL_FILES)} to load {MODEL_FILE}."
+        )
 
 
 def _demo_path() -> Path:
@@ -185,12 +233,27 @@ class ScGPT(SetupMixin, InferenceMixin, TrainingMixin, FinetuneMixin):
         if is_native(src):
             return cls.load(src, adata=adata, device=device)
         net, ckpt, _ = load_official(src, strict=strict, generative=generative)
-        self = cls._from_parts(net, ckpt.vocab, args=ckpt.args, mod_vocab=ckpt.mod_vocab, source=name)
+        args = dict(ckpt.args)
+        registry = args.pop(REGISTRY_KEY, None)  # the task it was fine-tuned for, written by save_pretrained
+        attrs = {"registry": registry} if isinstance(registry, dict) else None
+        self = cls._from_parts(net, ckpt.vocab, args=args, mod_vocab=ckpt.mod_vocab, source=name, attrs=attrs)
         self._loaded_from(src / WEIGHTS_FILE)
         self.to_device(device)
         if adata is not None:
             self.adata = adata
         return self
+
+    def _check_finite(self, fn: str) -> None:
+        """Refuse to write NaN or infinite weights: such a model gives NaN for every cell."""
+        from ..nn._model import nonfinite_tensors
+
+        bad = nonfinite_tensors(self.net.state_dict().items())
+        if bad:
+            raise ValueError(
+                f"{fn}: the model's weights hold NaN or infinite values in {len(bad)} tensors (e.g. {bad[:3]}), so "
+                "every output would be NaN; nothing was written. Training diverged (train again with a lower "
+                "learning rate) or the weights were edited; load the model again."
+            )
 
     def save_pretrained(
         self, path: str | os.PathLike, *, attention_layout: str = "torch", overwrite: bool = False
@@ -198,25 +261,41 @@ class ScGPT(SetupMixin, InferenceMixin, TrainingMixin, FinetuneMixin):
         """Write an official scGPT folder (``args.json``, ``vocab.json``, ``best_model.pt``).
 
         The official ``scgpt`` package and :meth:`from_pretrained` load it; weights round-trip bit
-        for bit. ``attention_layout="flash"`` writes the flash-attn ``Wqkv`` names of the released
+        for bit. A fine-tuned model's ``registry_`` (its task, gene panel, label and batch categories,
+        ``batch_key``, modalities) is kept in ``args.json`` under ``"scgpt_registry"`` (the official code
+        ignores it), so :meth:`from_pretrained` gives a model that knows its task again.
+        ``attention_layout="flash"`` writes the flash-attn ``Wqkv`` names of the released
         weights instead of PyTorch's ``in_proj_*``. A folder holds one model: ``overwrite=True``
         replaces a model already there, in either format (a ``model.pt`` is removed). The files are
-        written to temporary names first, so a failed write leaves the previous model intact.
+        written to temporary names first, so a failed write leaves the previous model intact. Weights with
+        NaN or infinite values (a diverged training run) are refused.
 
         A model card, ``README.md``, is written beside the weights (base model and the SHA-256 of its
         weights, task, training data, objectives and hyperparameters, losses, package versions, licence;
         :meth:`card_info`), unless the folder holds a ``README.md`` written by someone else.
         """
+        self._check_finite("save_pretrained")
         return save_official(
             self.net,
             self.vocab,
             path,
-            args=self.args_,
+            args=self._official_args(),
             mod_vocab=self.mod_vocab,
             attention_layout=attention_layout,
             overwrite=overwrite,
             extra_files=self._card_files(path, "official"),
         )
+
+    def _official_args(self) -> dict[str, Any]:
+        """``args.json`` content: the model's args, and the task registry of a fine-tuned model.
+
+        The registry goes under :data:`REGISTRY_KEY`, so that a model saved in the official layout still knows its
+        task, panel and categories.
+        """
+        args = {k: v for k, v in self.args_.items() if k != REGISTRY_KEY}
+        if self.registry_:
+            args[REGISTRY_KEY] = _json_ready(self.registry_, "registry_")
+        return args
 
     def _attrs(self) -> dict[str, Any]:
         return {
@@ -372,7 +451,7 @@ class ScGPT(SetupMixin, InferenceMixin, TrainingMixin, FinetuneMixin):
         A folder holds one model: ``overwrite=True`` replaces a model already there, in either format.
         All files are written to temporary names and moved into place together, so a failed write
         leaves the previous model intact. A model card, ``README.md``, is written with them (see
-        :meth:`save_pretrained`).
+        :meth:`save_pretrained`). Weights with NaN or infinite values (a diverged training run) are refused.
 
         Parameters
         ----------
@@ -384,12 +463,15 @@ class ScGPT(SetupMixin, InferenceMixin, TrainingMixin, FinetuneMixin):
             Also write the bound AnnData as ``dir_path/adata.h5ad``.
         official
             Also write the official files of the same model (``args.json``, ``vocab.json``,
-            ``best_model.pt``), for the official code; :meth:`from_pretrained` reads ``model.pt``.
+            ``best_model.pt``), for the official code; :meth:`from_pretrained` reads ``model.pt``, which
+            records their SHA-256: official files in the folder that differ from the record (copied over it by
+            hand) make :meth:`load` and :meth:`from_pretrained` refuse the folder rather than pick one model.
         """
         from ..io._folder import ANNDATA_FILE, OFFICIAL_FILES, model_folder
 
         if save_anndata and self.adata is None:
             raise ValueError("save_anndata=True but no AnnData is bound to the model.")
+        self._check_finite("save")
         card = self._card_files(dir_path, "native + official" if official else "native")
         files = [MODEL_FILE, *(OFFICIAL_FILES if official else ()), *((ANNDATA_FILE,) if save_anndata else ())]
         files += list(card)
@@ -398,12 +480,15 @@ class ScGPT(SetupMixin, InferenceMixin, TrainingMixin, FinetuneMixin):
         )
         with model_folder(dir_path, files, overwrite=overwrite) as temps:
             paths = dict(zip(files, temps, strict=True))
-            write_native(ckpt, paths[MODEL_FILE])
-            if official:
+            if official:  # first, so that model.pt records which official files were saved with it
+                from ..hub import compute_sha256
+
                 write_official(
-                    self.net, self.vocab, tuple(paths[f] for f in OFFICIAL_FILES), args=self.args_,
+                    self.net, self.vocab, tuple(paths[f] for f in OFFICIAL_FILES), args=self._official_args(),
                     mod_vocab=self.mod_vocab,
                 )  # fmt: skip
+                ckpt.attrs[OFFICIAL_RECORD] = {f: compute_sha256(paths[f]) for f in OFFICIAL_FILES}
+            write_native(ckpt, paths[MODEL_FILE])
             if save_anndata:
                 self.adata.write_h5ad(paths[ANNDATA_FILE])
             for fname, text in card.items():
@@ -420,6 +505,7 @@ class ScGPT(SetupMixin, InferenceMixin, TrainingMixin, FinetuneMixin):
         """
         dir_path = Path(dir_path).expanduser()
         ckpt = load_native(dir_path)
+        _check_one_model(dir_path, ckpt.attrs.get(OFFICIAL_RECORD))
         net = ScGPTNet(ckpt.config)
         load_native_weights(net, ckpt, dir_path)
         attrs = ckpt.attrs

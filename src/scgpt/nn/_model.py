@@ -16,7 +16,7 @@ Data flow for a minibatch of ``B`` cells, ``L`` tokens each::
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +29,21 @@ from ._decoders import AdversarialDiscriminator, AffineExprDecoder, ClsDecoder, 
 from ._encoders import BatchLabelEncoder, GeneEncoder, build_value_encoder, combine_gene_and_value
 from ._norm import DomainSpecificBatchNorm1d
 from ._transformer import TransformerEncoder
+
+
+def nonfinite_tensors(tensors: Iterable[tuple[str, Tensor]]) -> list[str]:
+    """Names of the floating-point tensors that hold NaN or infinite values (one device sync for all of them).
+
+    A diverged training run or a damaged checkpoint leaves such weights; every output of the network is then NaN.
+    """
+    items = [(name, t.detach()) for name, t in tensors if t.is_floating_point() and t.numel()]
+    if not items:
+        return []
+    device = items[0][1].device
+    finite = torch.stack([torch.isfinite(t).all().to(device) for _, t in items])
+    if bool(finite.all()):
+        return []
+    return [name for (name, _), ok in zip(items, finite.tolist(), strict=True) if not ok]
 
 
 @dataclass

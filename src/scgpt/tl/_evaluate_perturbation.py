@@ -166,7 +166,15 @@ def _aligned_rows(name: str, p: AnnData, var_names: pd.Index, present: set[str],
         raise KeyError(message + " Only perturbations with observed cells can be scored.")
     X = p[:, var_names].X
     X = X.toarray() if sp.issparse(X) else np.asarray(X, dtype=np.float64)
-    return [labels[i] for i in keep], X[keep].astype(np.float64)
+    X = X[keep].astype(np.float64)
+    bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
+    if len(bad):
+        raise ValueError(
+            f"evaluate_perturbation: prediction {name!r} holds NaN or infinite values for {len(bad)} of the "
+            f"{len(keep)} perturbations (first: {labels[keep[bad[0]]]!r}); a NaN prediction cannot be scored (was "
+            "the model's training diverged?). Drop those rows to score the others: pred[np.isfinite(pred.X).all(1)]."
+        )
+    return [labels[i] for i in keep], X
 
 
 def _score(y: np.ndarray, t: np.ndarray, ctrl: np.ndarray, pertmean: np.ndarray, de: np.ndarray, top: np.ndarray):
@@ -263,8 +271,10 @@ def evaluate_perturbation(
     Pearson of a constant vector (a ``no_change`` prediction's deltas, all within ``1e-6``) is 0.0, not NaN:
     such a prediction carries no direction. A predicted delta within ``1e-6`` of zero counts as a wrong
     direction unless the observed one is also zero. After the rows of each method comes a row with
-    ``perturbation == "mean"``: the mean of each metric over that method's perturbations (NaN-skipping)
-    and the total ``n_cells``. ``df.attrs`` holds ``de_genes`` (perturbation -> DE genes), ``n_de``,
+    ``perturbation == "mean"``: the mean of each metric over all of that method's perturbations (NaN where the
+    metric is undefined, e.g. ``pearson_delta_de`` with ``n_de=1``) and the total ``n_cells``. Predictions with NaN
+    or infinite values are refused (a diverged model), not left out of the mean. ``df.attrs`` holds
+    ``de_genes`` (perturbation -> DE genes), ``n_de``,
     ``de_method`` and ``top1000_genes``. With ``key_added``:
 
     ``adata.uns[key_added]`` : dict
@@ -322,7 +332,7 @@ def evaluate_perturbation(
             "method": name,
             "perturbation": MEAN_ROW,
             "n_cells": int(frame["n_cells"].sum()),
-            **frame[list(METRICS)].mean(skipna=True).to_dict(),
+            **frame[list(METRICS)].mean(skipna=False).to_dict(),  # a metric undefined for one is undefined here
         }
         records += [*method_rows, mean]
     df = pd.DataFrame(records, columns=["method", "perturbation", "n_cells", *METRICS])

@@ -18,7 +18,9 @@ _WHERE = {
     "warmup_cosine": "._plan",
     "TrainRunner": "._runner",
     "TrainingInterrupted": "._runner",
+    "TrainingDiverged": "._runner",
     "quiet_training": "._runner",
+    "no_checkpoint": "._runner",
     **dict.fromkeys(["OBJECTIVES", "Objective", "Step", "check_recipe", "objective"], "._objectives"),
 }
 __getattr__, __dir__ = lazy_attributes(__name__, _WHERE)
@@ -29,6 +31,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._perturbation import PerturbationDataModule
     from ._plan import PLAN_OPTIONS, ScGPTTrainingPlan, warmup_cosine
     from ._recipes import Recipe
-    from ._runner import TrainingInterrupted, TrainRunner, quiet_training
+    from ._runner import TrainingDiverged, TrainingInterrupted, TrainRunner, no_checkpoint, quiet_training
 
-__all__ = sorted(set(_WHERE) - {"quiet_training", "PLAN_OPTIONS"})
+__all__ = sorted(set(_WHERE) - {"quiet_training", "PLAN_OPTIONS", "no_checkpoint"})

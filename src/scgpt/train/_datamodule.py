@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning.pytorch as pl
 import numpy as np
 
@@ -10,7 +12,31 @@ from ..data._collate import Collator
 from ..data._loader import CellLoader
 
 
-class ScGPTDataModule(pl.LightningDataModule):
+class ResumablePosition:
+    """The training loader's position (epoch, batches consumed) travels in the checkpoint with the data module.
+
+    Lightning hands a loader its saved position only when it resumes *inside* an epoch; from a checkpoint saved at
+    an epoch end it starts a fresh loader, which would replay the first epoch's order. Saving the position as the
+    data module's state (``state_dict``, restored before the loaders are used) resumes both cases exactly.
+    """
+
+    _train: Any = None
+    _position: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self._train is None else {"train_position": self._train.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._position = state_dict.get("train_position")
+        self._resume(self._train)
+
+    def _resume(self, loader: Any) -> Any:
+        if loader is not None and self._position is not None:
+            loader.load_state_dict(self._position)
+        return loader
+
+
+class ScGPTDataModule(ResumablePosition, pl.LightningDataModule):
     """Training and validation loaders over a :class:`~scgpt.data.CellSource`.
 
     Each process gets its slice of every global minibatch (see :class:`~scgpt.data.CellLoader`);
@@ -84,6 +110,7 @@ class ScGPTDataModule(pl.LightningDataModule):
                 group_by=self.group_by,
                 group_order=self.group_order,
             )
+            self._resume(self._train)
         return self._train
 
     def val_dataloader(self) -> CellLoader | list:

@@ -9,9 +9,10 @@ import numpy as np
 
 from ..data._collate import CellBatch
 from ..data._screen import FixedBatches, PairLoader, Screen, validation_batches
+from ._datamodule import ResumablePosition
 
 
-class PerturbationDataModule(pl.LightningDataModule):
+class PerturbationDataModule(ResumablePosition, pl.LightningDataModule):
     """Training pairs and validation perturbations of a screen (see :class:`PairLoader`, :func:`validation_batches`).
 
     Parameters
@@ -66,6 +67,7 @@ class PerturbationDataModule(pl.LightningDataModule):
             self._train = PairLoader(
                 self.screen, self.examples, seed=self.seed, rank=rank, world_size=world, **self.options
             )
+            self._resume(self._train)
         return self._train
 
     def val_dataloader(self) -> FixedBatches | list:

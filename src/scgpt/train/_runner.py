@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Checkpoint, EarlyStopping
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -56,6 +56,60 @@ class TrainingInterrupted(RuntimeError):
         super().__init__(f"training stopped by {signal.Signals(signum).name} at step {step}; {where}")
 
 
+class TrainingDiverged(RuntimeError):
+    """Training stopped at the first optimiser step that left a non-finite loss or weights (NaN or infinite).
+
+    The run is not continued: every later step, and every output of the model, would be NaN. ``last.ckpt`` (with
+    a ``checkpoint_dir``) still holds the last checkpoint written before, all finite.
+
+    Attributes
+    ----------
+    step
+        The optimiser step (counted from 1) whose loss or update was not finite.
+    epoch
+        Its epoch (counted from 0).
+    lr
+        The learning rate of that step.
+    tensors
+        Names of the weight tensors that hold NaN or infinite values (empty when only the loss is).
+    loss
+        The loss of that step.
+    checkpoint
+        The last checkpoint, written before the divergence (``None`` if none was written).
+    """
+
+    def __init__(
+        self,
+        step: int,
+        epoch: int,
+        lr: float,
+        tensors: list[str],
+        loss: float | None,
+        checkpoint: Path | None,
+        *,
+        clipped: bool = True,
+    ) -> None:
+        self.step, self.epoch, self.lr, self.tensors, self.loss, self.checkpoint = (
+            step, epoch, lr, tensors, loss, checkpoint
+        )  # fmt: skip
+        what = []
+        if loss is not None and not math.isfinite(loss):
+            what.append(f"the loss is {loss}")
+        if tensors:
+            what.append(f"{len(tensors)} weight tensors hold NaN or infinite values (e.g. {tensors[:3]})")
+        kept = (
+            f"the last checkpoint, written before, is {checkpoint} (finite)"
+            if checkpoint is not None
+            else "no checkpoint was written before"
+        )
+        super().__init__(
+            f"training diverged at step {step} (epoch {epoch}, learning rate {lr:.3g}): {' and '.join(what)}. "
+            f"Train again with a lower learning rate (e.g. lr={lr / 10:.3g})"
+            + ("" if clipped else " or with gradient clipping (gradient_clip_val=1.0)")
+            + f"; {kept}."
+        )
+
+
 def _save_last(trainer: pl.Trainer, checkpoint_dir: Path) -> None:
     """Write ``checkpoint_dir/last.ckpt`` of the current state, atomically (only rank 0 writes)."""
     partial = checkpoint_dir / f".{LAST_CHECKPOINT}.partial"
@@ -64,18 +118,84 @@ def _save_last(trainer: pl.Trainer, checkpoint_dir: Path) -> None:
         os.replace(partial, checkpoint_dir / LAST_CHECKPOINT)
 
 
-class _FinalCheckpoint(pl.Callback):
-    """Saves ``last.ckpt`` when training ends, so that it holds the final step.
+class LastCheckpoint(Checkpoint):
+    """Keeps ``checkpoint_dir/last.ckpt`` current: every ``every_n_steps`` steps, at each epoch end and at the end.
 
-    With ``checkpoint_every_n_steps`` Lightning saves only every n steps, and resuming a finished run
-    would redo the last ones.
+    A SIGKILL (an OOM kill, a lost node) then loses at most that much.
+
+    Each save replaces the one file atomically (:func:`_save_last`): no ``last-v1.ckpt`` duplicates, and a kill
+    during a write leaves the previous checkpoint. The epoch-end save comes after the epoch's validation (best
+    weights, early-stopping counters) and the data module records the loader's position, so a run resumed from
+    any of these checkpoints ends with the weights of an uninterrupted one.
+
+    Parameters
+    ----------
+    checkpoint_dir
+        Folder of ``last.ckpt``.
+    every_n_steps
+        Also save every this many optimiser steps (``None``: at epoch ends only).
     """
 
-    def __init__(self, checkpoint_dir: Path) -> None:
-        self.checkpoint_dir = checkpoint_dir
+    def __init__(self, checkpoint_dir: Path, every_n_steps: int | None = None) -> None:
+        if every_n_steps is not None and (isinstance(every_n_steps, bool) or every_n_steps < 1):
+            raise ValueError(
+                f"checkpoint_every_n_steps={every_n_steps!r} must be a positive number of steps, or None to save at "
+                "each epoch end only."
+            )
+        self.checkpoint_dir, self.every_n_steps = checkpoint_dir, every_n_steps
+        self._saved_step: int | None = None
+
+    def _save(self, trainer: pl.Trainer) -> None:
+        _save_last(trainer, self.checkpoint_dir)
+        self._saved_step = trainer.global_step
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        n, step = self.every_n_steps, trainer.global_step
+        last_of_epoch = batch_idx + 1 >= trainer.num_training_batches  # the epoch-end save follows
+        if n and step and step % n == 0 and step != self._saved_step and not last_of_epoch:
+            self._save(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._save(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        _save_last(trainer, self.checkpoint_dir)
+        if trainer.global_step != self._saved_step:  # stopped inside an epoch (max_steps)
+            self._save(trainer)
+
+
+class FiniteGuard(pl.Callback):
+    """Stops training at the first step whose loss or updated weights are not finite (:class:`TrainingDiverged`).
+
+    Checked after every training batch, before :class:`LastCheckpoint` (Lightning runs checkpoint callbacks last),
+    so no checkpoint of a diverged state is written. The weights decide (identical on every process, so all stop
+    together); a non-finite loss alone also stops a single-process run that does not scale its loss (16-bit mixed
+    precision skips such steps by design).
+    """
+
+    def __init__(self, checkpoint_dir: Path | None) -> None:
+        self.checkpoint_dir = checkpoint_dir
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        from ..nn._model import nonfinite_tensors
+
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        loss = None if loss is None else float(loss.detach().float())
+        tensors = nonfinite_tensors(getattr(pl_module, "net", pl_module).named_parameters())
+        scaled = "16" in str(trainer.precision) and "bf16" not in str(trainer.precision)
+        bad_loss = loss is not None and not math.isfinite(loss) and trainer.world_size == 1 and not scaled
+        if tensors or bad_loss:
+            optimizers = trainer.optimizers
+            lr = float(optimizers[0].param_groups[0]["lr"]) if optimizers else float("nan")
+            last = None if self.checkpoint_dir is None else self.checkpoint_dir / LAST_CHECKPOINT
+            kept = last if last is not None and last.is_file() else None
+            raise TrainingDiverged(
+                trainer.global_step, trainer.current_epoch, lr, tensors, loss, kept,
+                clipped=bool(trainer.gradient_clip_val),
+            )  # fmt: skip
 
 
 class BestWeights(pl.Callback):
@@ -134,6 +254,16 @@ class _InterruptCallback(pl.Callback):
             _save_last(trainer, self.checkpoint_dir)
         elif isinstance(exception, KeyboardInterrupt):
             self.signal = signal.SIGINT
+
+
+def no_checkpoint(checkpoint_dir: Path) -> str:
+    """Why there is nothing to resume from in ``checkpoint_dir`` (for the warning that training starts over)."""
+    if not checkpoint_dir.is_dir():
+        return f"the checkpoint folder {checkpoint_dir} does not exist (a new run, or another folder was meant)"
+    return (
+        f"there is no {checkpoint_dir / LAST_CHECKPOINT} (the previous run stopped before its first checkpoint: the "
+        "end of the first epoch, or checkpoint_every_n_steps steps)"
+    )
 
 
 def check_checkpoint(path: Path) -> None:
@@ -220,7 +350,8 @@ class TrainRunner:
         Where ``last.ckpt`` and the per-step loss logs (``logs/version_<n>/metrics.csv``) go; ``None``: a
         temporary folder, removed after training that was not interrupted.
     checkpoint_every_n_steps
-        Save ``last.ckpt`` every this many steps (default: at each epoch end).
+        Also save ``last.ckpt`` every this many optimiser steps; it is saved at each epoch end and when training
+        ends in any case (with a ``checkpoint_dir``), atomically, one file.
     early_stopping, early_stopping_patience
         Stop when ``monitor`` stops improving (needs validation cells).
     restore_best
@@ -273,11 +404,11 @@ class TrainRunner:
             raise ValueError(f"checkpoint_dir={str(checkpoint_dir)!r} is a file; give a folder for the checkpoints.")
         self.history = HistoryCallback()
         self._interrupt = _InterruptCallback(self.checkpoint_dir)
-        callbacks: list = [self.history, self._interrupt, *trainer_kwargs.pop("callbacks", [])]
-        if not self.temporary:
-            callbacks.append(_FinalCheckpoint(self.checkpoint_dir))
-        every = {"every_n_train_steps": checkpoint_every_n_steps} if checkpoint_every_n_steps else {}
-        callbacks.append(ModelCheckpoint(dirpath=self.checkpoint_dir, save_last=True, save_top_k=0, **every))
+        guard = FiniteGuard(None if self.temporary else self.checkpoint_dir)
+        callbacks: list = [self.history, self._interrupt, guard, *trainer_kwargs.pop("callbacks", [])]
+        last = LastCheckpoint(self.checkpoint_dir, checkpoint_every_n_steps)
+        if not self.temporary:  # a temporary folder is removed after training: nobody resumes from it
+            callbacks.append(last)
         has_val = getattr(datamodule, "val_indices", None) is not None
         self.best = BestWeights(monitor, monitor_mode) if restore_best else None
         if restore_best:
@@ -310,7 +441,7 @@ class TrainRunner:
                 num_sanity_val_steps=0,
                 limit_val_batches=1.0 if has_val else 0,
                 default_root_dir=self.checkpoint_dir,
-                **trainer_kwargs,
+                **{"enable_checkpointing": not self.temporary, **trainer_kwargs},
             )
 
     def resume_path(self, resume: bool | str | os.PathLike) -> Path | None:
@@ -322,7 +453,7 @@ class TrainRunner:
                 raise ValueError("resume=True needs checkpoint_dir=, the folder of the run to continue.")
             path = self.checkpoint_dir / LAST_CHECKPOINT
             if not path.is_file():
-                warn(f"resume=True but there is no {path} yet; training starts from the beginning.")
+                warn(f"resume=True: {no_checkpoint(self.checkpoint_dir)}; training starts over from step 0.")
                 return None
         else:
             path = Path(resume).expanduser()
@@ -343,6 +474,10 @@ class TrainRunner:
         try:
             with quiet_training():
                 self.trainer.fit(self.plan, datamodule=self.datamodule, ckpt_path=ckpt_path)
+        except TrainingDiverged:
+            if self.temporary:  # it holds no checkpoint: nothing to keep
+                shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+            raise
         except SystemExit as e:  # SIGTERMException, or Lightning's exit after Ctrl-C
             if self._interrupt.signal is None:
                 raise
