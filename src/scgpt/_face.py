@@ -121,6 +121,26 @@ class Target:
             self.mdata.uns[key] = self.adata.uns[key]
 
 
+def on_disk(adata: AnnData) -> str:
+    """How ``adata``'s matrices stay on disk (``""`` when they are in memory): backed, or read when sliced.
+
+    An ``.h5ad`` opened backed, a ``.zarr`` store opened with :func:`scgpt.data.open_on_disk` and a TileDB-SOMA
+    experiment opened with :func:`scgpt.data.open_soma` cannot be copied or rewritten in memory.
+    """
+    if adata.isbacked:
+        return "backed (on disk)"
+    from anndata.abc import CSCDataset, CSRDataset
+
+    for name, X in [("X", adata.X), *((f"layers[{k!r}]", v) for k, v in adata.layers.items())]:
+        if X is None or isinstance(X, np.ndarray) or hasattr(X, "tocsr"):  # numpy or scipy: in memory
+            continue
+        if getattr(X, "backend", None) == "tiledbsoma":
+            return f"read from a TileDB-SOMA experiment when sliced ({name} is a {type(X).__name__})"
+        if isinstance(X, CSRDataset | CSCDataset) or type(X).__module__.split(".")[0] in ("zarr", "h5py"):
+            return f"read from disk when sliced ({name} is a {type(X).__name__})"
+    return ""
+
+
 def writable(adata: object, *, copy: bool, in_memory: bool = False) -> AnnData:
     """The AnnData a face function writes to: checked, copied with ``copy=True``, a view made actual.
 
@@ -128,11 +148,13 @@ def writable(adata: object, *, copy: bool, in_memory: bool = False) -> AnnData:
     """
     fn = caller()
     check_adata(adata)
-    if adata.isbacked and (copy or in_memory):
+    where = on_disk(adata)
+    if where and (copy or in_memory):
         what = f"{fn}(copy=True)" if copy else fn
+        load = "adata.to_memory()" if adata.isbacked else "adata.X = adata.X.to_memory()"
         raise ValueError(
-            f"{what} needs the AnnData in memory, and this one is backed (on disk). Load it first with "
-            "adata.to_memory()" + (", or write into it with copy=False." if copy and not in_memory else ".")
+            f"{what} needs the AnnData in memory, and this one is {where}. Load it first with {load}"
+            + (", or write into it with copy=False." if copy and not in_memory else ".")
         )
     if copy:
         return adata.copy()

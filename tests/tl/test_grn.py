@@ -222,9 +222,9 @@ def test_clear_errors(model, cells):
         scgpt.tl.infer_grn(one, model, method="attention", tfs=GENES, groupby="one")
     with pytest.raises(KeyError, match="reference_group='c' is not a group"):
         scgpt.tl.infer_grn(cells, model, method="attention", tfs=GENES, groupby="half", reference_group="c")
-    with pytest.raises(IndexError, match="layer indices \\[2\\] are out of range for a model with 2 layers"):
+    with pytest.raises(ValueError, match="layers=2 is out of range: the model has 2 layers, indices 0 to 1"):
         scgpt.tl.infer_grn(cells, model, method="attention", tfs=GENES, layers=2)
-    with pytest.raises(IndexError, match="head indices"):
+    with pytest.raises(ValueError, match=r"heads=\[7\] is out of range: the model has \d+ attention heads per layer"):
         scgpt.tl.infer_grn(cells, model, method="attention", tfs=GENES, heads=[7])
     with pytest.raises(ValueError, match="needs method='attention'"):
         scgpt.tl.infer_grn(cells, model, groupby="half")

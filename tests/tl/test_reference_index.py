@@ -126,6 +126,8 @@ def test_faiss_round_trip_and_agreement(atlas, tmp_path):
 
 
 def test_faiss_requested_without_faiss(atlas, tmp_path, monkeypatch):
+    from scgpt.tl._reference import _meta_sha256
+
     ref, _ = atlas
     small = ref[:500].copy()
     build_reference(small, labels_key="cell_type", use_rep="X_emb", path=tmp_path / "exact")
@@ -134,6 +136,7 @@ def test_faiss_requested_without_faiss(atlas, tmp_path, monkeypatch):
     with pytest.raises(ImportError, match=r"needs faiss.*pip install"):
         build_reference(small, labels_key="cell_type", use_rep="X_emb", backend="faiss")
     meta["backend"] = "faiss"
+    meta["meta_sha256"] = _meta_sha256(meta)  # a valid faiss index's metadata (an edit alone is refused)
     (tmp_path / "exact" / "reference.json").write_text(json.dumps(meta))
     with pytest.raises(ImportError, match="saved with faiss"):
         ReferenceIndex.load(tmp_path / "exact")

@@ -374,6 +374,11 @@ def read_h5ad(path: str, *, backed: bool = False) -> AnnData:
     With ``backed`` the expression matrices stay on disk (:func:`scgpt._anndata.open_on_disk`).
     """
     check_input(path)
+    if str(path).lower().endswith(".h5mu"):
+        raise CLIError(
+            f"--input {path} is a MuData file (.h5mu) and the command reads one AnnData (.h5ad or .zarr); for "
+            "several modalities use Python: scgpt.tl.integrate(mudata.read_h5mu(PATH), MODEL, modalities=(...))"
+        )
     if path == PBMC68K:
         if backed:
             raise CLIError(f"--input {PBMC68K} is held in memory; drop --backed/--lazy")

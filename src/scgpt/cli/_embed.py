@@ -131,6 +131,9 @@ def run(args: argparse.Namespace) -> None:
     check_input(args.input, soma=True)
     species = _species_options(args)
     out_path = Path(args.output).expanduser()
+    if out_path.is_dir():  # e.g. --output = a .zarr --input: refused now, not after every cell is embedded
+        same = " (it is the --input)" if out_path.resolve() == Path(args.input).expanduser().resolve() else ""
+        raise CLIError(f"--output {args.output} is a folder{same}; the output is an .h5ad file: give a file name")
     if args.backed and args.input != PBMC68K and out_path.resolve() == Path(args.input).expanduser().resolve():
         raise CLIError("with --backed, --output must differ from --input")
     if args.chunk_size < 1:
@@ -211,7 +214,8 @@ def _read_input(args: argparse.Namespace) -> tuple[AnnData, str | None, dict]:
             context=config or None,
         )
     except (KeyError, ValueError, FileNotFoundError) as e:
-        raise CLIError(f"--input {args.input}: {e.args[0] if e.args else e}") from None
+        message = str(e.args[0] if e.args else e).replace("obs_value_filter=", "--obs-filter ")
+        raise CLIError(f"--input {args.input}: {message}") from None
     how = "streamed from the experiment" if args.backed else "read into memory"
     logger.info(f"opened {args.input}: {adata.n_obs:,} cells x {adata.n_vars:,} genes ({how})")
     if not args.backed:

@@ -29,7 +29,8 @@ _OPTIONS = {"labels_key": "--labels-key", "batch_key": "--batch-key"}
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``finetune`` subcommand to ``sub``."""
     tasks = "\n".join(
-        f"  {name:<12} {TASKS[name].summary}; needs {', '.join(_OPTIONS[k] for k in TASKS[name].requires)}"
+        f"  {name:<12} {TASKS[name].summary}"
+        + (f"; needs {', '.join(_OPTIONS[k] for k in TASKS[name].requires)}" if TASKS[name].requires else "")
         for name in FINETUNE_TASKS
     )
     p = sub.add_parser(

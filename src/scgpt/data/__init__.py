@@ -26,6 +26,7 @@ from ._matrix import (
     MIN_VARIABLE,
     as_csr,
     check_adata,
+    check_layer,
     check_values,
     get_matrix,
     is_zarr_store,

@@ -50,9 +50,17 @@ def get_matrix(adata: AnnData, layer: str | None):
         if adata.X is None:
             raise ValueError("adata.X is empty; pass `layer=` naming the layer that holds the counts.")
         return adata.X
-    if layer not in adata.layers:
-        raise KeyError(f"Layer {layer!r} not found; available layers: {list(adata.layers)}.")
+    check_layer(adata, layer)
     return adata.layers[layer]
+
+
+def check_layer(adata: AnnData, layer: str | None) -> None:
+    """A clear error, naming the caller, when ``layer`` (not ``None``) is not a layer of ``adata``."""
+    if layer is not None and layer not in adata.layers:
+        raise KeyError(
+            f"{caller()}: layer={layer!r} is not a layer of adata (layers: {list(adata.layers)}); pass the layer that "
+            "holds the counts, or layer=None for adata.X."
+        )
 
 
 def iter_row_chunks(adata: AnnData, layer: str | None, chunk_size: int) -> Iterator[tuple[int, sp.csr_matrix]]:

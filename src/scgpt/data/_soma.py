@@ -43,6 +43,18 @@ def _tiledbsoma():
     return tiledbsoma
 
 
+def _first_line(error: BaseException) -> str:
+    """The first line of a TileDB error, without TileDB's ``[TileDB::...]`` prefixes and Python frames."""
+    import re
+
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    text = re.sub(r"^SOMAError: ", "", text).strip()
+    if len(text) > 1 and text[0] == text[-1] == "'":
+        text = text[1:-1]
+    text = re.sub(r"^\[TileDB::[^\]]*\] (Error: )?", "", text)
+    return text[:300]
+
+
 def is_soma_experiment(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a TileDB-SOMA experiment: a local TileDB group folder, or a remote URI (``s3://``, ...)."""
     text = str(path)
@@ -73,6 +85,11 @@ class _Experiment:
                 self._exp = tiledbsoma.Experiment.open(self.uri, context=context)
             except tiledbsoma.DoesNotExistError:
                 raise FileNotFoundError(f"No TileDB-SOMA experiment at {self.uri}.") from None
+            except tiledbsoma.SOMAError as e:  # e.g. a remote URI that cannot be reached or read
+                raise FileNotFoundError(
+                    f"The TileDB-SOMA experiment {self.uri} cannot be opened ({_first_line(e)}). Check the URI, the "
+                    "network and the TileDB configuration (context= / --soma-config, e.g. vfs.s3.region)."
+                ) from None
             self._pid = os.getpid()
         return self._exp
 
@@ -277,7 +294,15 @@ def open_soma(
             raise KeyError(f"{uri}: obs has no columns {unknown} (it has {list(obs_names)}).")
         columns = ["soma_joinid", *(c for c in obs_columns if c != "soma_joinid")]
     extra = [c for c in ("obs_id", "nnz") if c in obs_names and c not in columns]
-    obs = exp.obs.read(value_filter=obs_value_filter, column_names=columns + extra).concat().to_pandas()
+    try:
+        obs = exp.obs.read(value_filter=obs_value_filter, column_names=columns + extra).concat().to_pandas()
+    except _tiledbsoma().SOMAError as e:
+        if obs_value_filter is None:
+            raise
+        raise ValueError(
+            f"obs_value_filter={obs_value_filter!r} is not a valid SOMA value filter of {uri} ({_first_line(e)}). "
+            f"Compare obs columns with ==, !=, <, >, in [...], joined by and/or (columns: {list(obs_names)})."
+        ) from None
     if obs.empty:
         raise ValueError(f"No cells of {uri} pass obs_value_filter={obs_value_filter!r}.")
     obs = obs.sort_values("soma_joinid", kind="stable").reset_index(drop=True)

@@ -2,10 +2,10 @@
 
 Store
     A folder of chunk files beside the output (``OUTPUT.parts/``): ``manifest.json`` (what is being
-    computed: input file, its size and modification time, the model's weights fingerprint, the options
-    that change results, the chunk size) and one ``chunk_NNNNNN.npz`` per chunk of consecutive rows
-    (``emb``: L2-normalised embeddings, float32; ``n_tokens``: tokens per cell). Every file is written to
-    a temporary name and moved into place (:func:`scgpt._files.atomic_path`), so a chunk file exists
+    computed: input file, its size and a hash of its content (:func:`input_identity`), the model's weights
+    fingerprint, the options that change results, the chunk size) and one ``chunk_NNNNNN.npz`` per chunk of
+    consecutive rows (``emb``: L2-normalised embeddings, float32; ``n_tokens``: tokens per cell). Every file is
+    written to a temporary name and moved into place (:func:`scgpt._files.atomic_path`), so a chunk file exists
     only when complete: a killed job leaves whole chunks and, at most, temporary files, which are removed
     on the next run.
 
@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import shutil
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,24 +64,47 @@ def weights_fingerprint(model: ScGPT) -> str:
     return h.hexdigest()
 
 
-def input_identity(path: str | os.PathLike) -> dict[str, Any]:
-    """The input file: resolved path, size and modification time (a changed file is not resumed from).
+FULL_HASH_BYTES = 1 << 30
+"""Inputs up to this size (1 GiB, a second or two to read) are hashed whole; larger ones by sampled blocks."""
+SAMPLE_BLOCKS, BLOCK_BYTES, EDGE_BYTES = 256, 1 << 16, 1 << 22
 
-    For a folder (a ``.zarr`` store, a TileDB-SOMA experiment): the total size of its files and the latest
-    modification time among them. For a remote URI (``s3://...``): the URI alone.
+
+def _file_digest(h: Any, path: Path, size: int, whole: bool) -> None:
+    """Feed ``path``'s content into ``h``: all of it, or its first and last 4 MiB and 256 spaced 64 KiB blocks."""
+    with open(path, "rb") as f:
+        if whole or size <= 2 * EDGE_BYTES + SAMPLE_BLOCKS * BLOCK_BYTES:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+            return
+        offsets = [0, size - EDGE_BYTES]
+        step = (size - 2 * EDGE_BYTES) // (SAMPLE_BLOCKS + 1)
+        offsets[1:1] = [EDGE_BYTES + step * (i + 1) for i in range(SAMPLE_BLOCKS)]
+        for off in offsets:
+            f.seek(off)
+            h.update(f.read(EDGE_BYTES if off in (0, size - EDGE_BYTES) else BLOCK_BYTES))
+
+
+def input_identity(path: str | os.PathLike) -> dict[str, Any]:
+    """The input by content: resolved path, size and a SHA-256 of its bytes (a changed file is not resumed from).
+
+    Not the modification time: ``cp -p`` or ``rsync -t`` give new content the old one. Inputs up to 1 GiB in all
+    are hashed whole (decisive; about a second per GiB, nothing beside hours of embedding); larger ones by their
+    size, their first and last 4 MiB (the HDF5 superblock and root metadata of an ``.h5ad``, which any rewrite
+    through h5py or anndata changes) and 256 evenly spaced 64 KiB blocks (a few hundred reads, well under a
+    second even on a network file system). For a folder (a ``.zarr`` store, a TileDB-SOMA experiment) every file
+    counts with its relative path and size, the same way. For a remote URI (``s3://...``): the URI alone.
     """
     if "://" in str(path) and not str(path).startswith("file://"):
         return {"path": str(path)}
     p = Path(str(path).removeprefix("file://")).expanduser().resolve()
-    if p.is_dir():
-        stats = [f.stat() for f in p.rglob("*") if f.is_file()]
-        return {
-            "path": str(p),
-            "size": sum(st.st_size for st in stats),
-            "mtime_ns": max((st.st_mtime_ns for st in stats), default=p.stat().st_mtime_ns),
-        }
-    st = p.stat()
-    return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    sizes = [f.stat().st_size for f in files]
+    whole = sum(sizes) <= FULL_HASH_BYTES
+    h = hashlib.sha256()
+    for f, size in zip(files, sizes, strict=True):
+        h.update(f"{f.relative_to(p) if p.is_dir() else ''}\0{size}\0".encode())
+        _file_digest(h, f, size, whole)
+    return {"path": str(p), "size": sum(sizes), "sha256": h.hexdigest(), "hashed": "whole" if whole else "sampled"}
 
 
 class ChunkStore:
@@ -126,13 +150,24 @@ class ChunkStore:
             raise ValueError(f"{self.folder} is a file; it must be the folder of the chunks (remove it).")
         if not path.is_file():
             return None
-        old = json.loads(path.read_text())
+        try:
+            old = json.loads(path.read_text())
+            if not isinstance(old, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise ValueError(
+                f"{path} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:200]}); remove the folder "
+                f"{self.folder} to start over (its chunks cannot be trusted without it)."
+            ) from None
+        if not any(self.folder.glob("chunk_*.npz")):  # a run that failed before its first chunk: nothing to keep
+            logger.info(f"    {self.folder} holds no chunks yet; starting it again for this run")
+            return None
         differ = [k for k in sorted(set(old) | set(manifest)) if k != "chunk_size" and old.get(k) != manifest.get(k)]
         if differ:
             raise ValueError(
                 f"{self.folder} holds chunks of another run ({', '.join(differ)} differ: was "
-                f"{ {k: old.get(k) for k in differ} }). Run the same command to resume it, or remove the folder "
-                "to start over."
+                f"{ {k: old.get(k) for k in differ} }, now { {k: manifest.get(k) for k in differ} }). Run the same "
+                "command to resume it, or remove the folder to start over."
             )
         return old
 
@@ -153,10 +188,14 @@ class ChunkStore:
         """Embeddings (``None`` without ``emb``) and tokens per cell of chunk ``i``."""
         path = self.chunk_path(i)
         try:
-            with np.load(path) as z:
+            with open(path, "rb") as f, np.load(f) as z:  # the file is closed whatever np.load raises
                 return (z["emb"] if emb else None), z["n_tokens"]
-        except (OSError, ValueError, KeyError) as e:
-            raise ValueError(f"The chunk file {path} cannot be read ({e}); remove it and run again.") from None
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+            reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            raise ValueError(
+                f"The chunk file {path} is damaged ({type(e).__name__}: {reason}); remove it and run the same "
+                "command again (only that chunk is recomputed)."
+            ) from None
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)

@@ -18,6 +18,7 @@ from ._reference import (
     EXACT_MAX_CELLS,
     ReferenceIndex,
     as_reference_index,
+    check_n_neighbors,
     embedding_provenance,
     index_embeddings,
     model_fingerprint,
@@ -67,6 +68,7 @@ def _knn_index(
                 f"knn_backend={knn_backend!r}, but the reference index was built with {index.backend!r}; rebuild it "
                 "with scgpt.tl.build_reference(..., backend=...) to change the search."
             )
+        index.check_n_neighbors(n_neighbors)  # before the query is embedded
         if use_rep is not None:
             warn_provenance(index, use_rep, embedding_provenance(adata, use_rep))
             return index, None
@@ -78,6 +80,7 @@ def _knn_index(
     with describing("reference"):
         check_adata(reference)
     keep, codes, classes = label_codes(reference, labels_key)
+    check_n_neighbors(10 if n_neighbors is None else n_neighbors, int(keep.sum()), given=n_neighbors is not None)
     reference = reference if keep.all() else reference[keep]
     model_name = None
     if use_rep is not None:
@@ -92,12 +95,25 @@ def _knn_index(
     index = index_embeddings(
         ref_emb, codes, classes, labels_key=labels_key, use_rep=use_rep, backend=knn_backend,
         n_neighbors=10 if n_neighbors is None else n_neighbors, seed=inference["seed"],
-        exact_threshold=EXACT_MAX_CELLS,
+        exact_threshold=EXACT_MAX_CELLS, n_neighbors_given=n_neighbors is not None,
     )  # fmt: skip
     return index, model_name
 
 
 # ---------------------------------------------------------------------------- the tool
+def _check_options(method: str, n_neighbors: int | None, min_confidence: float | None, unknown_label: str) -> None:
+    """Clear errors for options of :func:`annotate` that cannot work."""
+    if method not in ("finetune", "knn"):
+        raise ValueError(f"method must be 'finetune' or 'knn', got {method!r}.")
+    if n_neighbors is not None and n_neighbors < 1:
+        raise ValueError(f"n_neighbors must be at least 1, got {n_neighbors}.")
+    if min_confidence is not None and not 0 <= min_confidence <= 1:
+        raise ValueError(
+            f"min_confidence must lie in [0, 1] (a class probability or a share of the neighbours' votes), got "
+            f"{min_confidence!r}: above 1 every cell would be labelled {unknown_label!r}."
+        )
+
+
 @doc_params()
 @named()
 def annotate(
@@ -161,11 +177,12 @@ def annotate(
     key_added
         ``obs`` column written (and ``uns`` entry).
     min_confidence
-        Cells whose confidence is below this get ``unknown_label`` (novel or ambiguous cells).
+        Cells whose confidence is below this get ``unknown_label`` (novel or ambiguous cells); between 0 and 1.
     unknown_label
         Label of low-confidence cells.
     n_neighbors
-        Neighbours of the k-NN vote (``None``: the reference index's, else 10 as the official recipe).
+        Neighbours of the k-NN vote (``None``: the reference index's, else 10 as the official recipe); fewer than
+        the reference cells (with as many, every cell would get the reference's majority label).
     use_rep
         k-NN on an existing ``obsm`` embedding of both ``adata`` and ``reference`` (or of ``adata``, for a
         reference index built on the same embedding) instead of computing scGPT embeddings.
@@ -206,10 +223,7 @@ def annotate(
     """
     start = time.perf_counter()
     method = method or ("knn" if reference is not None and not finetune_kwargs else "finetune")  # the fast path
-    if method not in ("finetune", "knn"):
-        raise ValueError(f"method must be 'finetune' or 'knn', got {method!r}.")
-    if n_neighbors is not None and n_neighbors < 1:
-        raise ValueError(f"n_neighbors must be at least 1, got {n_neighbors}.")
+    _check_options(method, n_neighbors, min_confidence, unknown_label)
     adata = writable(adata, copy=copy)
     check_key_added(key_added, reads=(labels_key,), slot="obs")
     check_key_added(f"{key_added}_confidence", reads=(labels_key,), slot="obs")

@@ -189,6 +189,23 @@ def _score(y: np.ndarray, t: np.ndarray, ctrl: np.ndarray, pertmean: np.ndarray,
     }
 
 
+def _warn_leakage(preds: Mapping[str, AnnData], rows: Mapping[str, tuple[list[str], object]]) -> None:
+    """Warn when a prediction was made from training perturbations that it is scored on (leakage)."""
+    for name, p in preds.items():
+        entry = p.uns.get("perturbation_prediction")
+        params = entry.get("params") if isinstance(entry, Mapping) else None
+        train = params.get("train") if isinstance(params, Mapping) else None
+        if train is None or isinstance(train, str):
+            continue
+        leaked = sorted(set(map(str, train)) & set(rows[name][0]))
+        if leaked:
+            warn(
+                f"evaluate_perturbation: prediction {name!r} was trained on {len(leaked)} of the perturbations it is "
+                f"scored on ({', '.join(leaked[:5])}{', ...' if len(leaked) > 5 else ''}): leakage, its scores on "
+                "them are not those of unseen perturbations; predict from a train= that leaves them out."
+            )
+
+
 @doc_params()
 @named()
 def evaluate_perturbation(
@@ -320,6 +337,7 @@ def evaluate_perturbation(
         records += [*method_rows, mean]
     df = pd.DataFrame(records, columns=["method", "perturbation", "n_cells", *METRICS])
     _warn_differing_sets(rows)
+    _warn_leakage(preds, rows)
     _warn_degenerate_pertmean(df)
     df.attrs.update(
         {

@@ -24,10 +24,10 @@ import scipy.sparse as sp
 
 from .._docs import doc_params
 from .._face import actual_if_view, provenance, record, warn_overwrite
-from .._logging import caller, logger, named
-from ..data import check_adata, gene_names, log_normalized, match_genes, missing_values
+from .._logging import caller, logger, named, warn
+from ..data import check_adata, check_layer, gene_names, log_normalized, match_genes, missing_values
 from ..model import resolve_model
-from ._hvg import variable_genes
+from ._hvg import check_n_top_genes, variable_genes
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -185,7 +185,11 @@ def gene_programs(
     program = np.array([name_of.get(c) for c in clusters], dtype=object)
     names = [str(i) for i in range(len(kept))]
     if not names:
-        logger.warning(f"gene_programs: no cluster has {min_size} genes or more; lower min_size or resolution.")
+        warn(
+            f"gene_programs: 0 programs: no cluster of the {len(cols)} genes has min_size={min_size} genes or more "
+            f"(largest: {int(sizes.max())}); lower min_size or resolution={resolution}. adata.var[{key_added!r}] "
+            "is empty and the scores have no column."
+        )
 
     warn_overwrite(adata, "var", key_added, copy=copy)
     full_emb = np.full((adata.n_vars, emb.shape[1]), np.nan, dtype=np.float32)
@@ -406,14 +410,23 @@ def _layers_and_heads(model: ScGPT, layers, heads) -> tuple[list[int], str | lis
     fn = caller()
     n_layers = model.config.n_layers
     layer_list = [layers] if isinstance(layers, int | np.integer) else list(layers)
-    bad = [i for i in layer_list if not -n_layers <= i < n_layers]
-    if bad:
-        raise IndexError(f"{fn}: layer indices {bad} are out of range for a model with {n_layers} layers.")
+    bad = [i for i in layer_list if not isinstance(i, int | np.integer) or not -n_layers <= i < n_layers]
+    if bad or not layer_list:
+        raise ValueError(
+            f"{fn}: layers={layers!r} is out of range: the model has {n_layers} layers, indices 0 to {n_layers - 1} "
+            f"(or -{n_layers} to -1 from the last)."
+        )
     if isinstance(heads, str) and heads != "mean":
         raise ValueError(f"{fn}: heads must be 'mean' or head indices, got {heads!r}.")
     head_list = "mean" if isinstance(heads, str) else ([heads] if isinstance(heads, int | np.integer) else list(heads))
-    if head_list != "mean" and not all(0 <= h < model.config.n_heads for h in head_list):
-        raise IndexError(f"{fn}: head indices {head_list} are out of range for {model.config.n_heads} heads.")
+    n_heads = model.config.n_heads
+    if head_list != "mean" and (
+        not head_list or not all(isinstance(h, int | np.integer) and 0 <= h < n_heads for h in head_list)
+    ):
+        raise ValueError(
+            f"{fn}: heads={heads!r} is out of range: the model has {n_heads} attention heads per layer, indices 0 to "
+            f"{n_heads - 1} (or 'mean')."
+        )
     return layer_list, head_list
 
 
@@ -550,6 +563,8 @@ def infer_grn(
     fn = "infer_grn"
     check_adata(adata)
     _check_options(method, scores, top_k, groupby, reference_group)
+    check_n_top_genes(n_top_genes)
+    check_layer(adata, layer)
     groups, group_names = _groups(adata, groupby, reference_group)
     adata = adata.copy() if copy else adata
     actual_if_view(adata)

@@ -581,6 +581,31 @@ def _rank_columns(X: sp.csc_matrix) -> sp.csc_matrix:
 
 
 # -------------------------------------------------------------------------------------------- enrich_programs
+def _background(background, var_names: pd.Index, programs: dict[str, set]) -> set:
+    """The genes of ``background`` that are measured; an error when it holds no gene of the programs."""
+    fn = caller()
+    extra = pd.Index([background] if isinstance(background, str) else list(background)).astype(str)
+    unknown = ~extra.isin(var_names)
+    if unknown.any():
+        logger.info(f"    {int(unknown.sum())} background genes are not in adata.var_names and are ignored")
+    given = set(extra[~unknown])
+    in_programs = set().union(*programs.values())
+    lacking = sorted(in_programs - given)
+    if len(lacking) == len(in_programs):
+        raise ValueError(
+            f"{fn}: background= holds none of the {len(in_programs)} genes of the programs (e.g. "
+            f"{_names(lacking)}; {int(unknown.sum())} of its {len(extra)} names are not in adata.var_names). The "
+            "background is every gene that could have been in a program: pass the genes measured (named as "
+            "adata.var_names), or leave background=None for the clustered genes."
+        )
+    if lacking:
+        warn(
+            f"{fn}: background= lacks {len(lacking)} of the {len(in_programs)} genes of the programs (e.g. "
+            f"{_names(lacking)}); they are added to it, as every gene clustered into programs is."
+        )
+    return given
+
+
 @doc_params()
 @named()
 def enrich_programs(
@@ -618,7 +643,9 @@ def enrich_programs(
         background is the genes that were clustered: the rows of ``adata.varm[key + '_umap']`` that are not
         NaN, as :func:`scgpt.tl.gene_programs` writes them (genes of clusters below its ``min_size`` included,
         genes outside the vocabulary not), or the genes with a program when that entry is missing. Pass e.g.
-        ``adata.var_names`` to test against every measured gene instead.
+        ``adata.var_names`` to test against every measured gene instead. A background that lacks genes of the
+        programs is warned about (they are added to it), one that holds none of them is an error (another
+        naming of the genes, or the wrong list).
     min_overlap
         Smallest overlap reported (and smallest program / set size tested).
     fdr
@@ -674,11 +701,7 @@ def enrich_programs(
         clustered |= ~np.isnan(np.asarray(adata.varm[f"{key}_umap"], dtype=np.float64)).any(1)
     universe = set(var_names[clustered])
     if background is not None:
-        extra = pd.Index([background] if isinstance(background, str) else list(background)).astype(str)
-        unknown = ~extra.isin(var_names)
-        if unknown.any():
-            logger.info(f"    {int(unknown.sum())} background genes are not in adata.var_names and are ignored")
-        universe |= set(extra[~unknown])
+        universe |= _background(background, var_names, programs)
     M = len(universe)
     in_bg = {s: set(g) & universe for s, g in sets.items()}
     if not any(in_bg.values()):

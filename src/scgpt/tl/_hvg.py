@@ -6,8 +6,17 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .._logging import logger
+from .._logging import caller, logger
 from ..data import MIN_VARIABLE, varying_genes
+
+
+def check_n_top_genes(n_top_genes: int | None, *, none: bool = True) -> None:
+    """A clear error for an ``n_top_genes`` that is not a positive integer (``None`` allowed with ``none``)."""
+    if n_top_genes is None and none:
+        return
+    if isinstance(n_top_genes, bool) or not isinstance(n_top_genes, int | np.integer) or n_top_genes < 1:
+        what = "a positive integer" + (" or None (every gene)" if none else "")
+        raise ValueError(f"{caller()}: n_top_genes must be {what}, got {n_top_genes!r}.")
 
 
 def log1p_variance_rank(X: sp.spmatrix | np.ndarray, n: int, *, binary: bool = False) -> np.ndarray:
@@ -29,6 +38,7 @@ def variable_genes(counts: sp.spmatrix | np.ndarray, n_top: int, batches: pd.Ser
     import anndata as ad
     import scanpy as sc
 
+    check_n_top_genes(n_top, none=False)
     n_top = min(n_top, counts.shape[1])
     counts = sp.csr_matrix(counts)
     empty = np.asarray(counts.sum(1)).ravel() == 0

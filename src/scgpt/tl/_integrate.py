@@ -13,9 +13,9 @@ import pandas as pd
 from .._docs import doc_params
 from .._face import check_key_added, provenance, record, resolve_target, warn_overwrite
 from .._logging import logger, named
-from ..data import GeneMatch, match_adata, missing_values
+from ..data import GeneMatch, check_layer, match_adata, missing_values
 from ..model import TASKS, ScGPT, modality_names, resolve_model, with_modalities
-from ._hvg import variable_genes
+from ._hvg import check_n_top_genes, variable_genes
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -143,7 +143,8 @@ def integrate(
         Cells x genes with raw counts, or a MuData whose ``mod`` modality holds them.
     {model}
     batch_key
-        ``obs`` column with each cell's batch (required for AnnData). For a MuData, a column of ``mdata.obs``
+        ``obs`` column with each cell's batch (required for AnnData, except zero-shot with a model that is not
+        batch-conditioned, which does not use it). For a MuData, a column of ``mdata.obs``
         or ``"<modality>:<column>"`` (read from that modality's ``obs``); optional.
     modalities
         MuData modalities to embed jointly, RNA first (``None``: batch integration of the RNA, ``mod``).
@@ -216,10 +217,16 @@ def integrate(
     target = resolve_target(adata, mod=mod, copy=copy)
     cells = target.adata
     check_key_added(key_added, slot="obsm")
+    check_layer(cells, layer)
+    check_n_top_genes(n_top_genes)
     model_obj, model_name = resolve_model(model)
     prov = provenance(model_obj, model_name)  # before a fine-tuning in place changes the object
-    batches = _batch_column(cells, batch_key)
-    _check_batches(batches, batch_key, training=mode == "finetune" and model_obj.registry_.get("task") != "integration")
+    uses_batches = mode != "zero_shot" or model_obj.config.batch_conditioned  # zero-shot: only to condition on
+    batches = _batch_column(cells, batch_key) if uses_batches or batch_key is not None else None
+    if batches is not None:
+        _check_batches(
+            batches, batch_key, training=mode == "finetune" and model_obj.registry_.get("task") != "integration"
+        )
     inference = {
         "gene_key": gene_key, "use_aliases": use_aliases, "layer": layer, "batch_size": 64, "seed": seed,
         "device": device, "dtype": dtype, "progress": progress, "max_length": max_length, "organism": organism,
@@ -275,7 +282,7 @@ def integrate(
         start=start,
         added=added,
         n_genes=int(res.match.matched.sum()),
-        batches=[str(b) for b in pd.unique(batches.astype(str))],
+        batches=[] if batches is None else [str(b) for b in pd.unique(batches.astype(str))],
     )
     target.write_uns(key_added)
     return target.returned if copy else None
@@ -320,6 +327,8 @@ def _integrate_modalities(
         )
     mods = check_modalities(mdata, modalities)
     check_key_added(key_added, slot="obsm")
+    check_layer(mdata.mod[mods[0]], layer)
+    check_n_top_genes(n_top_genes)
     model_obj, model_name = resolve_model(model)
     prov = provenance(model_obj, model_name)  # before a fine-tuning in place changes the object
     tuned_already = model_obj.registry_.get("task") == "multiomic"

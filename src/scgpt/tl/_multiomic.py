@@ -31,6 +31,12 @@ def check_modalities(mdata: MuData, modalities: Sequence[str]) -> list[str]:
             f"modalities={modalities!r}: name the RNA modality first, then at least one other, e.g. ('rna', 'prot')."
         )
     mods = list(modalities)
+    rna = [m for m in mods[1:] if str(m).lower() in ("rna", "gex", "genes", "expression")]
+    if rna:
+        raise ValueError(
+            f"modalities={tuple(modalities)!r}: the first modality is read as genes (the model's vocabulary) and "
+            f"{rna[0]!r} is not first; name the RNA modality first, e.g. ({rna[0]!r}, {mods[0]!r})."
+        )
     unknown = [m for m in mods if m not in mdata.mod]
     if unknown:
         raise KeyError(f"Modalities {unknown} are not in the MuData (modalities: {list(mdata.mod)}).")

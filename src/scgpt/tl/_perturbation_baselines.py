@@ -206,6 +206,14 @@ def _training_labels(train, obs_labels: pd.Series, requested: list[str], control
     unknown = [t for t in train if t not in present]
     if unknown:
         raise KeyError(_unknown_message(unknown, present, key))
+    leaked = sorted(set(train) & set(requested))
+    if leaked:
+        warn(
+            f"perturbation_baseline: train= holds {len(leaked)} of the perturbations to predict "
+            f"({', '.join(leaked[:5])}{', ...' if len(leaked) > 5 else ''}): their measured profiles enter the "
+            "prediction (leakage), so an evaluation of them overstates the baseline; leave them out of train "
+            "(train=None does)."
+        )
     return sorted(set(train))
 
 
@@ -302,6 +310,11 @@ def perturbation_baseline(
         raise ValueError(f"{fn}: gene_embeddings applies to method='linear' only.")
     if ridge < 0:
         raise ValueError(f"{fn}: ridge must be non-negative, got {ridge}.")
+    if method == "linear" and (isinstance(n_components, bool) or not isinstance(n_components, int | np.integer)
+                               or n_components < 1):  # fmt: skip
+        raise ValueError(
+            f"{fn}: n_components must be a positive integer (gene embedding dimensions), got {n_components!r}."
+        )
     obs_labels = perturbation_labels(adata, perturbation_key=perturbation_key, control=control)
     requested = _requested(perturbations, control)
     train_labels = (

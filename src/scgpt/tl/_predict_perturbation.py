@@ -127,6 +127,11 @@ def predict_perturbation(
     """
     start = time.perf_counter()
     fn = "predict_perturbation"
+    if perturbations is None or (not isinstance(perturbations, str) and len(perturbations) == 0):
+        raise ValueError(
+            f"{fn}: perturbations={perturbations!r} names none; pass the perturbations to predict, e.g. 'JAK2', "
+            "['JAK2', 'JAK2+STAT1'] or [['JAK2', 'STAT1']]."
+        )
     model_obj, model_name = resolve_model(model)
     res = model_obj.predict_perturbation(
         adata,

@@ -43,7 +43,7 @@ EXACT_MAX_CELLS = 200_000
 """``backend="auto"`` searches exactly up to this many reference cells, and builds a pynndescent index above."""
 
 FORMAT = "scgpt-reference-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: reference.json carries its own checksum (meta_sha256), the weights' SHA-256
 META_FILE = "reference.json"
 LABELS_FILE = "labels.npy"
 INDEX_FILES = {"sklearn": "embeddings.npy", "pynndescent": "index.pkl", "faiss": "index.faiss"}
@@ -72,10 +72,29 @@ def reference_dir(model_dir: str | os.PathLike, name: str) -> Path:
         The model's folder (official layout or :meth:`scgpt.model.ScGPT.save`).
     name
         Name of the reference (e.g. ``"hlca"``).
+
+    A published model's name (``"scGPT_human"``) that is not a local folder stands for the model's cache folder
+    (:func:`scgpt.hub.model_dir`); the bundled ``"demo"`` is refused (its folder is part of the package), so that
+    no ``./demo`` folder is made that would shadow the model's name afterwards.
     """
     if not name or os.sep in name or (os.altsep and os.altsep in name):
         raise ValueError(f"name must be a plain folder name, got {name!r}.")
-    return Path(model_dir).expanduser() / f"reference_{name}"
+    folder = Path(model_dir).expanduser()
+    if isinstance(model_dir, str) and not folder.exists():
+        from ..hub import get_entry, is_published
+
+        if is_published(model_dir):  # a model name, not a folder: never create ./<name>, which would shadow it
+            entry = get_entry(model_dir)
+            if entry.bundled:
+                raise ValueError(
+                    f"model_dir={model_dir!r} is the bundled model's name, and its folder is part of the installed "
+                    f"package: pass a folder of your own (e.g. ScGPT.from_pretrained({model_dir!r}).save(FOLDER)); "
+                    f"a ./{model_dir} folder made here would shadow the model {model_dir!r}."
+                )
+            from ..hub import model_dir as cached_dir
+
+            folder = cached_dir(model_dir)  # the published model's cache folder
+    return folder / f"reference_{name}"
 
 
 def model_fingerprint(model: ScGPT) -> str:
@@ -101,6 +120,43 @@ def _sha256(path: Path) -> str:
         while chunk := f.read(1 << 24):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _meta_sha256(meta: Mapping[str, Any]) -> str:
+    """SHA-256 of ``reference.json``'s content (keys sorted), its own checksum left out."""
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _check_meta_sha256(meta: Mapping[str, Any], meta_file: Path) -> None:
+    """A clear error when ``reference.json`` (format 2 on) was edited or damaged after it was saved."""
+    if meta.get("version", 0) < 2:
+        logger.warning(
+            f"{meta_file} was saved by an older scgpt without a checksum of its own: edits to it cannot be detected; "
+            "rebuild the index with scgpt.tl.build_reference to have them detected."
+        )
+        return
+    if meta.get("meta_sha256") != _meta_sha256(meta):
+        what = "has no checksum" if "meta_sha256" not in meta else "does not match its checksum"
+        raise ValueError(
+            f"{meta_file} {what} (edited or damaged after it was saved: labels, classes or the model fingerprint "
+            "may not be what the index was built with); rebuild the index with scgpt.tl.build_reference."
+        )
+
+
+def check_n_neighbors(n_neighbors: int, n_cells: int, *, given: bool = True) -> None:
+    """A clear error for a k-NN vote over ``n_neighbors`` of ``n_cells`` reference cells that cannot work.
+
+    ``given``: the value was passed by the caller (else it is a default, and the message says how to change it).
+    """
+    if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, int | np.integer) or n_neighbors < 1:
+        raise ValueError(f"n_neighbors must be at least 1, got {n_neighbors!r}.")
+    if n_neighbors >= n_cells:
+        what = f"n_neighbors={n_neighbors}" + ("" if given else " (the default)")
+        raise ValueError(
+            f"{what} is not smaller than the {n_cells} reference cells: every query cell would get the "
+            f"reference's majority label. Pass n_neighbors= below {n_cells}, or use a larger reference."
+        )
 
 
 def _normalized(x: np.ndarray) -> np.ndarray:
@@ -271,6 +327,16 @@ class ReferenceIndex:
         rep = f"obsm[{self.use_rep!r}]" if self.use_rep else "scGPT embeddings"
         return f"; built from {rep}" + (f" of model {name!r}" if name else "")
 
+    def check_n_neighbors(self, n_neighbors: int | None = None) -> int:
+        """The neighbours of a vote (``None``: :attr:`n_neighbors`), or a clear error when it cannot work.
+
+        At least 1, and fewer than the reference cells: with as many neighbours as reference cells every query
+        cell would get the reference's majority label.
+        """
+        k = self.n_neighbors if n_neighbors is None else n_neighbors
+        check_n_neighbors(k, self.n_cells, given=n_neighbors is not None)
+        return int(k)
+
     def kneighbors(self, query: np.ndarray, n_neighbors: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The ``n_neighbors`` nearest reference cells of every query row.
 
@@ -288,9 +354,7 @@ class ReferenceIndex:
         fewer than ``k`` neighbours for a query (index ``-1``, similarity ``-inf``), rarely.
         """
         query = self.check_query(query)
-        if n_neighbors is not None and n_neighbors < 1:
-            raise ValueError(f"n_neighbors must be at least 1, got {n_neighbors}.")
-        k = min(self.n_neighbors if n_neighbors is None else n_neighbors, self.n_cells)
+        k = self.check_n_neighbors(n_neighbors)
         cosine = self.metric == "cosine"
         q = _normalized(query) if cosine else query
         if self.backend == "sklearn":
@@ -405,6 +469,8 @@ class ReferenceIndex:
                 "fingerprint": self.fingerprint,
                 "checksums": {f.name: _sha256(f) for f in (tmp / LABELS_FILE, index_file)},
             }
+            meta = json.loads(json.dumps(meta))  # as it will be read back
+            meta["meta_sha256"] = _meta_sha256(meta)
             (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
         self.path = folder
         logger.info(f"saved the reference index to {folder} ({time.perf_counter() - start:.1f}s)")
@@ -445,8 +511,14 @@ class ReferenceIndex:
             checksums = dict(meta["checksums"])
             if backend not in BACKENDS:
                 raise ValueError(f"unknown backend {backend!r}")
+            k = meta["n_neighbors"]
+            if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < n_cells:
+                raise ValueError(f"n_neighbors={k!r} is not between 1 and the {n_cells} indexed cells")
         except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{meta_file} is damaged ({type(e).__name__}: {e}).") from e
+            raise ValueError(
+                f"{meta_file} is damaged ({type(e).__name__}: {e}); rebuild the index with scgpt.tl.build_reference."
+            ) from e
+        _check_meta_sha256(meta, meta_file)  # after the fields, so that a value out of range is named
         if backend == "faiss":
             faiss = _import_faiss(f"The reference index at {folder} (saved with faiss)")
         files = (LABELS_FILE, INDEX_FILES[backend])
@@ -567,15 +639,15 @@ def index_embeddings(
     search_params: Mapping[str, Any] | None = None,
     n_jobs: int | None = None,
     fingerprint: Mapping[str, Any] | None = None,
+    n_neighbors_given: bool = True,
 ) -> ReferenceIndex:
     """A :class:`ReferenceIndex` over embeddings and label codes (the core of :func:`build_reference`)."""
     if metric not in METRICS:
         raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}.")
-    if n_neighbors < 1:
-        raise ValueError(f"n_neighbors must be at least 1, got {n_neighbors}.")
     emb = np.asarray(emb)
     if emb.ndim != 2 or emb.shape[0] != len(codes):
         raise ValueError(f"embeddings of shape {emb.shape} do not match {len(codes)} labelled cells.")
+    check_n_neighbors(n_neighbors, len(emb), given=n_neighbors_given)
     if not np.isfinite(emb).all():
         raise ValueError(f"The reference embeddings hold {int((~np.isfinite(emb)).sum())} NaN or infinite values.")
     backend = _resolve_backend(backend, len(emb), exact_threshold)
@@ -623,7 +695,8 @@ def embedding_provenance(adata: AnnData, use_rep: str) -> dict[str, Any]:
     params = entry.get("params") if isinstance(entry, Mapping) else None
     if not isinstance(params, Mapping):
         return {}
-    return {k: params[k] for k in ("model", "max_length", "dtype") if k in params and params[k] is not None}
+    keys = ("model", "max_length", "dtype", "weights_sha256")
+    return {k: params[k] for k in keys if k in params and params[k] is not None}
 
 
 @named()
@@ -723,6 +796,7 @@ def build_reference(
         fingerprint.update(
             model=model_fingerprint(model_obj), model_name=model_name, embedding={"max_length": max_length}
         )
+        fingerprint["weights_sha256"] = model_obj.weights_sha256()
     else:
         if inference:
             raise TypeError(f"use_rep={use_rep!r} takes no embedding options: {sorted(inference)}")
@@ -737,6 +811,7 @@ def build_reference(
         if model is not None:
             model_obj, model_name = resolve_model(model)
             fingerprint.update(model=model_fingerprint(model_obj), model_name=model_name)
+            fingerprint["weights_sha256"] = model_obj.weights_sha256()
     fingerprint["data"] = hashlib.sha256(np.ascontiguousarray(emb).tobytes()).hexdigest()[:16]
     index = index_embeddings(
         emb, codes, classes, labels_key=labels_key, use_rep=use_rep, backend=backend, n_neighbors=n_neighbors,
@@ -763,6 +838,15 @@ def warn_provenance(index: ReferenceIndex, query_rep: str | None, query_provenan
     if query_rep is not None and index.use_rep is not None and query_rep != index.use_rep:
         warn(f"The reference index was built on obsm[{index.use_rep!r}] and the query uses obsm[{query_rep!r}].")
     ref = index.fingerprint.get("embedding") or {}
+    ref_weights = index.fingerprint.get("weights_sha256") or ref.get("weights_sha256")
+    query_weights = query_provenance.get("weights_sha256")
+    if ref_weights and query_weights and ref_weights != query_weights:
+        raise ValueError(
+            f"obsm[{query_rep!r}] was embedded by another model (weights SHA-256 {query_weights[:12]}…, model "
+            f"{query_provenance.get('model')!r}) than the reference index (weights {ref_weights[:12]}…"
+            f"{index._provenance()}): the embeddings are not comparable. Embed the query with the index's model, "
+            "or rebuild the index from embeddings of this model."
+        )
     for key in ("model", "max_length"):
         if key in ref and key in query_provenance and ref[key] != query_provenance[key]:
             warn(
