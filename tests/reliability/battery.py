@@ -881,13 +881,14 @@ scgpt.tl.annotate(qry, reference=ref, labels_key="bulk_labels", method="knn", us
 )
 case(
     "m3-combination-order",
-    "'A+B' and 'B+A' are one perturbation",
-    "ok",
-    "",
+    "a screen labelling one combination both 'A+B' and 'B+A' (two perturbations to every tool)",
+    "error",
+    r"B\+A|A\+B",
     """
-check(scgpt.data.perturbation_label("B+A") == scgpt.data.perturbation_label("A+B"),
-      "'A+B' and 'B+A' are two labels")
-check(scgpt.data.perturbation_label(["B", "A"]) == scgpt.data.perturbation_label("A+B"), "gene lists differ")
+import anndata, numpy as np, pandas as pd
+screen = anndata.AnnData(np.ones((6, 3), np.float32))
+screen.obs["perturbation"] = ["control", "control", "A+B", "A+B", "B+A", "B+A"]
+scgpt.data.perturbation_labels(screen)
 """,
 )
 case(

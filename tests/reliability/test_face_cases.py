@@ -288,3 +288,17 @@ def test_zero_shot_integrate_needs_no_batch_key(pbmc, base_model):
     scgpt.tl.integrate(cells, base_model, mode="zero_shot", max_length=32)
     want = scgpt.tl.embed(cells, base_model, max_length=32, copy=True).obsm["X_scGPT"]
     np.testing.assert_allclose(cells.obsm["X_scGPT_integrated"], want, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------- minor: combination order
+def test_one_combination_under_two_labels_is_refused():
+    """A screen labelling the same double both 'A+B' and 'B+A' is refused, naming both labels.
+
+    Catches the two orders silently becoming two perturbations (split cells, two rows in every evaluation).
+    """
+    screen = ad.AnnData(np.ones((6, 3), np.float32))
+    screen.obs["perturbation"] = ["control", "control", "A+B", "A+B", "B+A", "B+A"]
+    with pytest.raises(ValueError, match=r"'A\+B' and 'B\+A'"):
+        scgpt.data.perturbation_labels(screen)
+    screen.obs["perturbation"] = ["control", "control", "A+B", "A+B", "A", "B"]
+    assert list(scgpt.data.perturbation_labels(screen).unique()) == ["control", "A+B", "A", "B"]

@@ -155,8 +155,16 @@ def perturbation_labels(
             f"{fn}: no control cells: the control label {control!r} does not occur in obs[{perturbation_key!r}] "
             f"(most frequent labels: {examples}){hint}. Pass control= naming the label of unperturbed cells."
         )
+    seen: dict[frozenset[str], str] = {}
     for label in labels.unique():
-        parse_perturbation(label, control=control)
+        genes = frozenset(parse_perturbation(label, control=control))
+        if genes in seen:  # 'A+B' and 'B+A': one perturbation under two labels would be scored as two
+            raise ValueError(
+                f"{fn}: obs[{perturbation_key!r}] names one perturbation twice, as {seen[genes]!r} and {label!r}; "
+                f"relabel the cells of one of them (e.g. obs[{perturbation_key!r}] = obs[{perturbation_key!r}]"
+                f".replace({label!r}, {seen[genes]!r}))."
+            )
+        seen[genes] = label
     return pd.Series(labels.to_numpy(), index=adata.obs_names, name=perturbation_key)
 
 
