@@ -213,7 +213,7 @@ def test_a_tuned_model_needs_features_it_knows(joint):
     other.mod["prot"].var_names = [f"X{i}" for i in range(other.mod["prot"].n_vars)]
     with pytest.raises(ValueError, match="Modality 'prot' has no feature in common with the model"):
         scgpt.tl.integrate(other, model, modalities=("rna", "prot"), batch_key="run")
-    with pytest.raises(ValueError, match="fine-tuned on modalities"):
+    with pytest.raises(ValueError, match="name the RNA modality first"):  # refused before the model's modalities
         scgpt.tl.integrate(other, model, modalities=("prot", "rna"), batch_key="run")
 
 

@@ -215,7 +215,7 @@ def test_clear_errors(screen, model, labels, tiny_model):
         predict(screen, model, ["control"])
     with pytest.raises(ValueError, match=r"requested twice"):
         predict(screen, model, [single, [single]])
-    with pytest.raises(ValueError, match="no perturbations requested"):
+    with pytest.raises(ValueError, match=r"perturbations=\[\] names none"):
         predict(screen, model, [])
     logged = screen.copy()
     logged.X = sp.csr_matrix(np.log1p(logged.X.toarray()) / 3)

@@ -226,7 +226,7 @@ def add_training(p: argparse.ArgumentParser, *, finetune: bool) -> None:
         g.add_argument(
             "--adapter",
             choices=("lora",),
-            help="train LoRA adapters and the task's heads only (needs the peft extra); --output then holds "
+            help="train LoRA adapters and the task's heads only (the peft package); --output then holds "
             "adapter.pt, loaded on top of --model",
         )
         g.add_argument("--adapter-rank", type=int, default=8, metavar="R", help="LoRA rank")

@@ -61,7 +61,7 @@ TASK_PARTS = (
     "flag_encoder",
 )
 """Top-level parts of :class:`~scgpt.nn.ScGPTNet` trained in full under an adapter (heads and task conditioning)."""
-INSTALL_HINT = 'pip install "scgpt-scverse[peft]" (from a clone of the repository: pip install ".[peft]")'
+INSTALL_HINT = 'pip install "peft>=0.17" (or pip install ".[peft]" in a clone of scgpt-scverse)'
 
 
 def require_peft():

@@ -196,7 +196,7 @@ class FinetuneMixin:
             layers fixed (0: train all).
         adapter
             ``"lora"``: keep every pretrained weight of the trunk fixed and train low-rank adapters on the
-            transformer layers (``peft`` LoRA; install ``scgpt-scverse[peft]``), plus the task's heads and
+            transformer layers (``peft`` LoRA; ``pip install "peft>=0.17"``), plus the task's heads and
             conditioning parts (DSBN, batch/perturbation/modality encoders, new-token embeddings) in full: a few
             percent of the weights, less memory, and :meth:`save` writes only those (megabytes). ``None``: train
             all weights (or those ``freeze_layers`` leaves). See ``docs/training.md``.
