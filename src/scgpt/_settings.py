@@ -88,8 +88,14 @@ class ScGPTSettings:
     def __repr__(self) -> str:
         return (
             f"ScGPTSettings(default_model={self.default_model!r}, device={self.device!r}, progress={self.progress}, "
-            f"cache_dir={str(self.cache_dir)!r}, offline={self.offline})"
+            f"cache_dir={_home_as_tilde(self.cache_dir)!r}, offline={self.offline})"
         )
+
+
+def _home_as_tilde(path: Path) -> str:
+    """``path`` with the home folder written ``~``, so that a printed setting names no user (notebook outputs)."""
+    home = Path.home()
+    return f"~/{path.relative_to(home)}" if path.is_relative_to(home) else str(path)
 
 
 settings = ScGPTSettings()

@@ -285,3 +285,17 @@ def test_the_default_model_setting_accepts_a_name(registered, server, cache, pbm
     assert cells.uns["X_scGPT"]["params"]["model"] == NAME and cells.obsm["X_scGPT"].shape == (10, 128)
     scgpt.settings.default_model = NAME
     assert scgpt.settings.default_model == NAME
+
+
+def test_settings_repr_names_no_user(monkeypatch, tmp_path):
+    """The printed settings write the home folder as ``~``.
+
+    Catches a notebook output or a shared log carrying the user's home path (``/home/alice/.cache/scgpt``).
+    """
+    from pathlib import Path
+
+    monkeypatch.setattr(scgpt.settings, "_cache_dir", None)
+    monkeypatch.setenv("SCGPT_CACHE", str(Path.home() / ".cache" / "scgpt-test"))
+    assert "cache_dir='~/.cache/scgpt-test'" in repr(scgpt.settings)
+    monkeypatch.setenv("SCGPT_CACHE", str(tmp_path))
+    assert f"cache_dir='{tmp_path}'" in repr(scgpt.settings)
