@@ -66,16 +66,20 @@ Backend = Literal["auto", "sklearn", "pynndescent", "faiss"]
 def reference_dir(model_dir: str | os.PathLike, name: str) -> Path:
     """The folder of the reference index ``name`` saved next to a model: ``<model_dir>/reference_<name>/``.
 
-    Parameters
-    ----------
-    model_dir
-        The model's folder (official layout or :meth:`scgpt.model.ScGPT.save`).
-    name
-        Name of the reference (e.g. ``"hlca"``).
-
     A published model's name (``"scGPT_human"``) that is not a local folder stands for the model's cache folder
     (:func:`scgpt.hub.model_dir`); the bundled ``"demo"`` is refused (its folder is part of the package), so that
     no ``./demo`` folder is made that would shadow the model's name afterwards.
+
+    Parameters
+    ----------
+    model_dir
+        The model's folder (official layout or :meth:`scgpt.model.ScGPT.save`), or a published model's name.
+    name
+        Name of the reference (e.g. ``"hlca"``).
+
+    Returns
+    -------
+    The folder (not created).
     """
     if not name or os.sep in name or (os.altsep and os.altsep in name):
         raise ValueError(f"name must be a plain folder name, got {name!r}.")
