@@ -29,6 +29,8 @@ import warnings
 warnings.filterwarnings("ignore")
 
 import numpy as np  # noqa: E402
+
+from _official_common import add_run_options, start_run  # noqa: E402
 import torch  # noqa: E402
 
 
@@ -44,8 +46,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--dropout", type=float, default=0.2)
     p.add_argument("--max-len", type=int, default=3001)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    add_run_options(p)
     a = p.parse_args()
 
     import anndata as ad
@@ -53,18 +54,11 @@ def main() -> None:
 
     from scgpt.model import TransformerModel
     from scgpt.preprocess import Preprocessor
-    from scgpt.tokenizer import GeneVocab, random_mask_value, tokenize_and_pad_batch
-    from scgpt.utils import load_pretrained, set_seed
+    from scgpt.tokenizer import random_mask_value, tokenize_and_pad_batch
+    from scgpt.utils import load_pretrained
 
-    torch.set_num_threads(a.threads)
-    set_seed(a.seed)
+    args, vocab = start_run(a, a.model_dir)
     model_dir = __import__("pathlib").Path(a.model_dir)
-    args = json.loads((model_dir / "args.json").read_text())
-    vocab = GeneVocab.from_file(model_dir / "vocab.json")
-    for s in ("<pad>", "<cls>", "<eoc>"):
-        if s not in vocab:
-            vocab.append_token(s)
-    vocab.set_default_index(vocab["<pad>"])
 
     ref, query = ad.read_h5ad(a.reference), ad.read_h5ad(a.query)
     ref.obs["str_batch"], query.obs["str_batch"] = "0", "1"

@@ -28,6 +28,8 @@ import warnings
 warnings.filterwarnings("ignore")
 
 import numpy as np  # noqa: E402
+
+from _official_common import add_run_options, start_run  # noqa: E402
 import torch  # noqa: E402
 
 
@@ -41,8 +43,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--n-hvg", type=int, default=1200)
     p.add_argument("--dropout", type=float, default=0.2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    add_run_options(p)
     p.add_argument("--max-cells", type=int, default=0, help="a random subset of cells (0: all), for a quick check")
     a = p.parse_args()
 
@@ -53,18 +54,11 @@ def main() -> None:
     from scgpt.loss import criterion_neg_log_bernoulli, masked_mse_loss
     from scgpt.model import TransformerModel
     from scgpt.preprocess import Preprocessor
-    from scgpt.tokenizer import GeneVocab, random_mask_value, tokenize_and_pad_batch
-    from scgpt.utils import load_pretrained, set_seed
+    from scgpt.tokenizer import random_mask_value, tokenize_and_pad_batch
+    from scgpt.utils import load_pretrained
 
-    torch.set_num_threads(a.threads)
-    set_seed(a.seed)
+    args, vocab = start_run(a, a.model_dir)
     model_dir = __import__("pathlib").Path(a.model_dir)
-    args = json.loads((model_dir / "args.json").read_text())
-    vocab = GeneVocab.from_file(model_dir / "vocab.json")
-    for s in ("<pad>", "<cls>", "<eoc>"):
-        if s not in vocab:
-            vocab.append_token(s)
-    vocab.set_default_index(vocab["<pad>"])
 
     adata = ad.read_h5ad(a.data)
     if a.max_cells:

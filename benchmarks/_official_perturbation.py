@@ -31,6 +31,8 @@ import warnings
 warnings.filterwarnings("ignore")
 
 import numpy as np  # noqa: E402
+
+from _official_common import add_run_options, start_run  # noqa: E402
 import torch  # noqa: E402
 
 
@@ -58,8 +60,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--max-seq-len", type=int, default=1536)
     p.add_argument("--pool-size", type=int, default=300)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    add_run_options(p)
     a = p.parse_args()
 
     import anndata as ad
@@ -68,18 +69,10 @@ def main() -> None:
 
     from scgpt.loss import masked_mse_loss
     from scgpt.model import TransformerGenerator
-    from scgpt.tokenizer import GeneVocab
-    from scgpt.utils import load_pretrained, map_raw_id_to_vocab_id, set_seed
+    from scgpt.utils import load_pretrained, map_raw_id_to_vocab_id
 
-    torch.set_num_threads(a.threads)
-    set_seed(a.seed)
+    args, vocab = start_run(a, a.model_dir)
     model_dir = __import__("pathlib").Path(a.model_dir)
-    args = json.loads((model_dir / "args.json").read_text())
-    vocab = GeneVocab.from_file(model_dir / "vocab.json")
-    for s in ("<pad>", "<cls>", "<eoc>"):
-        if s not in vocab:
-            vocab.append_token(s)
-    vocab.set_default_index(vocab["<pad>"])
     split = json.loads(open(a.split).read())
 
     adata = ad.read_h5ad(a.screen)
