@@ -14,6 +14,10 @@ CPU can move the last digits); figures must be there, pixels are not compared. W
 cells of each notebook, are printed and written to ``tutorials/run_times.json`` with ``--update``, together with
 the outputs, so that the stored ``finished (...s)`` times and ``run_times.json`` come from one run
 (``scripts/check_notebooks.py`` checks that they agree within 2x).
+
+Warnings print as one line, ``UserWarning: message``, as the command line prints them: an IPython startup file
+(``IPYTHONDIR`` of the run) sets ``warnings.formatwarning``, so the stored outputs name neither the kernel's
+temporary cell file (``/tmp/ipykernel_<pid>/<hash>.py:3:``) nor repeat the source line of the call.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import math
 import os
 import re
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import datetime
@@ -42,6 +47,16 @@ VOLATILE = [
 ]
 THREADS = dict.fromkeys(("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"), "1")
 """The kernels' environment: one CPU thread each (several notebooks share the cores; numbers do not depend on them)."""
+ONE_LINE_WARNINGS = """import warnings
+
+
+def _one_line(message, category, filename, lineno, line=None):
+    return f"{category.__name__}: {message}\\n"
+
+
+warnings.formatwarning = _one_line
+"""
+"""Run at the start of every kernel (IPython startup file): warnings without the cell file's path or source line."""
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e-?\d+)?")
 REL_TOL, ABS_TOL = 0.05, 0.02
 
@@ -98,7 +113,11 @@ def run(path: Path, timeout: int) -> tuple[nbformat.NotebookNode, float]:
         nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
     )
     start = time.perf_counter()
-    client.execute(env={**os.environ, **THREADS})
+    with tempfile.TemporaryDirectory(prefix="scgpt_ipython_") as ipython_dir:
+        startup = Path(ipython_dir, "profile_default", "startup")
+        startup.mkdir(parents=True)
+        (startup / "00-one-line-warnings.py").write_text(ONE_LINE_WARNINGS)
+        client.execute(env={**os.environ, **THREADS, "IPYTHONDIR": ipython_dir})
     return nb, time.perf_counter() - start
 
 

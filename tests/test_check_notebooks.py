@@ -32,7 +32,9 @@ def _notebook(path: Path, markdown: str = "# A tutorial", output: str = "done\n"
 def test_a_clean_notebook_passes(checker, tmp_path):
     """Catches a checker so eager that an honest notebook (temporary paths, an install from the clone) fails."""
     text = 'Install with `python -m pip install ".[eval,faiss]"`; perturbation prediction is `scgpt.tl.predict_perturbation`.'
-    path = _notebook(tmp_path / "ok.ipynb", text, "/tmp/ipykernel_1/123.py:2: UserWarning: x\n    finished (3.0s)\n")
+    path = _notebook(
+        tmp_path / "ok.ipynb", text, "UserWarning: x\nwritten to /tmp/scgpt_x/a.h5ad\n    finished (3.0s)\n"
+    )
     assert checker.check_notebook(path, {"ok": 10}) == []
 
 
@@ -53,6 +55,10 @@ def test_identifying_paths_in_outputs_fail(checker, tmp_path):
     assert checker.identifying_paths("saved to /home/alice/runs/x.h5ad") == ["/home/alice"]
     assert checker.identifying_paths("saved to /Users/bob/x") == ["/Users/bob"]
     assert checker.identifying_paths("written to /tmp/scgpt_x/cells.h5ad") == []
+    # a warning as a bare kernel prints it (the runner's kernels print 'UserWarning: ...' alone)
+    assert checker.identifying_paths("/tmp/ipykernel_17106/2667812544.py:3: UserWarning: x") == [
+        "/tmp/ipykernel_17106/2667812544.py"
+    ]
 
 
 def test_install_hints_that_cannot_work_from_the_repository_fail(checker):
