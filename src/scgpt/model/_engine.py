@@ -493,16 +493,19 @@ class InferenceResult:
     dtype: str
 
 
-def check_weights(net: torch.nn.Module, fn: str) -> None:
-    """Refuse a network with NaN or infinite weights, whose every output would be NaN (one pass over the weights)."""
+def check_weights(net: torch.nn.Module, fn: str, *, writing: bool = False) -> None:
+    """Refuse a network with NaN or infinite weights, whose every output would be NaN (one pass over the weights).
+
+    ``writing``: the caller was about to save the network; the message says that nothing was written.
+    """
     from ..nn._model import nonfinite_tensors
 
     bad = nonfinite_tensors(net.state_dict().items())
     if bad:
         raise ValueError(
             f"{fn}: the model's weights hold NaN or infinite values in {len(bad)} tensors (e.g. {bad[:3]}), so every "
-            "output would be NaN. The model is damaged (a diverged training run, or an edit of its weights): load it "
-            "again, or fine-tune again with a lower learning rate."
+            f"output would be NaN{'; nothing was written' if writing else ''}. The model is damaged (a diverged "
+            "training run, or an edit of its weights): load it again, or fine-tune again with a lower learning rate."
         )
 
 
@@ -604,7 +607,8 @@ def run_inference(
     fn = caller()
     check_adata(adata)
     if max_length < 1 + int(cls):
-        raise ValueError(f"max_length must be at least 2 (<cls> and one gene), got {max_length}.")
+        need = "2 (<cls> and one gene)" if cls else "1 (one gene)"
+        raise ValueError(f"{fn}: max_length must be at least {need}, got {max_length}.")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
     get_matrix(adata, layer)  # clear error for a missing layer before any work

@@ -16,6 +16,7 @@ from ..io._official import WEIGHTS_FILE, write_official
 from ..nn import ScGPTConfig, ScGPTNet
 from ._adapters import has_adapter, is_adapter_folder
 from ._device import resolve_device
+from ._engine import check_weights
 from ._finetune import FinetuneMixin
 from ._inference import InferenceMixin
 from ._setup import SetupMixin
@@ -251,18 +252,6 @@ class ScGPT(SetupMixin, InferenceMixin, TrainingMixin, FinetuneMixin):
             self.adata = adata
         return self
 
-    def _check_finite(self, fn: str) -> None:
-        """Refuse to write NaN or infinite weights: such a model gives NaN for every cell."""
-        from ..nn._model import nonfinite_tensors
-
-        bad = nonfinite_tensors(self.net.state_dict().items())
-        if bad:
-            raise ValueError(
-                f"{fn}: the model's weights hold NaN or infinite values in {len(bad)} tensors (e.g. {bad[:3]}), so "
-                "every output would be NaN; nothing was written. Training diverged (train again with a lower "
-                "learning rate) or the weights were edited; load the model again."
-            )
-
     def save_pretrained(
         self,
         path: str | os.PathLike,
@@ -290,7 +279,7 @@ class ScGPT(SetupMixin, InferenceMixin, TrainingMixin, FinetuneMixin):
         A model fine-tuned with adapters needs ``merged=True``: the official format holds plain weights,
         so the adapters are merged into them (:meth:`merge_adapter`).
         """
-        self._check_finite("save_pretrained")
+        check_weights(self.net, "save_pretrained", writing=True)
         if has_adapter(self.net):
             if not merged:
                 raise ValueError(
@@ -514,7 +503,7 @@ class ScGPT(SetupMixin, InferenceMixin, TrainingMixin, FinetuneMixin):
 
         if save_anndata and self.adata is None:
             raise ValueError("save_anndata=True but no AnnData is bound to the model.")
-        self._check_finite("save")
+        check_weights(self.net, "save", writing=True)
         if has_adapter(self.net):
             if merged:
                 return self.merge_adapter().save(
