@@ -26,19 +26,8 @@ from tasks import _model, matmul_rate
 import scgpt
 import scgpt.model._inference as inference
 from scgpt.data import GeneVocab
-from scgpt.model._engine import _ranks
+from scgpt.model._engine import _rank_normalize_tensor as tensor_rank_normalize  # the CPU path before issue 29
 from scgpt.model._estimate import forward_flops
-
-
-def tensor_rank_normalize(maps, is_gene):
-    """The tensor rank normalisation (the CPU path before issue 29; still the path on GPUs)."""
-    L = maps.shape[-1]
-    pair = is_gene[:, None, :, None] & is_gene[:, None, None, :]
-    n = is_gene.sum(1)[:, None, None, None]
-    rows = _ranks(maps.masked_fill(~pair, float("-inf")), -1) - (L - n)
-    key = torch.where(pair, rows + 1, 0) * L + torch.arange(L).view(1, 1, L, 1)
-    cols = _ranks(key, -2) - (L - n)
-    return torch.where(pair, cols.to(maps.dtype) / n.clamp(min=1).to(maps.dtype), torch.zeros_like(maps))
 
 
 def main() -> None:

@@ -305,9 +305,14 @@ def rank_normalize(maps: Tensor, is_gene: Tensor) -> Tensor:
     row order, as a stable sort. Entries outside gene tokens are 0. ``maps``: ``(B, H, L, L)``; ``is_gene``:
     ``(B, L)``.
     """
-    L = maps.shape[-1]
-    if maps.device.type == "cpu" and L < 2**15 - 1:
+    if maps.device.type == "cpu" and maps.shape[-1] < 2**15 - 1:
         return torch.from_numpy(_rank_normalize_numpy(maps.numpy(), is_gene.numpy()))
+    return _rank_normalize_tensor(maps, is_gene)
+
+
+def _rank_normalize_tensor(maps: Tensor, is_gene: Tensor) -> Tensor:
+    """:func:`rank_normalize` in batched tensor operations (any device; used on GPUs)."""
+    L = maps.shape[-1]
     pair = is_gene[:, None, :, None] & is_gene[:, None, None, :]
     n = is_gene.sum(1)[:, None, None, None]
     # rows: non-gene entries sort first (-inf), so gene entries take ranks L - n ... L - 1
